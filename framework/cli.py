@@ -1,0 +1,200 @@
+"""``fxrun``: run a topology (Hydra overrides), or ``fxrun lint`` / ``fxrun docs``.
+
+    fxrun topology=demo                        run the demo profile
+    fxrun topology=live pairs=[EURUSD,XAUUSD]  run live on two pairs
+    fxrun topology=live only=[data-bridge]     run one service in this process
+    fxrun lint [FILE] [--json] [overrides…]    lint a topology (exit 1 on any error)
+    fxrun docs [--check]                       (re)generate docs/architecture.md and docs/asyncapi.yaml
+
+A user's mistake is reported as ``file:line: path: message`` without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from framework.errors import UserError
+
+log = logging.getLogger("fxflow")
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
+TOPOLOGY_FILE = Path("topology") / "services.yaml"
+
+
+def _err(message: str) -> None:
+    print(f"fxrun: error: {message}", file=sys.stderr)
+
+
+def _load_common(project: Path):  # type: ignore[no-untyped-def]
+    from framework.contracts import ContractRegistry
+    from framework.registry import Registry
+
+    contracts = ContractRegistry.load(project / "contracts")
+    registry = Registry.discover()
+    for name, problem in registry.load_errors.items():
+        log.warning("node plugin %s could not be loaded: %s", name, problem)
+    return registry, contracts
+
+
+def cmd_lint(argv: Sequence[str]) -> int:
+    from framework.lint import exit_code, findings_json, format_finding, lint
+    from framework.topology.load import find_project, load_run, load_topology_file
+
+    parser = argparse.ArgumentParser(prog="fxrun lint", description="Lint a topology; exit 1 on any error.")
+    parser.add_argument("file", nargs="?", help="a self-contained topology file (default: the composed profile)")
+    parser.add_argument("--json", action="store_true", help="print findings as a JSON array")
+    parser.add_argument("--quiet", action="store_true", help="print errors only")
+    args, overrides = _split(parser, argv)
+    if args.file and "=" in args.file:
+        overrides.insert(0, args.file)
+        args.file = None
+    project = find_project()
+    registry, contracts = _load_common(project)
+    pairs = None
+    if args.file and not _is_profile(Path(args.file)):
+        topology, source = load_topology_file(Path(args.file))
+    else:
+        if args.file:
+            overrides.insert(0, f"topology={Path(args.file).stem}")
+        loaded = load_run(overrides, project)
+        topology, source, pairs = loaded.topology, loaded.source, loaded.config.pairs
+    findings = lint(topology, source, registry, contracts, pairs=pairs)
+    if args.json:
+        print(findings_json(findings))
+    else:
+        shown = [f for f in findings if f.level == "error"] if args.quiet else findings
+        for finding in shown:
+            print(format_finding(finding))
+        errors = sum(f.level == "error" for f in findings)
+        warnings = sum(f.level == "warning" for f in findings)
+        print(f"{errors} error(s), {warnings} warning(s)", file=sys.stderr)
+    return exit_code(findings)
+
+
+def _is_profile(path: Path) -> bool:
+    from framework.topology.source import read_yaml
+
+    data, _ = read_yaml(path)
+    return isinstance(data, dict) and "defaults" in data
+
+
+def cmd_docs(argv: Sequence[str]) -> int:
+    from framework.docgen import check_docs, write_docs
+    from framework.topology.load import find_project, load_topology_file
+
+    parser = argparse.ArgumentParser(prog="fxrun docs", description="Generate architecture docs from the topology.")
+    parser.add_argument("--check", action="store_true", help="fail when the committed docs are stale")
+    parser.add_argument("--out", default="docs", help="output directory (default: docs)")
+    args = parser.parse_args(list(argv))
+    project = find_project()
+    registry, contracts = _load_common(project)
+    topology, _ = load_topology_file(project / TOPOLOGY_FILE)
+    out = project / args.out
+    if args.check:
+        stale = check_docs(out, topology, registry, contracts)
+        for name in stale:
+            print(f"stale: {name} (run `fxrun docs` and commit the result)", file=sys.stderr)
+        return EXIT_FINDINGS if stale else EXIT_OK
+    for path in write_docs(out, topology, registry, contracts):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _split(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    args, rest = parser.parse_known_args(list(argv))
+    unknown_flags = [r for r in rest if r.startswith("-")]
+    if unknown_flags:
+        parser.error(f"unrecognized arguments: {' '.join(unknown_flags)}")
+    return args, rest
+
+
+def _setup_logging(level: str, data_dir: Path) -> None:
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    root = logging.getLogger()
+    root.setLevel(level)
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(logs / "fxrun.log")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+def cmd_run(overrides: Sequence[str]) -> int:
+    from framework.durations import parse_seconds
+    from framework.lint import format_finding, lint
+    from framework.metrics import format_table
+    from framework.runtime import Runtime
+    from framework.topology.load import load_run
+
+    loaded = load_run(overrides)
+    config = loaded.config
+    registry, contracts = _load_common(loaded.project)
+    findings = lint(loaded.topology, loaded.source, registry, contracts, pairs=config.pairs)
+    errors = [f for f in findings if f.level == "error"]
+    if errors:
+        for finding in errors:
+            print(format_finding(finding), file=sys.stderr)
+        _err(f"the topology has {len(errors)} lint error(s); nothing was started")
+        return EXIT_FINDINGS
+    data_dir = Path(config.data_dir)
+    _setup_logging(config.log_level, data_dir)
+    runtime = Runtime(
+        loaded.topology,
+        registry,
+        contracts,
+        pairs=config.pairs,
+        only=config.only,
+        data_dir=data_dir,
+    )
+    if not runtime.services:
+        _err("no enabled service to run in this selection")
+        return EXIT_USAGE
+    duration = parse_seconds(config.duration) if config.duration else None
+    log.info("fxrun topology=%s: %d service(s): %s", loaded.profile, len(runtime.services), ", ".join(runtime.services))
+    asyncio.run(_run(runtime, duration))
+    print(format_table(runtime.metrics()))
+    print(f"dead letters: {runtime.dead_letters.count if runtime.dead_letters else 0}; data under {data_dir}/")
+    return EXIT_OK
+
+
+async def _run(runtime, duration: float | None) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, runtime.request_stop)
+        except (NotImplementedError, RuntimeError):
+            pass
+    await runtime.run(duration)
+
+
+VERBS = {"lint": cmd_lint, "docs": cmd_docs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in ("-h", "--help", "help"):
+        print(__doc__)
+        return EXIT_OK
+    try:
+        if args and args[0] in VERBS:
+            return VERBS[args[0]](args[1:])
+        flags = [a for a in args if a.startswith("-")]
+        if flags:
+            _err(f"unknown option {flags[0]}; overrides are key=value (see fxrun --help)")
+            return EXIT_USAGE
+        return cmd_run(args)
+    except UserError as exc:
+        for line in str(exc).splitlines():
+            _err(line)
+        return EXIT_FINDINGS
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""What a node sees of the world: publish on its ports, its tables, its clock, its log.
+
+``publish(port, message)`` is the whole output API: the runtime has already resolved the
+port to NATS subject templates, Kafka topics and tables from the topology, so a node never
+names a subject, a topic or a database client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from framework.clock import Clock
+from framework.contracts import BoundaryValidator, Contract
+from framework.deadletter import DeadLetters
+from framework.metrics import ServiceMetrics
+from framework.stores.base import Store
+from framework.stores.batch import BatchWriter
+from framework.topology.model import Instrument
+from framework.transport.base import LogTransport, PubSubTransport
+
+
+@dataclass(slots=True)
+class OutputRoute:
+    """Everything one output port is wired to, resolved once at start."""
+
+    port: str
+    contracts: tuple[Contract, ...]
+    subjects: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = field(default_factory=list)
+    topics: list[tuple[str, str | None]] = field(default_factory=list)
+    writers: list[BatchWriter] = field(default_factory=list)
+
+
+class TableHandle:
+    """A declared table: query it; inserts go through the batched writer."""
+
+    def __init__(self, name: str, store: Store, writer: BatchWriter | None) -> None:
+        self.name = name
+        self.store = store
+        self._writer = writer
+
+    async def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        """``sql`` may use ``{table}`` for this table's name and ``{name:Type}`` parameters."""
+        return await self.store.query(sql.replace("{table}", self.name), parameters)
+
+    async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        if self._writer is None:
+            raise PermissionError(f"table {self.name!r} is read-only for this service (declare it under an output)")
+        for row in rows:
+            await self._writer.add(row)
+
+
+class NodeContext:
+    def __init__(
+        self,
+        service: str,
+        *,
+        clock: Clock,
+        pubsub: PubSubTransport,
+        log: LogTransport,
+        validator: BoundaryValidator,
+        dead_letters: DeadLetters,
+        metrics: ServiceMetrics,
+        routes: dict[str, OutputRoute],
+        tables: dict[str, TableHandle],
+        pairs: Sequence[str],
+        timeframes: Sequence[str],
+        instruments: Mapping[str, Instrument],
+        data_dir: Any,
+    ) -> None:
+        self.service = service
+        self.clock = clock
+        self.log = logging.getLogger(f"fxflow.{service}")
+        self.metrics = metrics
+        self.pairs = list(pairs)
+        self.timeframes = list(timeframes)
+        self.instruments = dict(instruments)
+        self.data_dir = data_dir
+        self._pubsub = pubsub
+        self._log = log
+        self._validator = validator
+        self._dead_letters = dead_letters
+        self._routes = routes
+        self._tables = tables
+
+    async def publish(self, port: str, message: dict[str, Any], **values: Any) -> bool:
+        """Validate ``message`` against the port's contract and send it everywhere the port is wired.
+
+        ``values`` fill subject placeholders the message itself does not carry. Returns
+        False when the message was dead-lettered instead (invalid, or a subject could not
+        be rendered); the node keeps running either way.
+        """
+        route = self._routes.get(port)
+        if route is None:
+            raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
+        if route.contracts:
+            reason = self._check(route.contracts, message)
+            if reason is not None:
+                await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
+                return False
+        fields = {**message, **values} if values else message
+        for template, render in route.subjects:
+            try:
+                subject = render(fields)
+            except KeyError as exc:
+                await self.dead_letter(str(exc.args[0]), message, origin=f"publish:{port}:{template}")
+                return False
+            await self._pubsub.publish(subject, message)
+        for topic, key_field in route.topics:
+            key = fields.get(key_field) if key_field else None
+            await self._log.produce(topic, message, key=None if key is None else str(key))
+        for writer in route.writers:
+            await writer.add(message)
+        self.metrics.published += 1
+        return True
+
+    def _check(self, contracts: tuple[Contract, ...], message: Mapping[str, Any]) -> str | None:
+        reason = None
+        for contract in contracts:
+            reason = self._validator.check(contract, message)
+            if reason is None:
+                return None
+        return f"contract {contracts[0].ref}: {reason}"
+
+    def table(self, name: str) -> TableHandle:
+        try:
+            return self._tables[name]
+        except KeyError:
+            raise KeyError(
+                f"{self.service}: table {name!r} is not declared for this service (add it to `reads` or an output)"
+            ) from None
+
+    async def dead_letter(self, reason: str, payload: Any, origin: str, contract: str | None = None) -> None:
+        self.metrics.dead_lettered += 1
+        await self._dead_letters.put(self.service, reason, payload, origin, self.clock.now_ms(), contract)
+
+    def instrument(self, symbol: str) -> Instrument:
+        return self.instruments[symbol]

@@ -1,0 +1,75 @@
+"""Dead letters: a message that cannot be delivered or processed is kept with its reason.
+
+Nothing is dropped silently: every dead letter is appended to
+``<data_dir>/deadletter/<service>.jsonl`` (one ``dead_letter.v1`` record per line), counted
+in the service's metrics and published on ``deadletter.<service>`` for live monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+log = logging.getLogger(__name__)
+SUBJECT_PREFIX = "deadletter"
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        orjson.dumps(value)
+        return value
+    except TypeError:
+        return repr(value)
+
+
+class DeadLetters:
+    def __init__(
+        self,
+        directory: Path | None,
+        publish: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None,
+        keep: int = 1000,
+    ) -> None:
+        self.directory = directory
+        self._publish = publish
+        self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
+        self._files: dict[str, IO[bytes]] = {}
+        self.count = 0
+
+    async def put(
+        self,
+        service: str,
+        reason: str,
+        payload: Any,
+        origin: str,
+        ts_ms: int,
+        contract: str | None = None,
+    ) -> dict[str, Any]:
+        record = {"ts": ts_ms, "service": service, "reason": reason, "origin": origin, "payload": _jsonable(payload)}
+        if contract:
+            record["contract"] = contract
+        self.count += 1
+        self.recent.append(record)
+        if self.directory is not None:
+            handle = self._files.get(service)
+            if handle is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                handle = self._files[service] = open(self.directory / f"{service}.jsonl", "ab")
+            handle.write(orjson.dumps(record) + b"\n")
+            handle.flush()
+        log.warning("dead letter from %s (%s): %s", service, origin, reason)
+        if self._publish is not None:
+            try:
+                await self._publish(f"{SUBJECT_PREFIX}.{service}", record)
+            except Exception as exc:
+                log.error("could not publish dead letter of %s: %s (kept on disk)", service, exc)
+        return record
+
+    def close(self) -> None:
+        for handle in self._files.values():
+            handle.close()
+        self._files.clear()

@@ -1,0 +1,321 @@
+"""``docs/asyncapi.yaml``: the topology as an AsyncAPI 3.0.0 document.
+
+Channels: one per NATS subject template (parameters enumerate the declared values) and one
+per Kafka topic. A subscription that is not itself a published template (``bars.>``) gets one
+``receive`` operation per channel it matches, the pattern kept in ``x-fxflow.subscription``;
+a subscription nothing publishes to gets a channel of its own so it is still documented.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import yaml
+
+from framework.contracts import Contract
+from framework.docgen.flow import ANY_CONTRACT, Flow, generated_note, host_of, scheme_of, unique
+from framework.topology.model import PHASE_TITLES, Topic
+from framework.topology.templates import placeholders
+from framework.wiring import SYMBOL, TIMEFRAME, Endpoint
+
+ASYNCAPI_VERSION = "3.0.0"
+SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
+NATS_BINDING_VERSION = "0.1.0"
+KAFKA_BINDING_VERSION = "0.5.0"
+_PARAM_DESCRIPTIONS = {
+    SYMBOL: "Instrument symbol (topology `instruments`).",
+    TIMEFRAME: "Bar timeframe (topology `timeframes`).",
+}
+
+
+def channel_id(kind: str, name: str) -> str:
+    """``nats`` + ``bars.{symbol}.{timeframe}`` → ``nats.bars.symbol.timeframe`` (a valid component key)."""
+    text = name.replace(">", "all").replace("*", "any")
+    text = re.sub(r"[{}]", "", text)
+    return f"{kind}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', text)}"
+
+
+def _ref(*parts: str) -> dict[str, str]:
+    return {"$ref": "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)}
+
+
+def _package_version() -> str:
+    try:
+        return version("fxflow")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+# ---------------------------------------------------------------- servers
+
+
+def _server_ids(kind: str, count: int) -> list[str]:
+    return [kind] if count == 1 else [f"{kind}-{i}" for i in range(1, count + 1)]
+
+
+def servers(flow: Flow) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    nats = flow.topology.nats
+    if nats:
+        for sid, url in zip(_server_ids("nats", len(nats.servers)), nats.servers):
+            out[sid] = {"host": host_of(url), "protocol": "nats", "description": "NATS: real-time pub/sub."}
+    kafka = flow.topology.kafka
+    if kafka:
+        secure = kafka.tls is not None or scheme_of(kafka.bootstrap[0]) in ("ssl", "sasl_ssl")
+        for sid, url in zip(_server_ids("kafka", len(kafka.bootstrap)), kafka.bootstrap):
+            out[sid] = {
+                "host": host_of(url),
+                "protocol": "kafka-secure" if secure else "kafka",
+                "description": "Kafka: archive and replay.",
+            }
+    return out
+
+
+def _server_refs(all_servers: dict[str, Any], protocol_prefix: str) -> list[dict[str, str]]:
+    return [_ref("servers", sid) for sid, s in all_servers.items() if s["protocol"].startswith(protocol_prefix)]
+
+
+# ---------------------------------------------------------------- channels
+
+
+def _messages(refs: Iterable[str]) -> dict[str, dict[str, str]]:
+    return {ref: _ref("components", "messages", ref) for ref in refs}
+
+
+def _parameters(flow: Flow, template: str, refs: list[str]) -> dict[str, dict[str, Any]]:
+    values = flow.wiring.values
+    params: dict[str, dict[str, Any]] = {}
+    for name in placeholders(template):
+        param: dict[str, Any] = {}
+        value = values.get(name)
+        if value is None:
+            param["description"] = f"Undeclared template variable `{name}`."
+        elif value == "*":
+            param["description"] = _PARAM_DESCRIPTIONS.get(name, f"`{name}`: any value, known at run time.")
+        else:
+            param["description"] = _PARAM_DESCRIPTIONS.get(name, f"Topology `variables.{name}`.")
+            param["enum"] = list(value)
+        if refs and all(name in flow.contracts.resolve(r).properties() for r in refs):
+            param["location"] = f"$message.payload#/{name}"
+        params[name] = param
+    return params
+
+
+def _endpoint_refs(flow: Flow, endpoints: Iterable[Endpoint]) -> list[str]:
+    return flow.known_contracts(r for e in endpoints for r in e.contracts)
+
+
+def nats_channels(flow: Flow, all_servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    channels: dict[str, dict[str, Any]] = {}
+    server_refs = _server_refs(all_servers, "nats")
+    for node in flow.subjects.values():
+        if not node.published and node.sources:
+            continue
+        refs = _endpoint_refs(flow, node.publishers) or _endpoint_refs(flow, node.subscribers)
+        channel: dict[str, Any] = {"address": node.template}
+        if server_refs:
+            channel["servers"] = server_refs
+        parameters = _parameters(flow, node.template, refs)
+        if parameters:
+            channel["parameters"] = parameters
+        if refs:
+            channel["messages"] = _messages(refs)
+        meta: dict[str, Any] = {"transport": "nats", "jetstream": flow.durable(node.template)}
+        if not node.published:
+            meta["published"] = False
+        channel["x-fxflow"] = meta
+        channels[channel_id("nats", node.template)] = channel
+    return channels
+
+
+def _kafka_binding(topic: Topic) -> dict[str, Any]:
+    config: dict[str, Any] = {"cleanup.policy": topic.cleanup.split(",")}
+    if topic.retention_ms is not None:
+        config["retention.ms"] = topic.retention_ms
+    binding: dict[str, Any] = {}
+    if topic.partitions:
+        binding["partitions"] = topic.partitions
+    binding["replicas"] = topic.replication
+    binding["topicConfiguration"] = config
+    binding["bindingVersion"] = KAFKA_BINDING_VERSION
+    return binding
+
+
+def kafka_channels(flow: Flow, all_servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    channels: dict[str, dict[str, Any]] = {}
+    server_refs = _server_refs(all_servers, "kafka")
+    for node in flow.topics.values():
+        declared = node.topic.contracts if node.topic else []
+        refs = flow.known_contracts([*declared, *(r for e in node.producers for r in e.contracts)])
+        refs = refs or _endpoint_refs(flow, node.consumers)
+        channel: dict[str, Any] = {"address": node.name}
+        if node.topic and node.topic.description:
+            channel["description"] = node.topic.description
+        if server_refs:
+            channel["servers"] = server_refs
+        if refs:
+            channel["messages"] = _messages(refs)
+        meta: dict[str, Any] = {"transport": "kafka"}
+        if node.topic is None:
+            meta["declared"] = False
+        else:
+            channel["bindings"] = {"kafka": _kafka_binding(node.topic)}
+            if node.topic.key:
+                meta["key"] = node.topic.key
+            if node.topic.retention:
+                meta["retention"] = node.topic.retention
+        channel["x-fxflow"] = meta
+        channels[channel_id("kafka", node.name)] = channel
+    return channels
+
+
+# ---------------------------------------------------------------- operations
+
+
+def _targets(flow: Flow, e: Endpoint) -> list[str]:
+    """Channel ids an endpoint talks to: its own, or for an unpublished subscription the ones it matches."""
+    if e.kind == "kafka":
+        return [channel_id("kafka", e.name)]
+    node = flow.subjects[e.name]
+    if e.direction == "in" and not node.published and node.sources:
+        return [channel_id("nats", s) for s in node.sources]
+    return [channel_id("nats", e.name)]
+
+
+def _operation_messages(flow: Flow, e: Endpoint, channel: dict[str, Any], cid: str) -> list[dict[str, str]]:
+    offered = list(channel.get("messages", {}))
+    wanted = flow.known_contracts(e.contracts)
+    if e.direction == "in" and (not e.contracts or ANY_CONTRACT in e.contracts):
+        wanted = offered
+    return [_ref("channels", cid, "messages", m) for m in wanted if m in offered]
+
+
+def _operation_bindings(flow: Flow, e: Endpoint) -> dict[str, Any]:
+    binding = e.binding
+    if e.direction != "in" or binding is None:
+        return {}
+    if e.kind == "nats":
+        replicas = flow.topology.services[e.service].replicas
+        queue = binding.queue or (e.service if replicas > 1 else None)
+        return {"nats": {"queue": queue, "bindingVersion": NATS_BINDING_VERSION}} if queue else {}
+    if binding.group:
+        group = {"type": "string", "enum": [binding.group]}
+        return {"kafka": {"groupId": group, "bindingVersion": KAFKA_BINDING_VERSION}}
+    return {}
+
+
+def _summary(flow: Flow, e: Endpoint) -> str:
+    spec = flow.spec(e.service)
+    port = spec.port(e.port) if spec else None
+    text = (e.binding.description if e.binding else None) or (port.description if port else "")
+    verb = "publishes" if e.direction == "out" else "receives"
+    return text or f"{e.service} {verb} {e.port}."
+
+
+def operations(flow: Flow, channels: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    ops: dict[str, dict[str, Any]] = {}
+    for service in flow.services:
+        svc = flow.topology.services[service]
+        for e in flow.endpoints(service):
+            if e.kind == "table":
+                continue
+            for cid in _targets(flow, e):
+                op: dict[str, Any] = {
+                    "action": "send" if e.direction == "out" else "receive",
+                    "channel": _ref("channels", cid),
+                    "summary": _summary(flow, e),
+                }
+                messages = _operation_messages(flow, e, channels[cid], cid)
+                if messages:
+                    op["messages"] = messages
+                bindings = _operation_bindings(flow, e)
+                if bindings:
+                    op["bindings"] = bindings
+                meta: dict[str, Any] = {
+                    "service": service,
+                    "node": svc.node,
+                    "port": e.port,
+                    "phase": PHASE_TITLES[svc.phase],
+                    "enabled": svc.enabled,
+                }
+                if e.kind == "nats" and channels[cid]["address"] != e.name:
+                    meta["subscription"] = e.name
+                op["x-fxflow"] = meta
+                word = "to" if e.direction == "out" else "from"
+                ops.setdefault(f"{service}.{e.port}.{word}.{cid}", op)
+    return ops
+
+
+# ---------------------------------------------------------------- messages
+
+
+def payload_schema(contract: Contract) -> dict[str, Any]:
+    """The contract's schema with cross-file ``$ref`` inlined, keeping the keywords written beside a ``$ref``.
+
+    The dereferenced schema alone loses them (a property's own ``description`` next to
+    ``$ref: common.v1#/$defs/name`` would become the shared one), and the raw schema alone
+    has ``urn:`` references AsyncAPI tools cannot follow.
+    """
+    return _merge_refs(contract.schema, contract.resolved if contract.resolved is not None else contract.schema)
+
+
+def _merge_refs(raw: Any, resolved: Any) -> Any:
+    if isinstance(raw, dict) and isinstance(resolved, dict):
+        if "$ref" in raw:
+            merged = dict(resolved)
+            merged.update({k: _merge_refs(v, resolved.get(k, v)) for k, v in raw.items() if k != "$ref"})
+            return merged
+        return {k: _merge_refs(v, resolved.get(k, v)) for k, v in raw.items()}
+    if isinstance(raw, list) and isinstance(resolved, list) and len(raw) == len(resolved):
+        return [_merge_refs(a, b) for a, b in zip(raw, resolved)]
+    return raw
+
+
+def message(contract: Contract) -> dict[str, Any]:
+    msg: dict[str, Any] = {"name": contract.name, "title": str(contract.schema.get("title", contract.ref))}
+    if contract.schema.get("description"):
+        msg["summary"] = str(contract.schema["description"])
+    msg["contentType"] = "application/json"
+    msg["payload"] = {"schemaFormat": SCHEMA_FORMAT, "schema": payload_schema(contract)}
+    meta: dict[str, Any] = {"contract": contract.ref, "key": contract.key_field, "time": contract.time_field}
+    if contract.file is not None:
+        meta["file"] = f"contracts/{contract.file.name}"
+    msg["x-fxflow"] = meta
+    return msg
+
+
+def asyncapi_document(flow: Flow) -> dict[str, Any]:
+    topo = flow.topology
+    all_servers = servers(flow)
+    channels = {**nats_channels(flow, all_servers), **kafka_channels(flow, all_servers)}
+    doc: dict[str, Any] = {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": f"{topo.name} event flows",
+            "version": _package_version(),
+            "description": (
+                f"Messages between the {len(topo.services)} services of {topo.name}: NATS subjects (real-time) "
+                "and Kafka topics (archive). Generated from the topology; payloads are the JSON Schema contracts "
+                "in `contracts/`."
+            ),
+        },
+        "defaultContentType": "application/json",
+    }
+    if all_servers:
+        doc["servers"] = all_servers
+    doc["channels"] = channels
+    doc["operations"] = operations(flow, channels)
+    used = unique(m for c in channels.values() for m in c.get("messages", {}))
+    refs = sorted(set(used) | set(flow.used_contracts()))
+    doc["components"] = {"messages": {ref: message(flow.contracts.resolve(ref)) for ref in refs}}
+    return doc
+
+
+def render_yaml(flow: Flow, source: str) -> str:
+    doc = json.loads(json.dumps(asyncapi_document(flow)))  # plain data, no shared objects (YAML anchors)
+    body = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=100)
+    return f"# {generated_note(source)}\n{body}"

@@ -1,0 +1,124 @@
+"""FX100–FX103: services against their node plugins (existence, params, ports)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import ValidationError
+
+from framework.lint.context import LintContext, did_you_mean
+from framework.lint.findings import Finding
+from framework.registry import NodeSpec, Port, UnknownNode
+from framework.topology.model import Binding, Service
+
+
+def disabled_services(ctx: LintContext) -> Iterator[Finding]:
+    """FX100: a disabled service does not run; say why if its plugin does not exist yet."""
+    for name, service in ctx.topology.services.items():
+        if service.enabled:
+            continue
+        if service.node in ctx.registry:
+            message = "service is disabled (enabled: false) and will not run; remove `enabled: false` to run it"
+        else:
+            message = (
+                f"service is disabled: node {service.node!r} is not built yet; "
+                "set `enabled: true` once a plugin provides it"
+            )
+        yield ctx.warning("FX100", name, message, ("services", name, "enabled"))
+
+
+def unknown_plugins(ctx: LintContext) -> Iterator[Finding]:
+    """FX101: an enabled service whose node plugin is not installed (or failed to load)."""
+    for name, service in ctx.topology.services.items():
+        if not service.enabled or service.node in ctx.registry:
+            continue
+        failure = ctx.registry.load_errors.get(service.node)
+        if failure:
+            message = f"node plugin {service.node!r} failed to load ({failure}); fix or reinstall the plugin"
+        else:
+            hint = str(UnknownNode(service.node, ctx.registry.specs))
+            message = f"{hint}; fix `node:`, install the plugin that provides it, or set `enabled: false`"
+        yield ctx.error("FX101", name, message, ("services", name, "node"))
+
+
+def _specs(ctx: LintContext) -> Iterator[tuple[str, Service, NodeSpec]]:
+    for name, service in ctx.topology.services.items():
+        spec = ctx.spec(name)
+        if spec is not None:
+            yield name, service, spec
+
+
+def _param_message(node: str, spec: NodeSpec, err: Any, dotted: str) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        accepted = sorted(spec.params.model_fields)
+        known = ", ".join(accepted) if accepted else "none"
+        return f"node {node!r} has no param {dotted!r}{did_you_mean(dotted.split('.')[-1], accepted)} (accepted: {known})"
+    if kind == "missing":
+        return f"node {node!r} needs param {dotted!r}; add it under params"
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"params.{dotted}: {err['msg']}{shown}; fix the value"
+
+
+def params(ctx: LintContext) -> Iterator[Finding]:
+    """FX102: each error of the node's params schema, at the line of the offending param."""
+    for name, service, spec in _specs(ctx):
+        try:
+            spec.params.model_validate(service.params)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = [str(p) for p in err["loc"]]
+                dotted = ".".join(loc) or "params"
+                message = _param_message(service.node, spec, err, dotted)
+                yield ctx.error("FX102", name, message, ("services", name, "params", *loc))
+
+
+def _bound(binding: Binding | None) -> bool:
+    return binding is not None and bool(binding.subjects or binding.topics or binding.table_names)
+
+
+def _stray_ports(name: str, service: Service, spec: NodeSpec, ctx: LintContext) -> Iterator[Finding]:
+    sides = (("inputs", service.inputs, spec.inputs, spec.outputs), ("outputs", service.outputs, spec.outputs, spec.inputs))
+    for section, bound, own, other in sides:
+        other_section = "outputs" if section == "inputs" else "inputs"
+        for port in bound:
+            if port in own:
+                continue
+            path = ("services", name, section, port)
+            if port in other:
+                message = f"{port!r} is an {other_section[:-1]} port of node {service.node!r}; move it under {other_section}"
+            else:
+                declared = ", ".join(sorted(own)) or "none"
+                message = (
+                    f"node {service.node!r} has no {section[:-1]} port {port!r}{did_you_mean(port, own)} "
+                    f"(declared {section}: {declared}); rename or remove the binding"
+                )
+            yield ctx.error("FX103", name, message, path)
+
+
+def _unbound_ports(name: str, service: Service, spec: NodeSpec, ctx: LintContext) -> Iterator[Finding]:
+    sides: tuple[tuple[str, dict[str, Binding], dict[str, Port]], ...] = (
+        ("inputs", service.inputs, spec.inputs),
+        ("outputs", service.outputs, spec.outputs),
+    )
+    for section, bound, declared in sides:
+        for port, decl in declared.items():
+            if not decl.required or _bound(bound.get(port)):
+                continue
+            contract = "|".join(decl.contracts)
+            where = ("services", name, section, port) if port in bound else ("services", name, section)
+            message = (
+                f"required {section[:-1]} port {port!r} ({contract}) of node {service.node!r} is not bound; "
+                f"add `{section}: {{{port}: {{nats: ...}}}}` (or kafka/tables)"
+            )
+            yield ctx.error("FX103", name, message, where)
+
+
+def ports(ctx: LintContext) -> Iterator[Finding]:
+    """FX103: bindings must name declared ports of the right direction; required ports must be bound."""
+    for name, service, spec in _specs(ctx):
+        yield from _stray_ports(name, service, spec, ctx)
+        if service.enabled:
+            yield from _unbound_ports(name, service, spec, ctx)

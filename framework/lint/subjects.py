@@ -1,0 +1,198 @@
+"""FX201, FX202, FX204, FX205: NATS subjects and Kafka topics as seen by publishers and subscribers."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator, Sequence
+
+from framework.lint.context import LintContext, Link, Wire, did_you_mean
+from framework.lint.findings import Finding
+from framework.subjects import check_pattern, covers
+from framework.topology.templates import as_pattern
+from framework.wiring import Endpoint
+
+CONVENTION = "{domain}.{entity}[.{detail}]"
+DEADLETTER = "deadletter"
+
+
+def _published_names(ctx: LintContext) -> list[str]:
+    return sorted({w.endpoint.name for w in ctx.wires if w.endpoint.direction == "out"})
+
+
+def _produced_topics(ctx: LintContext) -> list[str]:
+    return sorted({e.name for e in ctx.wiring.endpoints if e.kind == "kafka" and e.direction == "out"})
+
+
+def _nearby(name: str, published: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, published, n=3, cutoff=0.5)
+    return f"; published nearby: {', '.join(close)}" if close else ""
+
+
+def unreachable(ctx: LintContext) -> Iterator[Finding]:
+    """FX201: a subscription or consumed topic that no declared service (enabled or not) publishes."""
+    published = _published_names(ctx)
+    for wire in ctx.wires:
+        ep = wire.endpoint
+        if ep.direction != "in" or not wire.patterns or ep.missing_variables or ctx.reached(ep):
+            continue
+        message = (
+            f"subscription {ep.name!r} (input {ep.port!r}) matches no subject any service publishes"
+            f"{_nearby(ep.name, published)}; fix the pattern or add a service that publishes it"
+        )
+        yield ctx.error("FX201", ep.service, message, ctx.where(ep))
+    produced = _produced_topics(ctx)
+    for ep in ctx.wiring.select(direction="in", kind="kafka"):
+        if ctx.reached(ep):
+            continue
+        message = (
+            f"input {ep.port!r} consumes Kafka topic {ep.name!r}, which no service produces"
+            f"{did_you_mean(ep.name, produced)}; fix the topic name or add a producer"
+        )
+        yield ctx.error("FX201", ep.service, message, ctx.where(ep))
+
+
+def _is_deadletter(wire: Wire) -> bool:
+    return all(p.split(".", 1)[0] == DEADLETTER for p in wire.patterns)
+
+
+def unconsumed(ctx: LintContext) -> Iterator[Finding]:
+    """FX202: a NATS publication nobody subscribes to (dead letters and Kafka archives are exempt)."""
+    for wire in ctx.wires:
+        ep = wire.endpoint
+        if ep.direction != "out" or not wire.patterns or ctx.reached(ep) or _is_deadletter(wire):
+            continue
+        message = (
+            f"nobody subscribes to {ep.name!r} (output {ep.port!r}); add a subscriber, "
+            "fix the subject, or remove the binding"
+        )
+        yield ctx.warning("FX202", ep.service, message, ctx.where(ep))
+
+
+def _narrower(ctx: LintContext, sub: Endpoint, own: Sequence[Wire]) -> str | None:
+    """``x.>`` → ``x.*`` when that stops matching the service's own outputs but keeps the others."""
+    if not sub.name.endswith(".>"):
+        return None
+    candidate = sub.name[:-1] + "*"
+    wide = as_pattern(candidate)
+    if check_pattern(wide) is not None:
+        return None
+    if any(ctx.intersects(wide, p) for w in own for p in w.patterns):
+        return None
+    others = [w for w in ctx.wires if w.endpoint.direction == "out" and w.endpoint.service != sub.service]
+    if not any(ctx.intersects(wide, p) for w in others for p in w.patterns):
+        return None
+    return candidate
+
+
+def _self_nats(ctx: LintContext, link: Link) -> Finding:
+    pub, sub = link.publisher, link.subscriber
+    own = [w for w in ctx.wires if w.endpoint.service == sub.service and w.endpoint.direction == "out"]
+    better = _narrower(ctx, sub, own)
+    fix = f"narrow it to {better!r}" if better else "narrow the subscription or publish under another subject"
+    message = (
+        f"subscription {sub.name!r} (input {sub.port!r}) also matches its own output {pub.name!r} "
+        f"(port {pub.port!r}), so the service would consume what it publishes; {fix}"
+    )
+    return ctx.error("FX204", sub.service, message, ctx.where(sub))
+
+
+def self_loops(ctx: LintContext) -> Iterator[Finding]:
+    """FX204: a service receiving its own output (a NATS self-match or a topic it both writes and reads)."""
+    for link in ctx.links:
+        pub, sub = link.publisher, link.subscriber
+        if pub.service != sub.service:
+            continue
+        if sub.kind == "nats":
+            yield _self_nats(ctx, link)
+        else:
+            message = (
+                f"input {sub.port!r} consumes Kafka topic {sub.name!r}, which the service itself produces "
+                f"(port {pub.port!r}); consume another topic or split the service"
+            )
+            yield ctx.error("FX204", sub.service, message, ctx.where(sub))
+
+
+# ---------------------------------------------------------------- FX205
+
+
+def _literal_wildcard(ep: Endpoint) -> str | None:
+    for pos, tok in enumerate(ep.name.split("."), 1):
+        if tok in ("*", ">"):
+            return (
+                f"publication {ep.name!r} has wildcard {tok!r} at position {pos}; publish to a concrete "
+                "subject (use a {variable} for the varying part) and let subscribers use wildcards"
+            )
+    return None
+
+
+def _malformed(ep: Endpoint) -> str | None:
+    candidates = ep.subjects or (as_pattern(ep.name),)
+    for subject in candidates:
+        reason = check_pattern(subject)
+        if reason is not None:
+            return f"malformed subject {ep.name!r}: {reason}; fix the template"
+    return None
+
+
+def _domain_patterns(ctx: LintContext) -> list[str]:
+    return [f"{d}.>" for d in ctx.topology.domains if check_pattern(f"{d}.>") is None]
+
+
+def _suggest(subject: str, domains: Sequence[str]) -> str:
+    """``"use 'market.external.>' or "`` for ``external.>``; empty when nothing is close."""
+    head, _, rest = subject.partition(".")
+    fixed = None
+    for d in domains:
+        if d.endswith(f".{head}"):
+            fixed = d
+            break
+    else:
+        close = difflib.get_close_matches(head, domains, n=1, cutoff=0.6)
+        fixed = close[0] if close else None
+    if fixed is None:
+        return ""
+    return f"use {fixed + '.' + rest if rest else fixed!r} or "
+
+
+def _convention(ep: Endpoint, subject: str, domains: Sequence[str]) -> str:
+    listed = ", ".join(domains)
+    if subject in domains:
+        return f"subject {ep.name!r} is only a domain; add an entity: {CONVENTION}"
+    head = subject.split(".", 1)[0]
+    if head in ("*", ">"):
+        return f"publication {ep.name!r} must start with a declared domain ({listed}), not a run-time value"
+    return (
+        f"subject {ep.name!r} does not follow {CONVENTION}: {subject!r} does not start with a declared domain "
+        f"({listed}); {_suggest(ep.name, domains)}add the domain to `domains:`"
+    )
+
+
+def _off_convention(ctx: LintContext, wire: Wire, roots: Sequence[str]) -> str | None:
+    ep = wire.endpoint
+    domains = list(ctx.topology.domains)
+    if ep.direction == "out":
+        if wire.wide is not None and any(covers(r, wire.wide) for r in roots):
+            return None
+        for p in wire.patterns or ((wire.wide,) if wire.wide else ()):
+            if not any(covers(r, p) for r in roots):
+                return _convention(ep, p, domains)
+        return None
+    for p in wire.patterns or ((wire.wide,) if wire.wide else ()):
+        if not any(ctx.intersects(r, p) for r in roots):
+            return _convention(ep, p, domains)
+    return None
+
+
+def malformed(ctx: LintContext) -> Iterator[Finding]:
+    """FX205: malformed subjects and patterns, and subjects outside ``{domain}.{entity}[.{detail}]``.
+
+    A subscription may start with a wildcard (``*.alert.*``) as long as it can match some
+    domain; a publication must be concrete apart from run-time variables.
+    """
+    roots = _domain_patterns(ctx)
+    for wire in ctx.wires:
+        ep = wire.endpoint
+        problem = (_literal_wildcard(ep) if ep.direction == "out" else None) or _malformed(ep)
+        problem = problem or _off_convention(ctx, wire, roots)
+        if problem:
+            yield ctx.error("FX205", ep.service, problem, ctx.where(ep))

@@ -1,0 +1,111 @@
+"""The base class of node plugins and the decorators that declare handlers and timers.
+
+A node speaks only to its :class:`~framework.context.NodeContext` (publish, tables, clock,
+log), never to a transport or a database client, so the same node runs live, in the demo
+and in a backtest on a simulated clock. See ``nodes/template`` for a complete example.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from framework.durations import parse_seconds
+
+if TYPE_CHECKING:
+    from framework.context import NodeContext
+    from framework.registry import NodeSpec
+
+P = TypeVar("P", bound=BaseModel)
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+HANDLER_ATTR = "__fxflow_handles__"
+TIMER_ATTR = "__fxflow_every__"
+
+
+def handles(port: str) -> Callable[[F], F]:
+    """Mark ``async def method(self, message[, origin])`` as the handler of input ``port``."""
+
+    def mark(fn: F) -> F:
+        setattr(fn, HANDLER_ATTR, port)
+        return fn
+
+    return mark
+
+
+def every(interval: str | float) -> Callable[[F], F]:
+    """Mark ``async def method(self)`` to run every ``interval`` on the node's clock.
+
+    ``interval`` is a duration (``"5s"``, ``"1m"``, seconds as a number) or the name of a
+    params field holding one, so the period can be configured per service.
+    """
+    if isinstance(interval, (int, float)) and interval <= 0:
+        raise ValueError("a timer interval must be positive")
+
+    def mark(fn: F) -> F:
+        setattr(fn, TIMER_ATTR, interval)
+        return fn
+
+    return mark
+
+
+def timer_seconds(interval: str | float, params: BaseModel) -> float:
+    """Resolve an ``@every`` interval against the node's params."""
+    if isinstance(interval, str) and hasattr(params, interval):
+        interval = getattr(params, interval)
+    seconds = parse_seconds(interval)
+    if seconds <= 0:
+        raise ValueError(f"timer interval {interval!r} must be positive")
+    return seconds
+
+
+class Node(Generic[P]):
+    """Subclass this, declare a :class:`~framework.registry.NodeSpec` for it, register the spec.
+
+    Lifecycle, driven by the runtime: ``on_start`` → handlers, timers and ``run`` (a source's
+    main loop; the node is *finished* when it returns) → ``on_stop`` (flush what is buffered).
+    An exception in a handler dead-letters that message; repeated failures or a crash in
+    ``run`` restart the node with backoff, the other services go on.
+    """
+
+    spec: ClassVar[NodeSpec]
+
+    def __init__(self, ctx: NodeContext, params: P) -> None:
+        self.ctx = ctx
+        self.params = params
+
+    async def on_start(self) -> None:
+        """Open resources, load state. Subscriptions are already live."""
+
+    async def run(self) -> None:
+        """A source's main loop. The default returns at once (a purely reactive node)."""
+
+    async def on_stop(self) -> None:
+        """Flush buffers and release resources; called on shutdown and before a restart."""
+
+    @classmethod
+    def handlers(cls) -> dict[str, str]:
+        """Input port → method name, from ``@handles``."""
+        out: dict[str, str] = {}
+        for name in dir(cls):
+            port = getattr(getattr(cls, name, None), HANDLER_ATTR, None)
+            if port is not None:
+                if port in out:
+                    raise TypeError(f"{cls.__name__}: two handlers for port {port!r}")
+                out[port] = name
+        return out
+
+    @classmethod
+    def timers(cls) -> dict[str, str | float]:
+        """Method name → interval as declared by ``@every`` (see :func:`timer_seconds`)."""
+        return {
+            name: getattr(getattr(cls, name), TIMER_ATTR)
+            for name in dir(cls)
+            if getattr(getattr(cls, name, None), TIMER_ATTR, None) is not None
+        }
+
+    @classmethod
+    def overrides_run(cls) -> bool:
+        return cls.run is not Node.run

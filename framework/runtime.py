@@ -1,0 +1,511 @@
+"""The generic runtime: topology → registry → contracts → nodes on transports and stores.
+
+Start-up order follows the dependency graph (an edge runs from a publisher to each service
+that consumes its output): every subscription is live before any node starts, then nodes
+start consumers-first so nothing a producer emits at start-up is lost; shutdown stops
+producers first so in-flight messages drain downstream, then flushes table batches,
+commits log offsets and closes transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from framework.clock import Clock, SimulatedClock, WallClock
+from framework.context import NodeContext, OutputRoute, TableHandle
+from framework.contracts import BoundaryValidator, Contract, ContractRegistry
+from framework.deadletter import DeadLetters
+from framework.durations import parse_seconds
+from framework.errors import UserError
+from framework.metrics import ServiceMetrics
+from framework.node import Node, timer_seconds
+from framework.registry import NodeSpec, Registry
+from framework.stores.base import Store, open_store
+from framework.stores.batch import BatchWriter
+from framework.stores.columns import columns_from_contract
+from framework.subjects import intersects
+from framework.topology.model import Service, Topology
+from framework.topology.templates import compile_renderer
+from framework.transport.base import LogConsumer, LogTransport, PubSubTransport, Subscription, TopicSpec
+from framework.wiring import Endpoint, Wiring, resolve
+
+log = logging.getLogger("fxflow.runtime")
+ANY_CONTRACT = "any"
+
+
+def dependency_order(wiring: Wiring, services: Sequence[str]) -> list[str]:
+    """Publishers before their consumers; cycles (execution ⇄ broker) keep declaration order."""
+    chosen = set(services)
+    outs: dict[str, list[Endpoint]] = {s: [] for s in services}
+    ins: dict[str, list[Endpoint]] = {s: [] for s in services}
+    for e in wiring.endpoints:
+        if e.service in chosen and e.kind != "table":
+            (outs if e.direction == "out" else ins)[e.service].append(e)
+    edges: dict[str, set[str]] = {s: set() for s in services}
+    for a in services:
+        for b in services:
+            if a != b and any(_reaches(o, i) for o in outs[a] for i in ins[b]):
+                edges[a].add(b)
+    indegree = {s: 0 for s in services}
+    for a in services:
+        for b in edges[a]:
+            indegree[b] += 1
+    order: list[str] = []
+    remaining = list(services)
+    while remaining:
+        ready = [s for s in remaining if indegree[s] == 0] or [remaining[0]]
+        node = ready[0]
+        remaining.remove(node)
+        order.append(node)
+        for b in edges[node]:
+            indegree[b] -= 1
+    return order
+
+
+def _reaches(out: Endpoint, inp: Endpoint) -> bool:
+    if out.kind != inp.kind:
+        return False
+    if out.kind == "kafka":
+        return out.name == inp.name
+    return any(intersects(p, s) for p in inp.subjects for s in out.subjects)
+
+
+@dataclass
+class ServiceHost:
+    """One service: its node instance, its wiring, its supervision (restart with backoff)."""
+
+    name: str
+    service: Service
+    spec: NodeSpec
+    node_cls: type[Node]
+    params: Any
+    ctx: NodeContext
+    metrics: ServiceMetrics
+    runtime: Runtime
+    node: Node | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    consumers: list[LogConsumer] = field(default_factory=list)
+    subscriptions: list[Subscription] = field(default_factory=list)
+    consume_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    consecutive_failures: int = 0
+    finished: bool = False
+    restarting: bool = False
+    _arity: dict[str, int] = field(default_factory=dict)
+
+    def handler_for(self, port: str) -> Callable[[str, dict[str, Any], Any], Awaitable[None]]:
+        method = self.node_cls.handlers().get(port)
+        if method is None:
+            raise UserError(f"service {self.name!r}: node {self.spec.name!r} has no handler for input port {port!r}")
+        params = inspect.signature(getattr(self.node_cls, method)).parameters
+        wants_origin = len(params) >= 3
+        metrics = self.metrics
+        per_port = metrics.per_port
+        perf = time.perf_counter
+
+        async def deliver(origin: str, message: dict[str, Any], headers: Any = None) -> None:
+            metrics.received += 1
+            per_port[port] = per_port.get(port, 0) + 1
+            node = self.node
+            if node is None:
+                await self.ctx.dead_letter("service is not running (restarting or stopped)", message, origin)
+                return
+            started = perf()
+            try:
+                fn = getattr(node, method)
+                await (fn(message, origin) if wants_origin else fn(message))
+                self.consecutive_failures = 0
+            except Exception as exc:
+                await self._failed(exc, message, origin)
+            finally:
+                metrics.observe_latency(perf() - started)
+
+        return deliver
+
+    async def _failed(self, exc: Exception, message: Any, origin: str) -> None:
+        self.metrics.errors += 1
+        self.metrics.last_error = f"{type(exc).__name__}: {exc}"
+        self.consecutive_failures += 1
+        log.error(
+            "service %s: handler failed on %s: %s: %s", self.name, origin, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+        )
+        await self.ctx.dead_letter(f"handler error: {type(exc).__name__}: {exc}", message, origin)
+        if self.consecutive_failures >= self.runtime.topology.runtime.restart.failures_before_restart:
+            self.schedule_restart(f"{self.consecutive_failures} consecutive handler failures")
+
+    async def start(self) -> None:
+        self.node = self.node_cls(self.ctx, self.params)
+        await self.node.on_start()
+        for method, interval in self.node_cls.timers().items():
+            seconds = timer_seconds(interval, self.params)
+            self.tasks.append(asyncio.create_task(self._timer(method, seconds), name=f"{self.name}.{method}"))
+        if self.node_cls.overrides_run():
+            self.finished = False
+            self.tasks.append(asyncio.create_task(self._run(), name=f"{self.name}.run"))
+        self.metrics.state = "running"
+
+    async def _timer(self, method: str, seconds: float) -> None:
+        clock = self.ctx.clock
+        while True:
+            await clock.sleep(seconds)
+            node = self.node
+            if node is None:
+                continue
+            try:
+                await getattr(node, method)()
+            except Exception as exc:
+                await self._failed(exc, None, f"timer:{method}")
+
+    async def _run(self) -> None:
+        assert self.node is not None
+        try:
+            await self.node.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.errors += 1
+            self.metrics.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("service %s: run() crashed: %s: %s", self.name, type(exc).__name__, exc)
+            self.schedule_restart(f"run() crashed: {exc}")
+            return
+        self.finished = True
+        self.metrics.state = "finished"
+        self.runtime.notify_finished()
+
+    def schedule_restart(self, reason: str) -> None:
+        if not self.restarting:
+            self.restarting = True
+            self.runtime.spawn(self._restart(reason), f"{self.name}.restart")
+
+    async def _restart(self, reason: str) -> None:
+        policy = self.runtime.topology.runtime.restart
+        self.metrics.state = "restarting"
+        await self.stop_node(cancel_current=False)
+        if self.metrics.restarts >= policy.max_restarts:
+            self.metrics.state = "failed"
+            log.error("service %s: giving up after %d restarts (%s); the other services keep running", self.name, self.metrics.restarts, reason)
+            self.restarting = False
+            self.finished = True
+            self.runtime.notify_finished()
+            return
+        delay = min(policy.backoff_initial * (2 ** self.metrics.restarts), policy.backoff_max)
+        log.warning("service %s: restarting in %.2fs (%s)", self.name, delay, reason)
+        await asyncio.sleep(delay)
+        self.metrics.restarts += 1
+        self.consecutive_failures = 0
+        self.restarting = False
+        try:
+            await self.start()
+        except Exception as exc:
+            log.error("service %s: on_start failed: %s", self.name, exc)
+            self.schedule_restart(f"on_start failed: {exc}")
+
+    async def stop_node(self, cancel_current: bool = True) -> None:
+        current = asyncio.current_task()
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            if task is not current:
+                task.cancel()
+        for task in tasks:
+            if task is not current:
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        node, self.node = self.node, None
+        if node is not None:
+            try:
+                await node.on_stop()
+            except Exception as exc:
+                log.error("service %s: on_stop failed: %s", self.name, exc)
+
+
+class Runtime:
+    def __init__(
+        self,
+        topology: Topology,
+        registry: Registry,
+        contracts: ContractRegistry,
+        *,
+        pairs: Sequence[str] | None = None,
+        only: Sequence[str] | None = None,
+        data_dir: Path | str = ".fxrun",
+        pubsub: PubSubTransport | None = None,
+        log_transport: LogTransport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.topology = topology
+        self.registry = registry
+        self.contracts = contracts
+        self.pairs = list(pairs or topology.instruments)
+        self.data_dir = Path(data_dir)
+        self.wiring = resolve(topology, registry, self.pairs)
+        self.services = self._select(only)
+        settings = topology.runtime
+        self.clock = clock or (SimulatedClock() if settings.clock == "simulated" else WallClock())
+        self.pubsub = pubsub
+        self.log = log_transport
+        self.validator = BoundaryValidator(settings.validation, settings.sample_every)
+        self.hosts: dict[str, ServiceHost] = {}
+        self.stores: dict[str, Store] = {}
+        self._store_configs: dict[str, Any] = {}
+        self.writers: dict[tuple[str, str], BatchWriter] = {}
+        self.dead_letters: DeadLetters | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self._started = False
+        self.order: list[str] = []
+
+    def _select(self, only: Sequence[str] | None) -> list[str]:
+        chosen = []
+        for name, service in self.topology.services.items():
+            if only and name not in only:
+                continue
+            if not service.enabled:
+                if only:
+                    raise UserError(f"service {name!r} is disabled (enabled: false) and cannot be run")
+                continue
+            chosen.append(name)
+        return chosen
+
+    def spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _open_transports(self) -> None:
+        if self.pubsub is None:
+            self.pubsub = self._make_pubsub()
+        if self.log is None:
+            self.log = self._make_log()
+        await self.pubsub.connect()
+        await self.log.connect()
+
+    def _make_pubsub(self) -> PubSubTransport:
+        kind = self.topology.runtime.pubsub
+        if kind == "inprocess":
+            from framework.transport.inprocess import InProcessPubSub
+
+            return InProcessPubSub()
+        raise UserError(f"pubsub transport {kind!r} is not available yet (it arrives with the real-infrastructure issue)")
+
+    def _make_log(self) -> LogTransport:
+        kind = self.topology.runtime.log
+        if kind == "inprocess":
+            from framework.transport.inprocess import InProcessLog
+
+            directory = self.data_dir / "log" if self.topology.runtime.persist_log else None
+            return InProcessLog(directory)
+        raise UserError(f"log transport {kind!r} is not available yet (it arrives with the real-infrastructure issue)")
+
+    def _contracts_of(self, refs: Sequence[str]) -> tuple[Contract, ...]:
+        if ANY_CONTRACT in refs:
+            return ()
+        return tuple(self.contracts.resolve(r) for r in refs)
+
+    async def _open_tables(self) -> None:
+        used: dict[str, set[str]] = {}
+        for e in self.wiring.endpoints:
+            if e.kind == "table" and e.service in self.services:
+                used.setdefault(e.name, set()).add(e.service)
+        settings = self.topology.runtime
+        for table_name in used:
+            table = self.topology.tables[table_name]
+            store = self.stores.get(table.store)
+            if store is None:
+                config = self.topology.stores[table.store]
+                shared = next((self.stores[n] for n, c in self._store_configs.items() if c == config), None)
+                if shared is None:
+                    shared = open_store(table.store, config, str(self.data_dir))
+                    await shared.connect()
+                store = self.stores[table.store] = shared
+                self._store_configs[table.store] = config
+            if table.contract:
+                contract = self.contracts.resolve(table.contract)
+                columns, time_column = columns_from_contract(contract), contract.time_field
+            else:
+                columns, time_column = dict(table.columns or {}), None
+            await store.ensure_table(table_name, table, columns, time_column)
+
+    def _writer(self, service: str, table_name: str) -> BatchWriter:
+        key = (service, table_name)
+        writer = self.writers.get(key)
+        if writer is None:
+            settings = self.topology.runtime
+            table = self.topology.tables[table_name]
+            writer = self.writers[key] = BatchWriter(
+                self.stores[table.store],
+                table_name,
+                batch_size=settings.batch_size,
+                interval=parse_seconds(settings.batch_interval),
+                spill_dir=self.data_dir / "spill" / service,
+            )
+            writer.start()
+        return writer
+
+    def _build_host(self, name: str) -> ServiceHost:
+        service = self.topology.services[name]
+        spec = self.registry.get(service.node)
+        node_cls = spec.load()
+        params = spec.params.model_validate(service.params)
+        routes: dict[str, OutputRoute] = {}
+        tables: dict[str, TableHandle] = {}
+        for port, binding in service.outputs.items():
+            declared = spec.outputs.get(port)
+            refs = declared.contracts if declared else tuple(binding.contracts)
+            route = routes[port] = OutputRoute(port=port, contracts=self._contracts_of(refs))
+            key_field = route.contracts[0].key_field if route.contracts else None
+            route.subjects = [(t, compile_renderer(t)) for t in binding.subjects]
+            route.topics = [(t, self.topology.topics[t].key or key_field) for t in binding.topics]
+            for table_name in binding.table_names:
+                writer = self._writer(name, table_name)
+                route.writers.append(writer)
+                tables[table_name] = TableHandle(table_name, writer.store, writer)
+        for table_name in service.reads:
+            if table_name not in tables:
+                store = self.stores[self.topology.tables[table_name].store]
+                tables[table_name] = TableHandle(table_name, store, None)
+        metrics = ServiceMetrics(name)
+        assert self.pubsub is not None and self.log is not None and self.dead_letters is not None
+        ctx = NodeContext(
+            name,
+            clock=self.clock,
+            pubsub=self.pubsub,
+            log=self.log,
+            validator=self.validator,
+            dead_letters=self.dead_letters,
+            metrics=metrics,
+            routes=routes,
+            tables=tables,
+            pairs=self.pairs,
+            timeframes=self.topology.timeframes,
+            instruments=self.topology.instruments,
+            data_dir=self.data_dir / "services" / name,
+        )
+        return ServiceHost(name, service, spec, node_cls, params, ctx, metrics, self)
+
+    async def _wire_inputs(self, host: ServiceHost) -> None:
+        assert self.pubsub is not None and self.log is not None
+        service = host.service
+        for port, binding in service.inputs.items():
+            deliver = host.handler_for(port)
+            queue = binding.queue or (host.name if service.replicas > 1 else None)
+            patterns = [s for e in self.wiring.of(host.name) if e.port == port and e.kind == "nats" and e.direction == "in" for s in e.subjects]
+            for pattern in dict.fromkeys(patterns):
+                host.subscriptions.append(await self.pubsub.subscribe(pattern, deliver, queue=queue))
+            if binding.topics:
+                consumer = self.log.consumer(binding.group or host.name, binding.topics)
+                await consumer.start()
+                host.consumers.append(consumer)
+                host.consume_tasks.append(asyncio.create_task(self._consume(consumer, deliver), name=f"{host.name}.{port}"))
+
+    async def _consume(self, consumer: LogConsumer, deliver: Callable[..., Awaitable[None]]) -> None:
+        """At-least-once: commit only after every record of the batch was handled (or dead-lettered)."""
+        while not self._stop.is_set():
+            records = await consumer.getmany(timeout_ms=200, max_records=500)
+            for record in records:
+                await deliver(f"{record.topic}[{record.partition}]@{record.offset}", record.value, record.headers)
+            if records:
+                await consumer.commit()
+
+    async def start(self) -> None:
+        if self._started:
+            raise RuntimeError("runtime already started")
+        self._started = True
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        await self._open_transports()
+        assert self.pubsub is not None and self.log is not None
+        self.dead_letters = DeadLetters(self.data_dir / "deadletter", publish=self.pubsub.publish)
+        used_topics = {e.name for e in self.wiring.endpoints if e.kind == "kafka" and e.service in self.services}
+        await self.log.ensure_topics(
+            TopicSpec(name, t.partitions or 1, t.retention_ms, t.cleanup)
+            for name, t in self.topology.topics.items()
+            if name in used_topics
+        )
+        await self._open_tables()
+        for name in self.services:
+            self.hosts[name] = self._build_host(name)
+        self.order = dependency_order(self.wiring, self.services)
+        for name in self.order:
+            await self._wire_inputs(self.hosts[name])
+        for name in reversed(self.order):
+            await self.hosts[name].start()
+            log.info("service %s started (%s)", name, self.hosts[name].spec.name)
+        interval = parse_seconds(self.topology.runtime.metrics_interval)
+        self.spawn(self._write_metrics_periodically(interval), "metrics")
+
+    def notify_finished(self) -> None:
+        sources = [h for h in self.hosts.values() if h.node_cls.overrides_run()]
+        if sources and all(h.finished for h in sources):
+            log.info("every source has finished; stopping")
+            self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self, duration: float | None = None) -> None:
+        """Until stop is requested, every source finished, or ``duration`` seconds passed."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=duration)
+        except asyncio.TimeoutError:
+            pass
+
+    async def run(self, duration: float | None = None) -> None:
+        await self.start()
+        try:
+            await self.wait(duration)
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Producers first: each service stops taking input, finishes what it holds, flushes."""
+        self._stop.set()
+        for name in self.order:
+            host = self.hosts[name]
+            for sub in host.subscriptions:
+                await sub.unsubscribe()
+            await asyncio.gather(*host.consume_tasks, return_exceptions=True)
+            for consumer in host.consumers:
+                await consumer.stop()
+            await host.stop_node()
+            if host.metrics.state != "failed":
+                host.metrics.state = "stopped"
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for writer in self.writers.values():
+            await writer.close()
+        if self.pubsub is not None:
+            await self.pubsub.close()
+        if self.log is not None:
+            await self.log.flush()
+            await self.log.close()
+        for store in {id(s): s for s in self.stores.values()}.values():
+            await store.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()
+        self.write_metrics()
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return [self.hosts[n].metrics.snapshot() for n in self.order]
+
+    def write_metrics(self) -> None:
+        path = self.data_dir / "metrics.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"ts": int(time.time() * 1000), "services": self.metrics()}, option=orjson.OPT_INDENT_2))
+        tmp.replace(path)
+
+    async def _write_metrics_periodically(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.write_metrics()

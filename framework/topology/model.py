@@ -1,0 +1,241 @@
+"""Pydantic model of the topology document (strict: unknown keys and wrong types are errors).
+
+The model checks *shape*. Whether the wiring makes sense (a subscription someone can reach,
+a topic that exists, a risk gate on every path to execution) is the lint's job
+(:mod:`framework.lint`), because those findings need the registry and the contracts.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from framework.durations import parse_ms
+
+Phase = Literal["data", "training", "trading", "support"]
+PHASES: tuple[Phase, ...] = ("data", "training", "trading", "support")
+PHASE_TITLES: dict[str, str] = {
+    "data": "Phase 1: Data foundation",
+    "training": "Phase 2: ML training",
+    "trading": "Phase 3: Live trading",
+    "support": "Phase 4: Supporting services",
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_duration(value: str | None) -> str | None:
+    if value is not None:
+        parse_ms(value)
+    return value
+
+
+def _as_list(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class Instrument(Strict):
+    """A tradable symbol. ``pip`` is the pip size, ``digits`` the quote precision (point = 10**-digits)."""
+
+    kind: Literal["fx", "metal", "index", "commodity", "crypto"] = "fx"
+    pip: float = Field(gt=0)
+    digits: int = Field(ge=0, le=10)
+    description: str | None = None
+
+    @property
+    def point(self) -> float:
+        return 10.0 ** -self.digits
+
+
+class TLSConfig(Strict):
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+class NatsAuth(Strict):
+    """Credentials come from environment variables named here, never from the YAML itself."""
+
+    user_env: str | None = None
+    password_env: str | None = None
+    token_env: str | None = None
+
+
+class NatsConfig(Strict):
+    servers: list[str] = Field(min_length=1)
+    auth: NatsAuth | None = None
+    tls: TLSConfig | None = None
+    reconnect_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
+    durable: list[str] = Field(default_factory=list, description="subject patterns kept in JetStream")
+
+
+class KafkaAuth(Strict):
+    mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    username_env: str
+    password_env: str
+
+
+class KafkaConfig(Strict):
+    bootstrap: list[str] = Field(min_length=1)
+    auth: KafkaAuth | None = None
+    tls: TLSConfig | None = None
+    client_id: str = "fxflow"
+
+
+class StoreConfig(Strict):
+    kind: Literal["postgres", "clickhouse", "redis"]
+    url: str
+    password_env: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Topic(Strict):
+    """A Kafka topic. ``key`` names the message field used as the record key (partitioning)."""
+
+    partitions: int | None = Field(default=None, ge=1)
+    key: str | None = None
+    retention: str | None = None
+    cleanup: Literal["delete", "compact", "compact,delete"] = "delete"
+    replication: int = Field(default=1, ge=1)
+    contract: str | list[str] | None = None
+    description: str | None = None
+
+    _retention = field_validator("retention")(_check_duration)
+
+    @property
+    def retention_ms(self) -> int | None:
+        return parse_ms(self.retention) if self.retention else None
+
+    @property
+    def contracts(self) -> list[str]:
+        return _as_list(self.contract)
+
+
+class Table(Strict):
+    """A table in a named store; columns come from ``contract`` or are listed in ``columns``."""
+
+    store: str
+    contract: str | None = None
+    columns: dict[str, str] | None = None
+    order_by: list[str] = Field(default_factory=list)
+    retention: str | None = None
+    engine: Literal["MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "hypertable", "kv"] | None = None
+    description: str | None = None
+
+    _retention = field_validator("retention")(_check_duration)
+
+    @property
+    def retention_ms(self) -> int | None:
+        return parse_ms(self.retention) if self.retention else None
+
+
+class Binding(Strict):
+    """Where one port of a node is wired: NATS subjects, Kafka topics and tables.
+
+    Subjects are templates over ``{symbol}``, ``{timeframe}`` and the topology's
+    ``variables``; for inputs they may be wildcard patterns. ``contract`` may state the
+    contract of a port whose node is not built yet (the node's own declaration wins).
+    """
+
+    nats: str | list[str] | None = None
+    kafka: str | list[str] | None = None
+    tables: str | list[str] | None = None
+    contract: str | list[str] | None = None
+    values: dict[str, list[str] | Literal["*"]] = Field(
+        default_factory=dict, description="values of template variables for this binding only (e.g. alert types)"
+    )
+    group: str | None = Field(default=None, description="Kafka consumer group (inputs)")
+    queue: str | None = Field(default=None, description="NATS queue group (inputs); default: the service name when replicas > 1")
+    description: str | None = None
+
+    @property
+    def subjects(self) -> list[str]:
+        return _as_list(self.nats)
+
+    @property
+    def topics(self) -> list[str]:
+        return _as_list(self.kafka)
+
+    @property
+    def table_names(self) -> list[str]:
+        return _as_list(self.tables)
+
+    @property
+    def contracts(self) -> list[str]:
+        return _as_list(self.contract)
+
+
+class Service(Strict):
+    node: str
+    phase: Phase
+    enabled: bool = True
+    description: str | None = None
+    replicas: int = Field(default=1, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Binding] = Field(default_factory=dict)
+    outputs: dict[str, Binding] = Field(default_factory=dict)
+    reads: list[str] = Field(default_factory=list, description="tables the service queries")
+
+
+class RestartPolicy(Strict):
+    max_restarts: int = Field(default=5, ge=0)
+    backoff_initial: float = Field(default=0.5, gt=0)
+    backoff_max: float = Field(default=30.0, gt=0)
+    failures_before_restart: int = Field(default=20, ge=1)
+
+
+class RuntimeConfig(Strict):
+    """How this profile runs: which transports, which validation mode, which clock."""
+
+    pubsub: Literal["inprocess", "nats"] = "inprocess"
+    log: Literal["inprocess", "kafka"] = "inprocess"
+    validation: Literal["strict", "sampled", "off"] = "strict"
+    sample_every: int = Field(default=100, ge=1)
+    clock: Literal["wall", "simulated"] = "wall"
+    persist_log: bool = True
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    batch_size: int = Field(default=1000, ge=1)
+    batch_interval: str = "1s"
+    metrics_interval: str = "5s"
+
+
+class Topology(Strict):
+    name: str = "fxflow"
+    instruments: dict[str, Instrument] = Field(min_length=1)
+    timeframes: list[str] = Field(min_length=1)
+    variables: dict[str, list[str] | Literal["*"]] = Field(default_factory=dict)
+    domains: list[str] = Field(min_length=1)
+    nats: NatsConfig | None = None
+    kafka: KafkaConfig | None = None
+    stores: dict[str, StoreConfig] = Field(default_factory=dict)
+    topics: dict[str, Topic] = Field(default_factory=dict)
+    tables: dict[str, Table] = Field(default_factory=dict)
+    services: dict[str, Service] = Field(default_factory=dict)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("timeframes")
+    @classmethod
+    def _timeframes(cls, value: list[str]) -> list[str]:
+        for tf in value:
+            ms = parse_ms(tf)
+            if ms is None or ms < 60_000:
+                raise ValueError(f"timeframe {tf!r} must be at least one minute (1m, 5m, 1h, 1d…)")
+        return value
+
+
+class RunConfig(Strict):
+    """The composed run: the topology plus what this invocation selects."""
+
+    topology: Topology
+    pairs: list[str] | None = None
+    only: list[str] | None = None
+    data_dir: str = ".fxrun"
+    duration: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    _duration = field_validator("duration")(_check_duration)

@@ -1,0 +1,162 @@
+"""The transport API every implementation provides (in-process now; NATS and Kafka next).
+
+Two halves, as in the seed: a *pub/sub* half with NATS semantics (subjects, ``*``/``>``
+wildcards, queue groups, at-most-once) and a *log* half with Kafka semantics (topics of
+keyed partitions, consumer groups, committed offsets, replay from an offset or a time).
+
+Payloads are ``dict`` messages at this boundary: a wire transport encodes them, the
+in-process one passes them through untouched. The conformance suite in
+``tests/conformance`` is written against these classes only, so every implementation
+must pass it unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, Any]
+Headers = Mapping[str, str]
+Handler = Callable[[str, Message, Headers | None], Awaitable[None]]
+"""A subscriber callback: ``await handler(subject, payload, headers)``."""
+
+
+class Subscription(abc.ABC):
+    """A live subscription; ``unsubscribe`` stops delivery."""
+
+    pattern: str
+    queue: str | None
+
+    @abc.abstractmethod
+    async def unsubscribe(self) -> None: ...
+
+
+class PubSubTransport(abc.ABC):
+    """NATS semantics: fire-and-forget subjects, wildcards and queue groups."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Drain in-flight deliveries, then disconnect."""
+
+    @abc.abstractmethod
+    async def publish(self, subject: str, payload: Message, headers: Headers | None = None) -> None:
+        """Publish to a concrete subject (no wildcards)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, pattern: str, handler: Handler, queue: str | None = None) -> Subscription:
+        """Subscribe to a pattern; with ``queue`` each message goes to one member of the group."""
+
+    async def flush(self) -> None:
+        """Wait until everything published so far has been handed to the server (or delivered)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A log topic as the topology declares it."""
+
+    name: str
+    partitions: int = 1
+    retention_ms: int | None = None
+    cleanup_policy: str = "delete"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMetadata:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One log record as a consumer sees it. ``timestamp`` is Unix epoch milliseconds."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: Message
+    timestamp: int
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+TopicPartition = tuple[str, int]
+
+
+class LogConsumer(abc.ABC):
+    """A member of a consumer group. Offsets are committed explicitly (at-least-once)."""
+
+    group: str
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Leave the group; uncommitted records will be redelivered to the group."""
+
+    @abc.abstractmethod
+    def assignment(self) -> set[TopicPartition]: ...
+
+    @abc.abstractmethod
+    async def getmany(self, timeout_ms: int = 0, max_records: int | None = None) -> list[Record]:
+        """Fetch the next records of the assigned partitions, waiting up to ``timeout_ms``."""
+
+    @abc.abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit ``offsets`` (next offset to read, Kafka style) or everything fetched so far."""
+
+    @abc.abstractmethod
+    async def committed(self, tp: TopicPartition) -> int | None: ...
+
+    @abc.abstractmethod
+    async def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Move the fetch position of an assigned partition (replay)."""
+
+    @abc.abstractmethod
+    async def seek_to_timestamp(self, timestamp_ms: int) -> None:
+        """Move every assigned partition to the first record at or after ``timestamp_ms``."""
+
+
+class LogTransport(abc.ABC):
+    """Kafka semantics: keyed partitions, consumer groups, committed offsets, replay."""
+
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ensure_topics(self, topics: Iterable[TopicSpec]) -> None:
+        """Create missing topics as declared (idempotent)."""
+
+    @abc.abstractmethod
+    async def produce(
+        self,
+        topic: str,
+        value: Message,
+        key: str | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int | None = None,
+    ) -> RecordMetadata:
+        """Append one record; records with the same key land in the same partition, in order."""
+
+    @abc.abstractmethod
+    def consumer(
+        self,
+        group: str,
+        topics: Iterable[str],
+        *,
+        auto_offset_reset: str = "earliest",
+    ) -> LogConsumer:
+        """A new (not yet started) member of consumer group ``group``."""
+
+    async def flush(self) -> None:
+        """Wait until every produced record is durable (acknowledged)."""

@@ -1,0 +1,1 @@
+"""The template node plugin: copy this package to start a new node (see README, "Writing a node")."""

@@ -1,0 +1,159 @@
+"""Pub/sub conformance: NATS semantics every PubSubTransport must show.
+
+Delivery may be asynchronous (real NATS), so tests wait for conditions with a timeout
+instead of asserting right after ``publish``. To prove that something was *not*
+delivered, a test publishes a final marker that the subscriber does match: delivery is
+ordered per publisher and subscription, so once the marker is in, anything sent before
+it would be too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from framework.transport.base import Headers, Message, PubSubTransport
+
+
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+class Inbox:
+    """A subscriber that records what it is given."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, Message, Headers | None]] = []
+
+    async def __call__(self, subject: str, payload: Message, headers: Headers | None) -> None:
+        self.received.append((subject, payload, headers))
+
+    @property
+    def subjects(self) -> list[str]:
+        return [s for s, _, _ in self.received]
+
+    @property
+    def payloads(self) -> list[Message]:
+        return [p for _, p, _ in self.received]
+
+    def has(self, n: int) -> Callable[[], bool]:
+        return lambda: len(self.received) >= n
+
+    def got_subject(self, subject: str) -> Callable[[], bool]:
+        return lambda: subject in self.subjects
+
+
+async def test_publish_subscribe_round_trip(pubsub: PubSubTransport, uid: str) -> None:
+    inbox = Inbox()
+    sub = await pubsub.subscribe(f"{uid}.md.EURUSD.tick", inbox)
+    payload: dict[str, Any] = {"bid": 1.0842, "ask": 1.0843, "n": 3, "ok": True, "none": None, "xs": [1, "a"]}
+    await pubsub.publish(f"{uid}.md.EURUSD.tick", payload)
+    await eventually(inbox.has(1), "the message")
+    subject, got, headers = inbox.received[0]
+    assert subject == f"{uid}.md.EURUSD.tick"
+    assert got == payload
+    assert not headers
+    assert sub.pattern == f"{uid}.md.EURUSD.tick"
+    assert sub.queue is None
+
+
+async def test_wildcards(pubsub: PubSubTransport, uid: str) -> None:
+    star, tail = Inbox(), Inbox()
+    await pubsub.subscribe(f"{uid}.*.x", star)
+    await pubsub.subscribe(f"{uid}.>", tail)
+    for subject in (f"{uid}.a.x", f"{uid}.a.b.x", f"{uid}.a.y", uid, f"{uid}x.a.x", f"{uid}.end.x"):
+        await pubsub.publish(subject, {"s": subject})
+    await eventually(star.got_subject(f"{uid}.end.x"), "the marker on '*'")
+    await eventually(tail.got_subject(f"{uid}.end.x"), "the marker on '>'")
+    assert star.subjects == [f"{uid}.a.x", f"{uid}.end.x"]
+    assert tail.subjects == [f"{uid}.a.x", f"{uid}.a.b.x", f"{uid}.a.y", f"{uid}.end.x"]
+
+
+async def test_no_delivery_after_unsubscribe(pubsub: PubSubTransport, uid: str) -> None:
+    gone, marker = Inbox(), Inbox()
+    sub = await pubsub.subscribe(f"{uid}.s", gone)
+    await pubsub.subscribe(f"{uid}.s", marker)
+    await pubsub.publish(f"{uid}.s", {"n": 1})
+    await eventually(gone.has(1), "the first message")
+    await sub.unsubscribe()
+    await pubsub.publish(f"{uid}.s", {"n": 2})
+    await eventually(marker.has(2), "the second message on the remaining subscriber")
+    assert gone.payloads == [{"n": 1}]
+
+
+async def test_queue_group_delivers_each_message_to_one_member(pubsub: PubSubTransport, uid: str) -> None:
+    subject, n = f"{uid}.work", 90
+    members = [Inbox() for _ in range(3)]
+    for member in members:
+        await pubsub.subscribe(subject, member, queue="workers")
+    plain = Inbox()
+    await pubsub.subscribe(subject, plain)
+    for i in range(n):
+        await pubsub.publish(subject, {"i": i})
+
+    def delivered() -> list[int]:
+        return sorted(p["i"] for m in members for p in m.payloads)
+
+    await eventually(plain.has(n), "every message on the plain subscriber")
+    await eventually(lambda: len(delivered()) >= n, "every message in the queue group")
+    assert delivered() == list(range(n))
+    assert all(m.received for m in members), [len(m.received) for m in members]
+    assert [p["i"] for p in plain.payloads] == list(range(n))
+
+
+async def test_order_per_subject_from_one_publisher(pubsub: PubSubTransport, uid: str) -> None:
+    inbox = Inbox()
+    await pubsub.subscribe(f"{uid}.>", inbox)
+    for i in range(300):
+        await pubsub.publish(f"{uid}.{'a' if i % 2 else 'b'}", {"i": i})
+    await eventually(inbox.has(300), "all messages")
+    for token in ("a", "b"):
+        seq = [p["i"] for s, p, _ in inbox.received if s == f"{uid}.{token}"]
+        assert seq == sorted(seq) and len(seq) == 150
+
+
+async def test_headers_round_trip(pubsub: PubSubTransport, uid: str) -> None:
+    inbox = Inbox()
+    await pubsub.subscribe(f"{uid}.h", inbox)
+    headers = {"trace-id": "4bf92f3577b34da6", "content-type": "application/json", "X-Mixed-Case": "Yes"}
+    await pubsub.publish(f"{uid}.h", {"v": 1}, headers=headers)
+    await eventually(inbox.has(1), "the message")
+    got = inbox.received[0][2]
+    assert got is not None and dict(got) == headers
+
+
+async def test_failing_handler_does_not_affect_publisher_or_others(pubsub: PubSubTransport, uid: str) -> None:
+    calls = 0
+
+    async def broken(subject: str, payload: Message, headers: Headers | None) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("handler bug")
+
+    after = Inbox()
+    await pubsub.subscribe(f"{uid}.e", broken)
+    await pubsub.subscribe(f"{uid}.e", after)
+    await pubsub.publish(f"{uid}.e", {"n": 1})
+    await pubsub.publish(f"{uid}.e", {"n": 2})
+    await eventually(after.has(2), "both messages on the healthy subscriber")
+    await eventually(lambda: calls == 2, "the failing handler to keep receiving")
+
+
+@pytest.mark.parametrize("subject", ["a.*", "a.>", "a..b", "", "a b"])
+async def test_publish_rejects_invalid_subjects(pubsub: PubSubTransport, subject: str) -> None:
+    with pytest.raises(ValueError):
+        await pubsub.publish(subject, {})
+
+
+@pytest.mark.parametrize("pattern", ["a..b", "a.>.b", "a*", ""])
+async def test_subscribe_rejects_invalid_patterns(pubsub: PubSubTransport, pattern: str) -> None:
+    with pytest.raises(ValueError):
+        await pubsub.subscribe(pattern, Inbox())
