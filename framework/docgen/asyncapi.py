@@ -87,7 +87,7 @@ def _messages(refs: Iterable[str]) -> dict[str, dict[str, str]]:
 
 
 def _parameters(flow: Flow, template: str, refs: list[str]) -> dict[str, dict[str, Any]]:
-    values = flow.wiring.values
+    values = flow.variable_values(template)
     params: dict[str, dict[str, Any]] = {}
     for name in placeholders(template):
         param: dict[str, Any] = {}
@@ -97,7 +97,7 @@ def _parameters(flow: Flow, template: str, refs: list[str]) -> dict[str, dict[st
         elif value == "*":
             param["description"] = _PARAM_DESCRIPTIONS.get(name, f"`{name}`: any value, known at run time.")
         else:
-            param["description"] = _PARAM_DESCRIPTIONS.get(name, f"Topology `variables.{name}`.")
+            param["description"] = _PARAM_DESCRIPTIONS.get(name, f"Template variable `{name}`.")
             param["enum"] = list(value)
         if refs and all(name in flow.contracts.resolve(r).properties() for r in refs):
             param["location"] = f"$message.payload#/{name}"

@@ -14,7 +14,7 @@ from framework.contracts import ContractRegistry
 from framework.registry import NodeSpec, Registry
 from framework.subjects import SubjectError, intersects
 from framework.topology.model import PHASES, Table, Topic, Topology
-from framework.topology.templates import as_pattern, expand
+from framework.topology.templates import ANY_TOKEN, as_pattern, placeholders
 from framework.wiring import Endpoint, Wiring, resolve
 
 SOURCE = "topology/services.yaml"
@@ -40,6 +40,8 @@ class SubjectNode:
     subscribers: list[Endpoint] = field(default_factory=list)
     sources: tuple[str, ...] = ()
     """Published templates this one receives from (itself when it is published)."""
+    concrete: tuple[str, ...] = ()
+    """Every subject (or pattern) the bindings expand it to, binding-scoped ``values`` included."""
 
     @property
     def published(self) -> bool:
@@ -106,7 +108,29 @@ class Flow:
     def durable(self, template: str) -> bool:
         """True if JetStream keeps (some of) the template's subjects (``nats.durable``)."""
         nats = self.topology.nats
-        return bool(nats and nats.durable) and templates_intersect(template, nats.durable, dict(self.wiring.values))
+        return bool(nats and nats.durable) and _any_intersect(self.subjects[template].concrete, nats.durable)
+
+    def variable_values(self, template: str) -> dict[str, list[str] | str]:
+        """Values of each placeholder of a subject template, over every binding that writes it.
+
+        Publishers' bindings count (their scoped ``values`` override the topology's), else the
+        subscribers'. ``"*"`` (known at run time) wins over lists; a name with no values is absent.
+        """
+        node = self.subjects[template]
+        bindings = [e.binding for e in (node.publishers or node.subscribers)]
+        out: dict[str, list[str] | str] = {}
+        for name in placeholders(template):
+            collected: list[str] = []
+            for binding in bindings:
+                value = binding.values.get(name) if binding is not None and name in binding.values else self.wiring.values.get(name)
+                if value == ANY_TOKEN:
+                    out[name] = ANY_TOKEN
+                    break
+                collected.extend(value or ())
+            else:
+                if collected:
+                    out[name] = unique(collected)
+        return out
 
 
 def unique(items: Iterable[str]) -> list[str]:
@@ -118,11 +142,10 @@ def phase_order(topology: Topology) -> list[str]:
     return sorted(topology.services, key=lambda name: PHASES.index(topology.services[name].phase))
 
 
-def _concrete(template: str, values: dict) -> list[str]:
-    try:
-        return expand(template, values)
-    except KeyError:
-        return [as_pattern(template)]
+def _concrete(node: SubjectNode) -> tuple[str, ...]:
+    """The node's expansions; a template with an undeclared variable stands for its widest pattern."""
+    expanded = unique(s for e in (*node.publishers, *node.subscribers) for s in e.subjects)
+    return tuple(expanded) or (as_pattern(node.template),)
 
 
 def _any_intersect(left: Sequence[str], right: Sequence[str]) -> bool:
@@ -136,19 +159,15 @@ def _any_intersect(left: Sequence[str], right: Sequence[str]) -> bool:
     return False
 
 
-def templates_intersect(template: str, patterns: Sequence[str], values: dict) -> bool:
-    """True if some subject the template can produce matches one of ``patterns``."""
-    return _any_intersect(_concrete(template, values), [p for t in patterns for p in _concrete(t, values)])
-
-
-def _link_sources(subjects: dict[str, SubjectNode], values: dict) -> None:
-    published = [s.template for s in subjects.values() if s.published]
-    expanded = {t: _concrete(t, values) for t in subjects}
+def _link_sources(subjects: dict[str, SubjectNode]) -> None:
+    for node in subjects.values():
+        node.concrete = _concrete(node)
+    published = [s for s in subjects.values() if s.published]
     for node in subjects.values():
         if node.published:
             node.sources = (node.template,)
         else:
-            node.sources = tuple(p for p in published if _any_intersect(expanded[node.template], expanded[p]))
+            node.sources = tuple(p.template for p in published if _any_intersect(node.concrete, p.concrete))
 
 
 def build_flow(topology: Topology, registry: Registry, contracts: ContractRegistry) -> Flow:
@@ -170,7 +189,7 @@ def build_flow(topology: Topology, registry: Registry, contracts: ContractRegist
             table_node = tables.setdefault(e.name, TableNode(e.name, None))
             (table_node.writers if e.direction == "out" else table_node.readers).append(e)
     subjects = dict(sorted(subjects.items(), key=lambda kv: not kv[1].published))
-    _link_sources(subjects, dict(wiring.values))
+    _link_sources(subjects)
     return Flow(topology, registry, contracts, wiring, services, subjects, topics, tables)
 
 

@@ -76,7 +76,11 @@ def _messaging(publish: list[str], subscribe: list[str], sub_word: str) -> str:
 
 
 def pattern_of(flow: Flow, service: str) -> str:
-    """The seed's "Pattern" column, derived from which transports the service uses and how."""
+    """The seed's "Pattern" column, derived from which transports the service uses and how.
+
+    A service publishing on NATS without subscribing counts as batch ("NATS status only") when
+    its node says so, or, for a node not built yet, when it queries tables (``reads``).
+    """
     nats_pub, nats_sub = (bool(_names(flow, service, "nats", d)) for d in ("out", "in"))
     kafka_pub, kafka_sub = (bool(_names(flow, service, "kafka", d)) for d in ("out", "in"))
     nats, kafka = nats_pub or nats_sub, kafka_pub or kafka_sub
@@ -90,7 +94,8 @@ def pattern_of(flow: Flow, service: str) -> str:
     if nats:
         if not nats_pub:
             return "NATS only (read-only)"
-        if not nats_sub and spec is not None and spec.role == "batch":
+        batch = spec.role == "batch" if spec is not None else bool(flow.topology.services[service].reads)
+        if not nats_sub and batch:
             return "NATS status only"
         return "NATS only"
     if kafka:
@@ -137,6 +142,8 @@ def _port_rows(flow: Flow, service_name: str, service: Service, direction: str) 
         description = binding.description or (declared[port].description if port in declared else "")
         if port not in bound:
             description = f"(not wired) {description}".strip()
+        scoped = "; ".join(f"`{{{k}}}`: {_values_text(v)}" for k, v in binding.values.items())
+        description = " — ".join(t for t in (scoped, description) if t)
         rows.append([
             code(port),
             codes(_display_refs(flow, refs)),
@@ -146,6 +153,10 @@ def _port_rows(flow: Flow, service_name: str, service: Service, direction: str) 
             description,
         ])
     return rows
+
+
+def _values_text(values: list[str] | str) -> str:
+    return "any value, known at run time" if values == "*" else ", ".join(values)
 
 
 def _display_refs(flow: Flow, refs: Iterable[str]) -> list[str]:
@@ -257,7 +268,7 @@ def timeframes_section(flow: Flow) -> list[str]:
     lines = ["## Timeframes and template variables", "", f"- `{{timeframe}}`: {codes(flow.topology.timeframes)}"]
     lines.append(f"- `{{symbol}}`: every instrument ({len(flow.topology.instruments)})")
     for name, values in flow.topology.variables.items():
-        shown = "any value, known at run time" if values == "*" else codes(values)
+        shown = _values_text(values) if values == "*" else codes(values)
         lines.append(f"- `{{{name}}}`: {shown}")
     return lines
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""The README's two commands, each doing its own set-up on a fresh machine (Python 3.11 + pip).
+
+    python3 tasks.py demo [overrides…]   install, then run `fxrun topology=demo`
+    python3 tasks.py test                install, then lint every profile, check docs, run pytest
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+STAMP = VENV / ".fxflow-installed"
+PROFILES = ("demo", "live", "backtest")
+
+
+def run(*cmd: str | Path) -> None:
+    print("+", " ".join(str(c) for c in cmd), flush=True)
+    result = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+    if result.returncode:
+        sys.exit(result.returncode)
+
+
+def ensure_installed(extras: str) -> None:
+    """Create .venv and install fxflow (editable) with ``extras``; skipped when nothing changed."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"fxflow needs Python 3.11 or newer (this is {sys.version.split()[0]})")
+    if not (BIN / "python").exists():
+        print(f"creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
+    if STAMP.exists() and STAMP.read_text() == digest:
+        return
+    run(BIN / "python", "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f".[{extras}]")
+    STAMP.write_text(digest)
+
+
+def demo(args: list[str]) -> None:
+    ensure_installed("test")
+    overrides = args if any(a.startswith("topology=") for a in args) else ["topology=demo", *args]
+    run(BIN / "fxrun", *overrides)
+
+
+def test(args: list[str]) -> None:
+    ensure_installed("test")
+    for profile in PROFILES:
+        run(BIN / "fxrun", "lint", "--quiet", f"topology={profile}")
+    run(BIN / "fxrun", "docs", "--check")
+    run(BIN / "python", "-m", "pytest", *args)
+
+
+def main() -> None:
+    commands = {"demo": demo, "test": test}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(__doc__)
+    commands[sys.argv[1]](sys.argv[2:])
+
+
+if __name__ == "__main__":
+    main()
