@@ -42,11 +42,13 @@ class WallClock(Clock):
         if speed <= 0:
             raise ValueError("speed must be positive")
         self.speed = speed
-        self._origin_ms = origin_ms
         self._start = time.time()
+        # Live (real time) unless replaying: from ``origin_ms``, or at ``speed`` from now.
+        self._live = origin_ms is None and speed == 1.0
+        self._origin_ms = int(self._start * 1000) if origin_ms is None else origin_ms
 
     def now_ms(self) -> int:
-        if self._origin_ms is None or self.speed == 1.0:
+        if self._live:
             return int(time.time() * 1000)
         return self._origin_ms + int((time.time() - self._start) * 1000 * self.speed)
 
@@ -54,9 +56,8 @@ class WallClock(Clock):
         await asyncio.sleep(max(0.0, seconds) / self.speed)
 
     async def wait_until(self, ts_ms: int) -> None:
-        delay = (ts_ms - self.now_ms()) / 1000.0
-        if delay > 0:
-            await asyncio.sleep(delay / self.speed)
+        while (remaining_ms := ts_ms - self.now_ms()) > 0:
+            await asyncio.sleep(remaining_ms / 1000.0 / self.speed)
 
 
 class SimulatedClock(Clock):

@@ -261,6 +261,7 @@ class Runtime:
         self.dead_letters: DeadLetters | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+        self._drain = False
         self._started = False
         self.order: list[str] = []
 
@@ -410,13 +411,23 @@ class Runtime:
                 host.consume_tasks.append(asyncio.create_task(self._consume(consumer, deliver), name=f"{host.name}.{port}"))
 
     async def _consume(self, consumer: LogConsumer, deliver: Callable[..., Awaitable[None]]) -> None:
-        """At-least-once: commit only after every record of the batch was handled (or dead-lettered)."""
-        while not self._stop.is_set():
-            records = await consumer.getmany(timeout_ms=200, max_records=500)
+        """At-least-once: commit only after every record of the batch was handled (or dead-lettered).
+
+        On a requested stop the loop ends after the current batch; when the run ends because
+        every source finished, it first drains what is already in the log (nothing is left
+        behind in a backtest, whose log is not persisted).
+        """
+        while True:
+            stopping = self._stop.is_set()
+            if stopping and not self._drain:
+                return
+            records = await consumer.getmany(timeout_ms=0 if stopping else 200, max_records=500)
             for record in records:
                 await deliver(f"{record.topic}[{record.partition}]@{record.offset}", record.value, record.headers)
             if records:
                 await consumer.commit()
+            elif stopping:
+                return
 
     async def start(self) -> None:
         if self._started:
@@ -448,6 +459,7 @@ class Runtime:
         sources = [h for h in self.hosts.values() if h.node_cls.overrides_run()]
         if sources and all(h.finished for h in sources):
             log.info("every source has finished; stopping")
+            self._drain = True
             self._stop.set()
 
     def request_stop(self) -> None:

@@ -39,6 +39,8 @@ class Endpoint:
     @property
     def path(self) -> tuple[str, ...]:
         """Key path in the topology document (for file:line)."""
+        if self.port == "reads" and self.direction == "in" and self.kind == "table" and self.binding is None:
+            return ("services", self.service, "reads")
         section = "inputs" if self.direction == "in" else "outputs"
         return ("services", self.service, section, self.port, self.kind if self.kind != "table" else "tables")
 

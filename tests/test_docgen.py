@@ -188,6 +188,9 @@ def test_service_cards(architecture, topology):
     trainer = architecture.split("### 4. trainer", 1)[1].split("### 5.", 1)[0]
     assert "**not built**" in trainer and "| Enabled | no |" in trainer
     assert "**Reads**: `historical_aggregates`" in trainer
+    strategy = architecture.split("### 5. strategy", 1)[1].split("### 6.", 1)[0]
+    broker = '`{"region": "eu", "token": "(hidden)", "hosts": ["https://b.local"]}`'
+    assert f"| `broker` | {broker} | - | - | (not in the node's params schema) |" in strategy
     dashboard = architecture.split("### 6. dashboard", 1)[1]
     assert "| `archive` | `any` | - | - | - | (not wired) |" in dashboard
 
@@ -253,7 +256,7 @@ def test_asyncapi_operations_and_references_resolve(asyncapi):
         channel = deref(asyncapi, op["channel"]["$ref"])
         for ref in op.get("messages", []):
             assert ref["$ref"].startswith(op["channel"]["$ref"] + "/messages/")
-            deref(asyncapi, ref["$ref"])
+            assert deref(asyncapi, ref["$ref"]) in channel["messages"].values()
     for channel in asyncapi["channels"].values():
         for ref in channel.get("messages", {}).values():
             assert deref(asyncapi, ref["$ref"])["payload"]
@@ -292,6 +295,21 @@ def test_asyncapi_is_valid_against_the_official_schema(asyncapi):
     schema = json.loads((FIXTURES / "asyncapi-3.0.0.schema.json").read_text())
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(asyncapi), key=lambda e: e.json_path)
     assert not errors, [f"{e.json_path}: {e.message[:200]}" for e in errors[:5]]
+
+
+def test_colliding_names_get_distinct_ids(tmp_path, registry):
+    data = yaml.safe_load((FIXTURES / "topology.yaml").read_text())
+    data["services"]["literal"] = {"node": "test_strategy", "phase": "trading",
+                                   "outputs": {"signals": {"nats": "ticks.symbol"}}}
+    path = tmp_path / "services.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    topology = load_topology_file(path)[0]
+    doc = yaml.safe_load(render_asyncapi(topology, registry, CONTRACTS))
+    assert doc["channels"]["nats.ticks.symbol"]["address"] == "ticks.{symbol}"
+    assert doc["channels"]["nats.ticks.symbol-2"]["address"] == "ticks.symbol"
+    block = mermaid_block(render_architecture(topology, registry, CONTRACTS))
+    assert 'nats_ticks_symbol(["ticks.{symbol}"])' in block
+    assert 'nats_ticks_symbol_2(["ticks.symbol"])' in block
 
 
 # ---------------------------------------------------------------- secrets, determinism, files

@@ -32,11 +32,30 @@ _PARAM_DESCRIPTIONS = {
 }
 
 
+ChannelIds = dict[tuple[str, str], str]
+
+
 def channel_id(kind: str, name: str) -> str:
     """``nats`` + ``bars.{symbol}.{timeframe}`` → ``nats.bars.symbol.timeframe`` (a valid component key)."""
     text = name.replace(">", "all").replace("*", "any")
     text = re.sub(r"[{}]", "", text)
     return f"{kind}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', text)}"
+
+
+def channel_ids(flow: Flow) -> ChannelIds:
+    """(kind, subject template or topic) → channel id, unique (``-2``… on collision), in document order."""
+    ids: ChannelIds = {}
+    taken: set[str] = set()
+    names = [("nats", n.template) for n in flow.subjects.values() if n.published or not n.sources]
+    names += [("kafka", t) for t in flow.topics]
+    for kind, name in names:
+        base = candidate = channel_id(kind, name)
+        n = 2
+        while candidate in taken:
+            candidate, n = f"{base}-{n}", n + 1
+        taken.add(candidate)
+        ids[(kind, name)] = candidate
+    return ids
 
 
 def _ref(*parts: str) -> dict[str, str]:
@@ -109,11 +128,11 @@ def _endpoint_refs(flow: Flow, endpoints: Iterable[Endpoint]) -> list[str]:
     return flow.known_contracts(r for e in endpoints for r in e.contracts)
 
 
-def nats_channels(flow: Flow, all_servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def nats_channels(flow: Flow, ids: ChannelIds, all_servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
     channels: dict[str, dict[str, Any]] = {}
     server_refs = _server_refs(all_servers, "nats")
     for node in flow.subjects.values():
-        if not node.published and node.sources:
+        if ("nats", node.template) not in ids:
             continue
         refs = _endpoint_refs(flow, node.publishers) or _endpoint_refs(flow, node.subscribers)
         channel: dict[str, Any] = {"address": node.template}
@@ -128,7 +147,7 @@ def nats_channels(flow: Flow, all_servers: dict[str, Any]) -> dict[str, dict[str
         if not node.published:
             meta["published"] = False
         channel["x-fxflow"] = meta
-        channels[channel_id("nats", node.template)] = channel
+        channels[ids[("nats", node.template)]] = channel
     return channels
 
 
@@ -145,7 +164,7 @@ def _kafka_binding(topic: Topic) -> dict[str, Any]:
     return binding
 
 
-def kafka_channels(flow: Flow, all_servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def kafka_channels(flow: Flow, ids: ChannelIds, all_servers: dict[str, Any]) -> dict[str, dict[str, Any]]:
     channels: dict[str, dict[str, Any]] = {}
     server_refs = _server_refs(all_servers, "kafka")
     for node in flow.topics.values():
@@ -169,21 +188,18 @@ def kafka_channels(flow: Flow, all_servers: dict[str, Any]) -> dict[str, dict[st
             if node.topic.retention:
                 meta["retention"] = node.topic.retention
         channel["x-fxflow"] = meta
-        channels[channel_id("kafka", node.name)] = channel
+        channels[ids[("kafka", node.name)]] = channel
     return channels
 
 
 # ---------------------------------------------------------------- operations
 
 
-def _targets(flow: Flow, e: Endpoint) -> list[str]:
+def _targets(flow: Flow, ids: ChannelIds, e: Endpoint) -> list[str]:
     """Channel ids an endpoint talks to: its own, or for an unpublished subscription the ones it matches."""
-    if e.kind == "kafka":
-        return [channel_id("kafka", e.name)]
-    node = flow.subjects[e.name]
-    if e.direction == "in" and not node.published and node.sources:
-        return [channel_id("nats", s) for s in node.sources]
-    return [channel_id("nats", e.name)]
+    if e.kind == "nats" and (e.kind, e.name) not in ids:
+        return [ids[("nats", s)] for s in flow.subjects[e.name].sources]
+    return [ids[(e.kind, e.name)]]
 
 
 def _operation_messages(flow: Flow, e: Endpoint, channel: dict[str, Any], cid: str) -> list[dict[str, str]]:
@@ -216,14 +232,14 @@ def _summary(flow: Flow, e: Endpoint) -> str:
     return text or f"{e.service} {verb} {e.port}."
 
 
-def operations(flow: Flow, channels: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def operations(flow: Flow, ids: ChannelIds, channels: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ops: dict[str, dict[str, Any]] = {}
     for service in flow.services:
         svc = flow.topology.services[service]
         for e in flow.endpoints(service):
             if e.kind == "table":
                 continue
-            for cid in _targets(flow, e):
+            for cid in _targets(flow, ids, e):
                 op: dict[str, Any] = {
                     "action": "send" if e.direction == "out" else "receive",
                     "channel": _ref("channels", cid),
@@ -291,7 +307,8 @@ def message(contract: Contract) -> dict[str, Any]:
 def asyncapi_document(flow: Flow) -> dict[str, Any]:
     topo = flow.topology
     all_servers = servers(flow)
-    channels = {**nats_channels(flow, all_servers), **kafka_channels(flow, all_servers)}
+    ids = channel_ids(flow)
+    channels = {**nats_channels(flow, ids, all_servers), **kafka_channels(flow, ids, all_servers)}
     doc: dict[str, Any] = {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -308,7 +325,7 @@ def asyncapi_document(flow: Flow) -> dict[str, Any]:
     if all_servers:
         doc["servers"] = all_servers
     doc["channels"] = channels
-    doc["operations"] = operations(flow, channels)
+    doc["operations"] = operations(flow, ids, channels)
     used = unique(m for c in channels.values() for m in c.get("messages", {}))
     refs = sorted(set(used) | set(flow.used_contracts()))
     doc["components"] = {"messages": {ref: message(flow.contracts.resolve(ref)) for ref in refs}}

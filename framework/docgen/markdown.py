@@ -6,7 +6,6 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from framework.contracts import Contract
@@ -49,10 +48,22 @@ def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines
 
 
+HIDDEN = "(hidden)"
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: HIDDEN if is_secret_key(str(k)) else _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
+
+
 def value_text(value: Any) -> str:
+    """A param value for the docs: URLs without credentials, secret-looking keys of mappings hidden."""
     if isinstance(value, str):
         return redact(value)
-    return redact(json.dumps(value, ensure_ascii=False, default=str))
+    return redact(json.dumps(_masked(value), ensure_ascii=False, default=str))
 
 
 def who(endpoints: Iterable[Endpoint]) -> str:
@@ -186,24 +197,23 @@ def _default(info: FieldInfo) -> str:
     return value_text(info.default)
 
 
-def _shown_value(key: str, value: Any) -> str:
-    return "(hidden)" if is_secret_key(key) else value_text(value)
-
-
 def _param_rows(flow: Flow, service_name: str, service: Service) -> list[list[str]]:
     spec = flow.spec(service_name)
-    fields: dict[str, FieldInfo] = dict(spec.params.model_fields) if spec and issubclass(spec.params, BaseModel) else {}
+    fields: dict[str, FieldInfo] = dict(spec.params.model_fields) if spec else {}
     rows = []
     for key in unique([*service.params, *fields]):
+        secret = is_secret_key(key)
+        value = NONE
+        if key in service.params:
+            value = code(HIDDEN if secret else value_text(service.params[key]))
         info = fields.get(key)
-        value = code(_shown_value(key, service.params[key])) if key in service.params else NONE
         if info is None:
             rows.append([code(key), value, NONE, NONE, "(not in the node's params schema)" if spec else ""])
             continue
         default = _default(info)
-        if is_secret_key(key) and isinstance(info.default, str) and info.default:
-            default = "(hidden)"
-        rows.append([code(key), value, code(_type_name(info.annotation)), code(default) if default != "required" else default, info.description or ""])
+        if default != "required":
+            default = code(HIDDEN if secret and isinstance(info.default, str) and info.default else default)
+        rows.append([code(key), value, code(_type_name(info.annotation)), default, info.description or ""])
     return rows
 
 
@@ -410,8 +420,9 @@ def intro(flow: Flow) -> list[str]:
         f"{len(flow.subjects)} NATS subject templates, {len(flow.topics)} Kafka topics, {len(flow.tables)} tables.",
         "",
         "NATS subjects carry real-time messages between services; Kafka topics keep the replayable archive; "
-        "tables are what services write to and read from the stores. Subscriptions with wildcards are dashed "
-        "nodes fed (dotted edges) by the subjects they match; disabled services are dashed.",
+        "tables are what services write to and read from the stores. In the diagram, a subscription that is not "
+        "itself a published subject (`bars.>`) is a dashed node fed by dotted edges from the subjects it matches; "
+        "disabled services are dashed.",
     ]
 
 

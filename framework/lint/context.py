@@ -28,14 +28,14 @@ TOPOLOGY = "topology"
 _REF_NAME = re.compile(r"^(?P<name>.*?)(?:\.v\d+)?$")
 
 
-def close_matches(name: str, known: Iterable[str], n: int = 3) -> list[str]:
-    return difflib.get_close_matches(name, sorted(set(known)), n=n, cutoff=0.6)
+def suggestion(close: Sequence[str]) -> str:
+    """``" (did you mean 'a'?)"``, or an empty string when nothing is close."""
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def did_you_mean(name: str, known: Iterable[str]) -> str:
-    """``"; did you mean 'a' or 'b'?"`` or an empty string."""
-    close = close_matches(name, known)
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    """The single closest known name as a suggestion (see :func:`suggestion`)."""
+    return suggestion(difflib.get_close_matches(name, sorted(set(known)), n=1, cutoff=0.6))
 
 
 def contract_name(ref: str) -> str:
@@ -54,7 +54,7 @@ class Wire:
     """``as_pattern`` of the template: a superset of every expansion, used as a cheap pre-filter."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Link:
     """``publisher`` output reaches ``subscriber`` input (intersecting subjects or the same topic)."""
 
@@ -63,6 +63,8 @@ class Link:
 
 
 class LintContext:
+    """The inputs of one lint run plus what several rules need, computed once on first use."""
+
     def __init__(
         self,
         topology: Topology,
@@ -149,22 +151,29 @@ class LintContext:
         """True if the endpoint's contracts include one named ``name`` (any version)."""
         return any(self.ref_name(ref) == name for ref in ep.contracts)
 
+    def _resolve_all(self, refs: Sequence[str]) -> list[Contract] | None:
+        """Every contract of ``refs``, or None if any is ``any``/unknown (then nothing can be checked)."""
+        out = []
+        for ref in refs:
+            found = self.contract(ref)
+            if found is None:
+                return None
+            out.append(found)
+        return out or None
+
     def mismatch(self, producer: Sequence[str], consumer: Sequence[str]) -> str | None:
         """Why some producer contract is acceptable to none of the consumer contracts, else None.
 
         Unknown refs, ``any`` and undeclared contracts cannot be checked and pass.
         """
-        if not producer or not consumer or ANY in producer or ANY in consumer:
-            return None
-        have = [self.contract(r) for r in producer]
-        want = [self.contract(r) for r in consumer]
-        if any(c is None for c in have) or any(c is None for c in want):
+        have, want = self._resolve_all(producer), self._resolve_all(consumer)
+        if have is None or want is None:
             return None
         for p in have:
-            reasons = [self._compat(p, c) for c in want if c is not None]  # type: ignore[arg-type]
-            if all(reasons):
-                same = [r for r, c in zip(reasons, want) if c is not None and c.name == p.name]  # type: ignore[union-attr]
-                return (same or reasons)[0]
+            reasons = [(c, self._compat(p, c)) for c in want]
+            if all(why for _, why in reasons):
+                same = [why for c, why in reasons if c.name == p.name]
+                return (same or [reasons[0][1]])[0]
         return None
 
     def _compat(self, producer: Contract, consumer: Contract) -> str | None:

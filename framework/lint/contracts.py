@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from framework.lint.context import ANY, LintContext
+from framework.lint.context import ANY, LintContext, contract_name, did_you_mean
 from framework.lint.findings import Finding
 from framework.wiring import Endpoint
 
@@ -16,11 +16,9 @@ def _unknown(ctx: LintContext, refs: Sequence[str]) -> Iterator[str]:
 
 
 def _hint(ctx: LintContext, ref: str) -> str:
-    try:
-        ctx.contracts.resolve(ref)
-    except KeyError as exc:
-        return str(exc)
-    return f"unknown contract {ref!r}"
+    refs = ctx.contracts.refs()
+    known = [*refs, *(contract_name(r) for r in refs)]
+    return f"unknown contract {ref!r}{did_you_mean(ref, known)}"
 
 
 def unknown_contracts(ctx: LintContext) -> Iterator[Finding]:

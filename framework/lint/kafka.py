@@ -10,7 +10,7 @@ from framework.lint.findings import Finding
 from framework.topology.model import Topic
 
 TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]*_(archive|log)$")
-RETENTION_HINT = "critical archives (orders, signals) 7y, data archives 1y, logs 90d"
+RETENTION_HINT = "the seed keeps orders and signals 7y, data archives 1y, logs 90d"
 
 
 def _renamed(name: str) -> str:

@@ -1,4 +1,4 @@
-"""FX100–FX103: services against their node plugins (existence, params, ports)."""
+"""FX100 to FX103: services against their node plugins (existence, params, ports)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from framework.lint.context import LintContext, did_you_mean
+from framework.lint.context import LintContext, did_you_mean, suggestion
 from framework.lint.findings import Finding
 from framework.registry import NodeSpec, Port, UnknownNode
 from framework.topology.model import Binding, Service
@@ -37,8 +37,11 @@ def unknown_plugins(ctx: LintContext) -> Iterator[Finding]:
         if failure:
             message = f"node plugin {service.node!r} failed to load ({failure}); fix or reinstall the plugin"
         else:
-            hint = str(UnknownNode(service.node, ctx.registry.specs))
-            message = f"{hint}; fix `node:`, install the plugin that provides it, or set `enabled: false`"
+            close = UnknownNode(service.node, ctx.registry.specs).suggestions
+            message = (
+                f"unknown node plugin {service.node!r}{suggestion(close)}; fix `node:`, "
+                "install the plugin that provides it, or set `enabled: false`"
+            )
         yield ctx.error("FX101", name, message, ("services", name, "node"))
 
 
@@ -54,7 +57,7 @@ def _param_message(node: str, spec: NodeSpec, err: Any, dotted: str) -> str:
     if kind == "extra_forbidden":
         accepted = sorted(spec.params.model_fields)
         known = ", ".join(accepted) if accepted else "none"
-        return f"node {node!r} has no param {dotted!r}{did_you_mean(dotted.split('.')[-1], accepted)} (accepted: {known})"
+        return f"node {node!r} has no param {dotted!r}{did_you_mean(dotted.split('.')[-1], accepted)}; accepted: {known}"
     if kind == "missing":
         return f"node {node!r} needs param {dotted!r}; add it under params"
     got = err.get("input")
@@ -92,8 +95,8 @@ def _stray_ports(name: str, service: Service, spec: NodeSpec, ctx: LintContext) 
             else:
                 declared = ", ".join(sorted(own)) or "none"
                 message = (
-                    f"node {service.node!r} has no {section[:-1]} port {port!r}{did_you_mean(port, own)} "
-                    f"(declared {section}: {declared}); rename or remove the binding"
+                    f"node {service.node!r} has no {section[:-1]} port {port!r}{did_you_mean(port, own)}; "
+                    f"declared {section}: {declared} — rename or remove the binding"
                 )
             yield ctx.error("FX103", name, message, path)
 

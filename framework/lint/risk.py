@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from framework.lint.context import LintContext, Link
+from framework.lint.context import Link, LintContext
 from framework.lint.findings import Finding
 from framework.wiring import Endpoint
 
@@ -74,6 +74,12 @@ def _paths(graph: Graph, source: str, gates: set[str], targets: set[str]) -> Ite
                 queue.append(nxt)
 
 
+def _longest(paths: list[list[str]]) -> list[list[str]]:
+    """Drop paths that are the tail of another (``relay → exec`` inside ``inference → relay → exec``)."""
+    tails = {tuple(p[i:]) for p in paths for i in range(1, len(p))}
+    return [p for p in paths if tuple(p) not in tails]
+
+
 def _hop(link: Link) -> str:
     pub, sub = link.publisher, link.subscriber
     if sub.kind == "kafka":
@@ -115,7 +121,7 @@ def risk_gate(ctx: LintContext) -> Iterator[Finding]:
     sources = [n for n in names if n not in gates and _publishes(ctx, n, SIGNAL)]
     if targets and sources:
         graph = service_graph(ctx)
-        for source in sources:
-            for path in _paths(graph, source, gates, targets):
-                yield _bypass(ctx, graph, path)
+        paths = [path for source in sources for path in _paths(graph, source, gates, targets)]
+        for path in _longest(paths):
+            yield _bypass(ctx, graph, path)
     yield from _ungated_approvals(ctx)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
-from framework.lint.context import LintContext, Link, Wire, did_you_mean
+from framework.deadletter import SUBJECT_PREFIX as DEADLETTER
+from framework.lint.context import Link, LintContext, Wire, did_you_mean
 from framework.lint.findings import Finding
-from framework.subjects import check_pattern, covers
+from framework.subjects import check_pattern, check_subject, covers
 from framework.topology.templates import as_pattern
 from framework.wiring import Endpoint
 
 CONVENTION = "{domain}.{entity}[.{detail}]"
-DEADLETTER = "deadletter"
 
 
 def _published_names(ctx: LintContext) -> list[str]:
@@ -28,12 +28,21 @@ def _nearby(name: str, published: Sequence[str]) -> str:
     return f"; published nearby: {', '.join(close)}" if close else ""
 
 
+def _runtime_subjects(ctx: LintContext) -> list[str]:
+    """What the runtime itself publishes: ``deadletter.<service>`` for every service."""
+    subjects = (f"{DEADLETTER}.{name}" for name in ctx.topology.services)
+    return [s for s in subjects if check_subject(s) is None]
+
+
 def unreachable(ctx: LintContext) -> Iterator[Finding]:
     """FX201: a subscription or consumed topic that no declared service (enabled or not) publishes."""
     published = _published_names(ctx)
+    runtime = _runtime_subjects(ctx)
     for wire in ctx.wires:
         ep = wire.endpoint
         if ep.direction != "in" or not wire.patterns or ep.missing_variables or ctx.reached(ep):
+            continue
+        if any(ctx.intersects(p, s) for p in wire.patterns for s in runtime):
             continue
         message = (
             f"subscription {ep.name!r} (input {ep.port!r}) matches no subject any service publishes"
@@ -159,11 +168,12 @@ def _convention(ep: Endpoint, subject: str, domains: Sequence[str]) -> str:
     if subject in domains:
         return f"subject {ep.name!r} is only a domain; add an entity: {CONVENTION}"
     head = subject.split(".", 1)[0]
-    if head in ("*", ">"):
+    if head in ("*", ">") and ep.direction == "out":
         return f"publication {ep.name!r} must start with a declared domain ({listed}), not a run-time value"
+    expands = "" if ep.name.split(".", 1)[0] == head else f" (it expands to {subject!r})"
     return (
-        f"subject {ep.name!r} does not follow {CONVENTION}: {subject!r} does not start with a declared domain "
-        f"({listed}); {_suggest(ep.name, domains)}add the domain to `domains:`"
+        f"subject {ep.name!r}{expands} does not start with a declared domain ({listed}); "
+        f"{_suggest(ep.name, domains)}add the domain to `domains:` (format: {CONVENTION})"
     )
 
 
