@@ -84,7 +84,7 @@ def _profile_files(topology_dir: Path, profile: str) -> list[Path]:
     """Files the profile composes, in merge order (its defaults first, then itself)."""
     path = topology_dir / f"{profile}.yaml"
     if not path.is_file():
-        options = sorted(p.stem for p in topology_dir.glob("*.yaml"))
+        options = sorted(p.stem for p in topology_dir.glob("*.yaml") if p.stem != "services")
         raise UserError(f"unknown profile topology={profile}; available: {', '.join(options)}")
     data, _ = read_yaml(path)
     files: list[Path] = []
@@ -204,7 +204,7 @@ def _check_duplicates(smap: SourceMap) -> None:
     if smap.duplicates:
         raise UserErrors(
             [
-                UserError(f"duplicate key {path[-1]!r} (first defined at line {first.line})", file=dup.file, line=dup.line, path=".".join(path))
+                UserError(f"FX402 duplicate key {path[-1]!r} (first defined at line {first.line})", file=dup.file, line=dup.line, path=".".join(path))
                 for path, first, dup in smap.duplicates
             ]
         )

@@ -42,7 +42,8 @@ class SpreadWatch(Node[SpreadWatchParams]):
         symbol = tick["symbol"]
         if self.window_start is None:
             self.window_start = self.ctx.clock.now_ms()
-        spread_pips = (tick["ask"] - tick["bid"]) / self.ctx.instrument(symbol).pip
+        # rounded: float noise must not turn a spread equal to the limit into an alert (3.0000000001 > 3)
+        spread_pips = round((tick["ask"] - tick["bid"]) / self.ctx.instrument(symbol).pip, 6)
         window = self.windows.get(symbol)
         if window is None:
             window = self.windows[symbol] = _Window()

@@ -1,0 +1,114 @@
+"""``fxrun`` (framework.cli.main): the run verb, and user mistakes reported as one line without a traceback."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from framework.cli import main
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _project(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run as from the project, and undo the logging set-up ``fxrun`` does for its process."""
+    monkeypatch.setenv("FXFLOW_PROJECT", str(PROJECT))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(level)
+
+
+def fxrun(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(code: int, out: str, err: str) -> list[str]:
+    assert code != 0
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.startswith("fxrun: error: ")]
+    assert lines, err
+    return lines
+
+
+def test_run_demo_prints_the_metrics_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = fxrun(
+        capsys, "topology=demo", "topology.services.synthetic-ticks.params.duration=10m", f"data_dir={tmp_path}"
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["service", "state", "in"]
+    rows = {line.split()[0]: line.split() for line in lines[2:] if line and not line.startswith("dead letters")}
+    assert set(rows) == {"synthetic-ticks", "spread-watch"}
+    assert rows["synthetic-ticks"][1] == "stopped" and rows["spread-watch"][1] == "stopped"
+    produced, received = int(rows["synthetic-ticks"][3]), int(rows["spread-watch"][2])
+    assert produced > 0 and received == produced
+    assert f"dead letters: 0; data under {tmp_path}/" in out
+    assert "Traceback" not in err
+    doc = orjson.loads((tmp_path / "metrics.json").read_bytes())
+    assert {s["service"] for s in doc["services"]} == {"synthetic-ticks", "spread-watch"}
+    assert (tmp_path / "logs" / "fxrun.log").exists()
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = fxrun(capsys, "--help")
+    assert code == 0
+    assert "fxrun topology=demo" in out
+
+
+def test_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = assert_user_error(*fxrun(capsys, "topology=nope"))
+    assert "unknown profile topology=nope" in lines[0]
+    assert "demo" in lines[0]
+
+
+def test_unknown_key_added_by_override(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    lines = assert_user_error(*fxrun(capsys, "+topology.services.spread-watch.bogus=1", f"data_dir={tmp_path}"))
+    assert any("services.spread-watch.bogus" in line and "unknown key 'bogus'" in line for line in lines)
+
+
+def test_bad_override_syntax(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = assert_user_error(*fxrun(capsys, "pairs=[EURUSD"))
+    assert "<command line>" in lines[0]
+
+
+def test_unknown_pair_suggests_one(capsys: pytest.CaptureFixture[str]) -> None:
+    lines = assert_user_error(*fxrun(capsys, "pairs=[EURUSD,XAUUDS]"))
+    assert any("did you mean XAUUSD" in line for line in lines)
+
+
+def test_disabled_service_in_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    lines = assert_user_error(*fxrun(capsys, "only=[polygon-live-collector]", f"data_dir={tmp_path}"))
+    assert any("'polygon-live-collector' is disabled" in line for line in lines)
+
+
+def test_unknown_option(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = fxrun(capsys, "--fast")
+    assert_user_error(code, out, err)
+    assert "--fast" in err
+
+
+def test_mistake_in_the_yaml_is_reported_with_file_and_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(PROJECT / "topology", tmp_path / "topology")
+    services = tmp_path / "topology" / "services.yaml"
+    text = services.read_text()
+    services.write_text(text.replace("    node: template\n", '    node: template\n    replicas: "two"\n', 1))
+    line = next(i for i, l in enumerate(services.read_text().splitlines(), 1) if l == '    replicas: "two"')
+    monkeypatch.setenv("FXFLOW_PROJECT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    lines = assert_user_error(*fxrun(capsys, f"data_dir={tmp_path / 'data'}"))
+    assert any(f"topology/services.yaml:{line}:" in l and "spread-watch.replicas" in l for l in lines)
