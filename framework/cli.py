@@ -119,8 +119,12 @@ def _setup_logging(level: str, data_dir: Path) -> None:
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     root = logging.getLogger()
     root.setLevel(level)
+    for handler in [h for h in root.handlers if getattr(h, "_fxrun", False)]:
+        root.removeHandler(handler)
+        handler.close()
     for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(logs / "fxrun.log")):
         handler.setFormatter(fmt)
+        handler._fxrun = True  # type: ignore[attr-defined]
         root.addHandler(handler)
 
 

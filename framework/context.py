@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framework.clock import Clock
-from framework.contracts import BoundaryValidator, Contract
+from framework.contracts import BoundaryValidator, Contract, ValidationMode
 from framework.deadletter import DeadLetters
 from framework.metrics import ServiceMetrics
 from framework.stores.base import Store
@@ -81,6 +81,7 @@ class NodeContext:
         self._pubsub = pubsub
         self._log = log
         self._validator = validator
+        self._validating = validator.mode is not ValidationMode.OFF
         self._dead_letters = dead_letters
         self._routes = routes
         self._tables = tables
@@ -95,7 +96,7 @@ class NodeContext:
         route = self._routes.get(port)
         if route is None:
             raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
-        if route.contracts:
+        if route.contracts and self._validating:
             reason = self._check(route.contracts, message)
             if reason is not None:
                 await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
@@ -111,9 +112,9 @@ class NodeContext:
         for topic, key_field in route.topics:
             key = fields.get(key_field) if key_field else None
             await self._log.produce(topic, message, key=None if key is None else str(key))
+        self.metrics.published += 1
         for writer in route.writers:
             await writer.add(message)
-        self.metrics.published += 1
         return True
 
     def _check(self, contracts: tuple[Contract, ...], message: Mapping[str, Any]) -> str | None:

@@ -35,7 +35,7 @@ from framework.stores.columns import columns_from_contract
 from framework.subjects import intersects
 from framework.topology.model import Service, Topology
 from framework.topology.templates import compile_renderer
-from framework.transport.base import LogConsumer, LogTransport, PubSubTransport, Subscription, TopicSpec
+from framework.transport.base import LogConsumer, LogTransport, PubSubTransport, Subscription, TopicSpec, isolated
 from framework.wiring import Endpoint, Wiring, resolve
 
 log = logging.getLogger("fxflow.runtime")
@@ -128,7 +128,7 @@ class ServiceHost:
             finally:
                 metrics.observe_latency(perf() - started)
 
-        return deliver
+        return isolated(deliver)
 
     async def _failed(self, exc: Exception, message: Any, origin: str) -> None:
         self.metrics.errors += 1

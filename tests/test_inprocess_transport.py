@@ -400,3 +400,28 @@ async def test_damage_before_the_last_line_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(lines[0] + b"garbage\n" + lines[2])
     with pytest.raises(LogCorruptError, match=r"0\.jsonl:2"):
         await open_log(tmp_path)
+
+
+async def test_isolated_subscriber_takes_the_direct_path_and_guarded_ones_stay_guarded() -> None:
+    from framework.transport.base import isolated
+
+    bus = InProcessPubSub()
+    await bus.connect()
+    got: list[str] = []
+
+    async def direct(subject: str, payload: dict, headers: object) -> None:
+        got.append(payload["v"])
+
+    async def failing(subject: str, payload: dict, headers: object) -> None:
+        raise RuntimeError("boom")
+
+    await bus.subscribe("a.direct", isolated(direct))
+    awaitable = bus.publish("a.direct", {"v": "x"})
+    assert asyncio.iscoroutine(awaitable) and awaitable.cr_code is direct.__code__
+    await awaitable
+    await bus.subscribe("a.guarded", failing)
+    await bus.publish("a.guarded", {"v": "y"})
+    await bus.subscribe("a.direct", failing)
+    await bus.publish("a.direct", {"v": "z"})
+    assert got == ["x", "z"]
+    await bus.close()

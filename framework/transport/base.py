@@ -22,6 +22,21 @@ Headers = Mapping[str, str]
 Handler = Callable[[str, Message, Headers | None], Awaitable[None]]
 """A subscriber callback: ``await handler(subject, payload, headers)``."""
 
+ISOLATED_ATTR = "__fxflow_isolated__"
+
+
+def isolated(handler: Handler) -> Handler:
+    """Mark a handler that never raises and accounts for its own in-flight work.
+
+    A transport may then take its fastest path for it: the in-process bus hands the
+    handler's awaitable straight back to the publisher (no wrapper coroutine, no error
+    guard) and ``close()`` does not wait for it. The runtime's delivery functions are
+    isolated: they catch, count and dead-letter every failure themselves, and the runtime
+    stops services before it closes a transport.
+    """
+    setattr(handler, ISOLATED_ATTR, True)
+    return handler
+
 
 class Subscription(abc.ABC):
     """A live subscription; ``unsubscribe`` stops delivery."""

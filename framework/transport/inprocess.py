@@ -18,7 +18,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO
@@ -28,6 +28,7 @@ import orjson
 from framework.errors import FxflowError
 from framework.subjects import SubjectIndex, validate_pattern
 from framework.transport.base import (
+    ISOLATED_ATTR,
     Handler,
     Headers,
     LogConsumer,
@@ -91,6 +92,7 @@ class _Subscription(Subscription):
         self.pattern = pattern
         self.queue = queue
         self.target: Handler = handler
+        self.isolated = getattr(handler, ISOLATED_ATTR, False) is True
         self._bus = bus
 
     @property
@@ -114,6 +116,7 @@ class _QueueGroup:
         self.queue = queue
         self.members: list[_Subscription] = []
         self.target: Handler = self._deliver
+        self.isolated = False
         self._next = 0
 
     async def _deliver(self, subject: str, payload: Message, headers: Headers | None) -> None:
@@ -159,11 +162,23 @@ class InProcessPubSub(PubSubTransport):
             await self._drained.wait()
         self._drop_all()
 
-    async def publish(self, subject: str, payload: Message, headers: Headers | None = None) -> None:
+    def publish(self, subject: str, payload: Message, headers: Headers | None = None) -> Awaitable[None]:  # type: ignore[override]
+        """Deliver inline. A lone :func:`~framework.transport.base.isolated` subscriber gets the
+        publisher's await directly (the hot path of the runtime); everything else goes
+        through :meth:`_fan_out`, which guards each subscriber and counts in-flight work."""
         try:
             entries = self._routes[subject]
         except (KeyError, TypeError):
             entries = self._route(subject)
+        if len(entries) == 1:
+            entry = entries[0]
+            if entry.isolated:
+                return entry.target(subject, payload, headers)
+        return self._fan_out(entries, subject, payload, headers)
+
+    async def _fan_out(
+        self, entries: tuple[_Entry, ...], subject: str, payload: Message, headers: Headers | None
+    ) -> None:
         self._inflight += 1
         try:
             for entry in entries:

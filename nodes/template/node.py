@@ -34,6 +34,7 @@ class SpreadWatch(Node[SpreadWatchParams]):
         self.window_start: int | None = None
         self.last_alert: dict[str, int] = {}
         self.cooldown_ms = parse_ms(self.params.cooldown) or 0
+        self.stats_ms = parse_ms(self.params.stats_every) or 60_000
         limits = self.params.max_spread_pips
         self.limits = {s: limits.get(s, limits.get("default", float("inf"))) for s in self.ctx.pairs}
 
@@ -41,7 +42,7 @@ class SpreadWatch(Node[SpreadWatchParams]):
     async def on_tick(self, tick: dict) -> None:
         symbol = tick["symbol"]
         if self.window_start is None:
-            self.window_start = self.ctx.clock.now_ms()
+            self.window_start = tick["ts"] - tick["ts"] % self.stats_ms
         # rounded: float noise must not turn a spread equal to the limit into an alert (3.0000000001 > 3)
         spread_pips = round((tick["ask"] - tick["bid"]) / self.ctx.instrument(symbol).pip, 6)
         window = self.windows.get(symbol)
@@ -70,8 +71,13 @@ class SpreadWatch(Node[SpreadWatchParams]):
 
     @every("stats_every")
     async def write_stats(self) -> None:
-        """Close the current interval: one tick_stats row per symbol that quoted in it."""
-        start, self.window_start = self.window_start, self.ctx.clock.now_ms()
+        """Close the current interval: one tick_stats row per symbol that quoted in it.
+
+        Rows are stamped with the interval's start in event time (the first tick's time
+        floored to ``stats_every``), so they are right even when this service runs in a
+        process whose clock nothing drives.
+        """
+        start, self.window_start = self.window_start, None
         windows, self.windows = self.windows, {}
         if start is None:
             return
