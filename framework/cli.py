@@ -5,6 +5,7 @@
     fxrun topology=live only=[data-bridge]     run one service in this process
     fxrun lint [FILE] [--json] [overrides…]    lint a topology (exit 1 on any error)
     fxrun docs [--check]                       (re)generate docs/architecture.md and docs/asyncapi.yaml
+    fxrun status [DATA_DIR]                    per-service counters of a running or finished run
 
 A user's mistake is reported as ``file:line: path: message`` without a traceback.
 """
@@ -105,6 +106,26 @@ def cmd_docs(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
+def cmd_status(argv: Sequence[str]) -> int:
+    """Print the counters a running (or finished) ``fxrun`` keeps in ``<data_dir>/metrics.json``."""
+    import json
+    import time
+
+    from framework.metrics import format_table
+
+    parser = argparse.ArgumentParser(prog="fxrun status", description="Show the per-service counters of a run.")
+    parser.add_argument("data_dir", nargs="?", default=".fxrun", help="the run's data_dir (default: .fxrun)")
+    args = parser.parse_args([a.removeprefix("data_dir=") for a in argv])
+    path = Path(args.data_dir) / "metrics.json"
+    if not path.is_file():
+        raise UserError(f"no metrics in {path}: has `fxrun … data_dir={args.data_dir}` run yet?")
+    snapshot = json.loads(path.read_text())
+    age = time.time() - snapshot["ts"] / 1000
+    print(f"{path} ({age:.0f}s ago)")
+    print(format_table(snapshot["services"]))
+    return EXIT_OK
+
+
 def _split(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     args, rest = parser.parse_known_args(list(argv))
     unknown_flags = [r for r in rest if r.startswith("-")]
@@ -176,7 +197,7 @@ async def _run(runtime, duration: float | None) -> None:  # type: ignore[no-unty
     await runtime.run(duration)
 
 
-VERBS = {"lint": cmd_lint, "docs": cmd_docs}
+VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

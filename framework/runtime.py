@@ -319,7 +319,6 @@ class Runtime:
         for e in self.wiring.endpoints:
             if e.kind == "table" and e.service in self.services:
                 used.setdefault(e.name, set()).add(e.service)
-        settings = self.topology.runtime
         for table_name in used:
             table = self.topology.tables[table_name]
             store = self.stores.get(table.store)

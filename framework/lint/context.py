@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -20,7 +20,7 @@ from framework.subjects import check_pattern, intersects
 from framework.topology.model import Topology
 from framework.topology.source import KeyPath, SourceMap
 from framework.topology.templates import as_pattern
-from framework.wiring import Endpoint, Wiring, resolve
+from framework.wiring import Endpoint, Kind, Wiring, resolve
 
 Rule = Callable[["LintContext"], Iterable[Finding]]
 ANY = "any"
@@ -123,6 +123,17 @@ class LintContext:
         return ep.path
 
     # ---------------------------------------------------------------- specs and contracts
+
+    def undeclared(self, kind: Kind, code: str, declared: Iterable[str], what: str, fix: str) -> Iterator[Finding]:
+        """One error per service that uses a topic or table the topology does not declare."""
+        names = set(declared)
+        seen: set[tuple[str, str]] = set()
+        for ep in self.wiring.select(kind=kind):
+            if ep.name in names or (ep.service, ep.name) in seen:
+                continue
+            seen.add((ep.service, ep.name))
+            message = f"{what} {ep.name!r} is not declared{did_you_mean(ep.name, names)}; fix the name or {fix}"
+            yield self.error(code, ep.service, message, self.where(ep))
 
     def endpoints_of(self, service: str) -> list[Endpoint]:
         return self._by_service.get(service, [])

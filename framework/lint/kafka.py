@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from framework.lint.context import TOPOLOGY, LintContext, did_you_mean
+from framework.lint.context import TOPOLOGY, LintContext
 from framework.lint.findings import Finding
 from framework.topology.model import Topic
 
@@ -18,20 +18,6 @@ def _renamed(name: str) -> str:
     if not fixed[0].isalpha():
         fixed = f"t_{fixed}"
     return fixed if TOPIC_NAME.match(fixed) else f"{fixed}_archive"
-
-
-def _undeclared(ctx: LintContext) -> Iterator[Finding]:
-    declared = ctx.topology.topics
-    seen: set[tuple[str, str]] = set()
-    for ep in ctx.wiring.select(kind="kafka"):
-        if ep.name in declared or (ep.service, ep.name) in seen:
-            continue
-        seen.add((ep.service, ep.name))
-        message = (
-            f"Kafka topic {ep.name!r} is not declared{did_you_mean(ep.name, declared)}; "
-            "fix the name or declare it under `topics:` with partitions and retention"
-        )
-        yield ctx.error("FX301", ep.service, message, ctx.where(ep))
 
 
 def _config(ctx: LintContext, name: str, topic: Topic) -> Iterator[Finding]:
@@ -64,7 +50,7 @@ def _no_cluster(ctx: LintContext) -> Iterator[Finding]:
 
 def topics(ctx: LintContext) -> Iterator[Finding]:
     """FX301: every used topic is declared and configured; a Kafka section exists when topics are used."""
-    yield from _undeclared(ctx)
+    yield from ctx.undeclared("kafka", "FX301", ctx.topology.topics, "Kafka topic", "declare it under `topics:` with partitions and retention")
     for name, topic in ctx.topology.topics.items():
         yield from _config(ctx, name, topic)
     yield from _no_cluster(ctx)

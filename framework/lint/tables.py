@@ -11,20 +11,6 @@ from framework.topology.model import Table
 LIVE_PREFIX = "live_"
 
 
-def _undeclared(ctx: LintContext) -> Iterator[Finding]:
-    declared = ctx.topology.tables
-    seen: set[tuple[str, str]] = set()
-    for ep in ctx.wiring.select(kind="table"):
-        if ep.name in declared or (ep.service, ep.name) in seen:
-            continue
-        seen.add((ep.service, ep.name))
-        message = (
-            f"table {ep.name!r} is not declared{did_you_mean(ep.name, declared)}; "
-            "fix the name or declare it under `tables:` with a store and a contract or columns"
-        )
-        yield ctx.error("FX302", ep.service, message, ctx.where(ep))
-
-
 def _retention_reason(ctx: LintContext, name: str, table: Table) -> str | None:
     store = ctx.topology.stores.get(table.store)
     if store is not None and store.options.get("retention_required"):
@@ -54,6 +40,6 @@ def _declared(ctx: LintContext, name: str, table: Table) -> Iterator[Finding]:
 
 def tables(ctx: LintContext) -> Iterator[Finding]:
     """FX302: used tables exist; declared tables are complete."""
-    yield from _undeclared(ctx)
+    yield from ctx.undeclared("table", "FX302", ctx.topology.tables, "table", "declare it under `tables:` with a store and a contract or columns")
     for name, table in ctx.topology.tables.items():
         yield from _declared(ctx, name, table)
