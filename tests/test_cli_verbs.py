@@ -92,3 +92,20 @@ def test_lint_and_docs_do_not_import_node_implementations() -> None:
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_run_refuses_a_topology_that_fails_lint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for part in ("topology", "contracts"):
+        shutil.copytree(ROOT / part, tmp_path / part)
+    services = tmp_path / "topology" / "services.yaml"
+    text = services.read_text()
+    broken = text.replace('      ticks: {nats: "ticks.{symbol}"}\n', '      ticks: {nats: "tick.{symbol}"}\n')
+    assert broken != text
+    services.write_text(broken)
+    monkeypatch.chdir(tmp_path)
+    assert main(["topology=demo", f"data_dir={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err
+    assert "ERROR FX201 spread-watch" in err and "nothing was started" in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
