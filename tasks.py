@@ -49,7 +49,7 @@ def demo(args: list[str]) -> None:
 
 
 def test(args: list[str]) -> None:
-    ensure_installed("test")
+    ensure_installed("test,live,infra")
     for profile in PROFILES:
         run(BIN / "fxrun", "lint", "--quiet", f"topology={profile}")
     run(BIN / "fxrun", "docs", "--check")
