@@ -264,6 +264,7 @@ class Runtime:
         self._drain = False
         self._started = False
         self.order: list[str] = []
+        self.observability: Any = None
 
     def _select(self, only: Sequence[str] | None) -> list[str]:
         chosen = []
@@ -292,22 +293,31 @@ class Runtime:
         await self.pubsub.connect()
         await self.log.connect()
 
-    def _make_pubsub(self) -> PubSubTransport:
-        kind = self.topology.runtime.pubsub
-        if kind == "inprocess":
-            from framework.transport.inprocess import InProcessPubSub
+    @property
+    def process_name(self) -> str:
+        """How this process names itself to servers and in errors: its services."""
+        return ",".join(self.services) or "fxflow"
 
-            return InProcessPubSub()
-        raise UserError(f"pubsub transport {kind!r} is not available yet (it arrives with the real-infrastructure issue)")
+    def _make_pubsub(self) -> PubSubTransport:
+        from framework.transport.factory import make_pubsub
+
+        return make_pubsub(self.topology, service=self.process_name, on_undecodable=self._undecodable)
 
     def _make_log(self) -> LogTransport:
-        kind = self.topology.runtime.log
-        if kind == "inprocess":
-            from framework.transport.inprocess import InProcessLog
+        from framework.transport.factory import make_log
 
-            directory = self.data_dir / "log" if self.topology.runtime.persist_log else None
-            return InProcessLog(directory)
-        raise UserError(f"log transport {kind!r} is not available yet (it arrives with the real-infrastructure issue)")
+        return make_log(self.topology, service=self.process_name, data_dir=self.data_dir, on_undecodable=self._undecodable)
+
+    def _undecodable(self, origin: str, raw: bytes, reason: str) -> None:
+        """A message no codec could read still reaches the dead letters (it is never only logged)."""
+        payload = raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else raw
+        if self.dead_letters is None:
+            log.error("undecodable message on %s before start: %s", origin, reason)
+            return
+        self.spawn(
+            self.dead_letters.put("transport", f"undecodable: {reason}", payload, str(origin), self.clock.now_ms()),
+            "dead-letter",
+        )
 
     def _contracts_of(self, refs: Sequence[str]) -> tuple[Contract, ...]:
         if ANY_CONTRACT in refs:
@@ -453,6 +463,12 @@ class Runtime:
             log.info("service %s started (%s)", name, self.hosts[name].spec.name)
         interval = parse_seconds(self.topology.runtime.metrics_interval)
         self.spawn(self._write_metrics_periodically(interval), "metrics")
+        port = self.topology.runtime.metrics_port
+        if port is not None:
+            from framework.observability import start_observability
+
+            self.observability = await start_observability(self.metrics, port=port)
+            log.info("metrics on http://127.0.0.1:%d/metrics, health on /health", self.observability.port)
 
     def notify_finished(self) -> None:
         sources = [h for h in self.hosts.values() if h.node_cls.overrides_run()]
@@ -481,6 +497,9 @@ class Runtime:
     async def stop(self) -> None:
         """Producers first: each service stops taking input, finishes what it holds, flushes."""
         self._stop.set()
+        if self.observability is not None:
+            await self.observability.close()
+            self.observability = None
         for name in self.order:
             host = self.hosts[name]
             for sub in host.subscriptions:

@@ -202,6 +202,9 @@ class RuntimeConfig(Strict):
     batch_size: int = Field(default=1000, ge=1)
     batch_interval: str = "1s"
     metrics_interval: str = "5s"
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535, description="serve /metrics and /health here (0: a free port; null: off)"
+    )
 
 
 class Topology(Strict):
