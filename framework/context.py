@@ -16,7 +16,7 @@ from framework.clock import Clock
 from framework.contracts import BoundaryValidator, Contract, ValidationMode
 from framework.deadletter import DeadLetters
 from framework.metrics import ServiceMetrics
-from framework.stores.base import Store
+from framework.stores.base import KeyValueStore, Store
 from framework.stores.batch import BatchWriter
 from framework.topology.model import Instrument
 from framework.transport.base import LogTransport, PubSubTransport
@@ -34,7 +34,8 @@ class OutputRoute:
 
 
 class TableHandle:
-    """A declared table: query it; inserts go through the batched writer."""
+    """A declared table: query it; inserts go through the batched writer; kv tables also
+    claim keys and keep latest values."""
 
     def __init__(self, name: str, store: Store, writer: BatchWriter | None) -> None:
         self.name = name
@@ -50,6 +51,24 @@ class TableHandle:
             raise PermissionError(f"table {self.name!r} is read-only for this service (declare it under an output)")
         for row in rows:
             await self._writer.add(row)
+
+    def _kv(self) -> KeyValueStore:
+        if not isinstance(self.store, KeyValueStore):
+            raise TypeError(
+                f"table {self.name!r} is in store {getattr(self.store, 'name', '?')!r} ({self.store.kind}), which is not "
+                "key-value: claim / put_latest / get_latest need an engine: kv table in a redis store"
+            )
+        return self.store
+
+    async def claim(self, keys: Sequence[str], ttl_ms: int | None = None) -> list[bool]:
+        """Mark ``keys`` seen; True for each key that was new (the table's retention is the TTL)."""
+        return await self._kv().claim(self.name, keys, ttl_ms)
+
+    async def put_latest(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
+        await self._kv().put_latest(self.name, key, value, ttl_ms)
+
+    async def get_latest(self, key: str) -> Any | None:
+        return await self._kv().get_latest(self.name, key)
 
 
 class NodeContext:

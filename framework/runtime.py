@@ -463,6 +463,8 @@ class Runtime:
             log.info("service %s started (%s)", name, self.hosts[name].spec.name)
         interval = parse_seconds(self.topology.runtime.metrics_interval)
         self.spawn(self._write_metrics_periodically(interval), "metrics")
+        for store in {id(s): s for s in self.stores.values()}.values():
+            self.spawn(self._maintain_periodically(store), f"maintain-{store.name}")
         port = self.topology.runtime.metrics_port
         if port is not None:
             from framework.observability import start_observability
@@ -527,13 +529,28 @@ class Runtime:
         self.write_metrics()
 
     def metrics(self) -> list[dict[str, Any]]:
-        return [self.hosts[n].metrics.snapshot() for n in self.order]
+        """Per-service counters, each with the state of its table writers."""
+        out = []
+        for name in self.order:
+            snapshot = self.hosts[name].metrics.snapshot()
+            snapshot["tables"] = [w.stats for (service, _), w in self.writers.items() if service == name]
+            out.append(snapshot)
+        return out
 
     def write_metrics(self) -> None:
         path = self.data_dir / "metrics.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(orjson.dumps({"ts": int(time.time() * 1000), "services": self.metrics()}, option=orjson.OPT_INDENT_2))
         tmp.replace(path)
+
+    async def _maintain_periodically(self, store: Store, every_s: float = 3600.0) -> None:
+        """Store housekeeping (PostgreSQL: create partitions ahead, drop expired ones)."""
+        while True:
+            try:
+                await store.maintain()
+            except Exception as exc:
+                log.error("maintenance of store %s failed (will retry): %s", store.name, exc)
+            await asyncio.sleep(every_s)
 
     async def _write_metrics_periodically(self, interval: float) -> None:
         while True:

@@ -1,5 +1,5 @@
 """Stores behind one small API; the topology picks which one a table lives in."""
 
-from framework.stores.base import Store, StoreError, open_store
+from framework.stores.base import KeyValueStore, Store, StoreError, StoreRejected, StoreUnavailable, open_store
 
-__all__ = ["Store", "StoreError", "open_store"]
+__all__ = ["KeyValueStore", "Store", "StoreError", "StoreRejected", "StoreUnavailable", "open_store"]

@@ -1,23 +1,40 @@
-"""Batched table writes that never drop a row silently.
+"""Batched table writes that never drop a row silently; the same mechanism for every store.
 
-Rows are buffered per table and flushed when ``batch_size`` rows are waiting or every
-``interval`` seconds. A failed flush keeps the batch and retries with exponential backoff;
-while the buffer is full (``max_buffer`` rows) ``add`` waits, so memory stays bounded and
-back-pressure reaches the producer. Rows still unwritable at shutdown are spilled to
-``<spill_dir>/<table>.jsonl`` and reported, never discarded.
+Rows are buffered per table and one background task writes them, in batches of at most
+``batch_size``, as soon as ``batch_size`` rows are waiting or every ``interval`` seconds.
+
+- **Store down**: a failed write keeps its rows and is retried, in order, with exponential
+  backoff (``backoff_initial`` doubling to ``backoff_max``, jittered) until it succeeds. An
+  outage is logged once, as an error, when it begins and once, as a warning, when writes
+  recover; every failed attempt is counted (``failures``), as is every outage (``outages``).
+- **Bounded memory**: the buffer, including the batch being retried, holds at most
+  ``max_buffer`` rows; ``add`` waits while it is full, so back-pressure reaches the producer.
+- **Rejected rows** (``StoreRejected``: a wrong type, a constraint) can never be written: the
+  batch is halved until the culprits are isolated, everything else is written, and each culprit
+  is appended to ``<spill_dir>/<table>.rejected.jsonl`` and counted (``rejected``), so one bad
+  row cannot stall its table.
+- **Shutdown**: ``close`` lets the task finish its current attempt, keeps retrying for
+  ``close_timeout`` seconds, then spills whatever is still unwritten to
+  ``<spill_dir>/<table>.jsonl`` with an error, never discarding it.
+
+Delivery is at least once: a write that succeeded but whose reply was lost is written again
+(ReplacingMergeTree tables absorb that).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from framework.stores.base import Store, StoreError
+from framework.stores.base import Store, StoreError, StoreRejected
 
 log = logging.getLogger(__name__)
 
@@ -34,91 +51,229 @@ class BatchWriter:
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
         spill_dir: Path | None = None,
+        close_timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.table = table
-        self.batch_size = batch_size
+        self.batch_size = max(batch_size, 1)
         self.interval = interval
-        self.max_buffer = max(max_buffer, batch_size)
+        self.max_buffer = max(max_buffer, self.batch_size)
         self.backoff_initial = backoff_initial
-        self.backoff_max = backoff_max
+        self.backoff_max = max(backoff_max, backoff_initial)
         self.spill_dir = spill_dir
+        self.close_timeout = close_timeout
         self._rows: list[Mapping[str, Any]] = []
         self._space = asyncio.Condition()
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._down_since: float | None = None
+        self._down_attempts = 0
         self.written = 0
         self.failures = 0
+        self.outages = 0
+        self.rejected = 0
+        self.spilled = 0
+        self.waits = 0
         self.last_error: str | None = None
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._periodic(), name=f"batch-{self.table}")
+        if self._task is None and not self._closed and not self._closing.is_set():
+            self._task = asyncio.create_task(self._run(), name=f"batch-{self.table}")
 
     @property
     def pending(self) -> int:
         return len(self._rows)
 
+    @property
+    def failing(self) -> bool:
+        """True from the first failed write of an outage until a write succeeds again."""
+        return self._down_since is not None
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {
+            "table": self.table,
+            "pending": self.pending,
+            "written": self.written,
+            "failures": self.failures,
+            "outages": self.outages,
+            "failing": self.failing,
+            "rejected": self.rejected,
+            "spilled": self.spilled,
+            "waits": self.waits,
+            "last_error": self.last_error,
+        }
+
     async def add(self, row: Mapping[str, Any]) -> None:
+        """Buffer ``row``; waits while the buffer is full (the store is down or slower than the producer)."""
+        if self._closed or self._closing.is_set():
+            raise StoreError(f"the writer of table {self.table!r} is closed")
+        self.start()
         if len(self._rows) >= self.max_buffer:
+            self.waits += 1
             async with self._space:
-                await self._space.wait_for(lambda: len(self._rows) < self.max_buffer)
+                await self._space.wait_for(lambda: len(self._rows) < self.max_buffer or self._closing.is_set())
+            if self._closed:
+                raise StoreError(f"the writer of table {self.table!r} closed while this row waited for room")
         self._rows.append(row)
-        if len(self._rows) >= self.batch_size and not self._lock.locked():
-            await self.flush(retry=False)
+        if len(self._rows) >= self.batch_size:
+            self._wake.set()
 
     async def flush(self, retry: bool = True) -> bool:
-        """Write what is buffered. With ``retry`` keep trying (with backoff) until it succeeds."""
+        """Write everything buffered now. With ``retry`` keep retrying (with backoff) until it is
+        written or the writer closes; without, stop at the first failure. True when all was written."""
         async with self._lock:
-            delay = self.backoff_initial
-            while self._rows:
-                batch = self._rows[:]
-                try:
-                    await self.store.insert(self.table, batch)
-                except StoreError as exc:
-                    self.failures += 1
-                    self.last_error = str(exc)
-                    log.error("write of %d rows to %s failed (kept, will retry): %s", len(batch), self.table, exc)
-                    if not retry:
-                        return False
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, self.backoff_max)
-                    continue
-                del self._rows[: len(batch)]
-                self.written += len(batch)
-                async with self._space:
-                    self._space.notify_all()
-            return True
+            return await self._drain(None if retry else asyncio.get_running_loop().time())
 
-    async def _periodic(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if self._rows:
-                await self.flush(retry=False)
+    async def close(self, timeout: float | None = None) -> None:
+        """Flush, retrying for ``timeout`` (default ``close_timeout``) seconds, then spill the rest."""
+        if self._closed:
+            return
+        self._closing.set()
+        self._wake.set()
+        async with self._space:
+            self._space.notify_all()
+        try:
+            if self._task is not None:
+                await asyncio.gather(self._task, return_exceptions=True)
+                self._task = None
+            deadline = asyncio.get_running_loop().time() + (self.close_timeout if timeout is None else timeout)
+            async with self._lock:
+                if not await self._drain(deadline):
+                    self._spill()
+        finally:
+            self._closed = True
 
-    async def close(self, attempts: int = 3) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    async def _run(self) -> None:
+        """Full batches as soon as they fill; everything else once ``interval`` has passed."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.interval
+        while not self._closing.is_set():
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(due - loop.time(), 0.0))
+            except TimeoutError:
                 pass
-            self._task = None
-        for _ in range(attempts):
-            if await self.flush(retry=False):
-                return
-            await asyncio.sleep(self.backoff_initial)
-        self._spill()
+            self._wake.clear()
+            if self._closing.is_set():
+                break
+            timely = loop.time() >= due
+            if timely:
+                due = loop.time() + self.interval
+            try:
+                async with self._lock:
+                    await self._drain(None, full_only=not timely)
+            except Exception:
+                log.exception("writer of table %s: unexpected error, rows kept", self.table)
+                await self._pause(self.backoff_max, None)
+
+    async def _drain(self, deadline: float | None, full_only: bool = False) -> bool:
+        while len(self._rows) >= (self.batch_size if full_only else 1):
+            if not await self._write_front(min(len(self._rows), self.batch_size), deadline):
+                return False
+        return True
+
+    async def _write_front(self, count: int, deadline: float | None) -> bool:
+        """Write the first ``count`` buffered rows. Only this removes rows, always from the front,
+        so the buffer's head is exactly the pieces still to write, in order."""
+        pieces = deque([count])
+        delay = self.backoff_initial
+        while pieces:
+            size = pieces[0]
+            rows = self._rows[:size]
+            try:
+                await self.store.insert(self.table, rows)
+            except StoreRejected as exc:
+                self._recovered()
+                pieces.popleft()
+                if size == 1:
+                    self._reject(rows[0], exc)
+                    await self._consume(1, written=False)
+                else:
+                    half = size // 2
+                    pieces.extendleft((size - half, half))
+                continue
+            except Exception as exc:
+                self._failed(exc)
+                if not await self._pause(delay * (0.75 + random.random() / 2), deadline):
+                    return False
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            self._recovered()
+            pieces.popleft()
+            await self._consume(size)
+            delay = self.backoff_initial
+        return True
+
+    async def _pause(self, delay: float, deadline: float | None) -> bool:
+        """Wait before a retry. False means give up: the close deadline passed, or (for the
+        background task, which has no deadline) close began, which takes the retrying over."""
+        if deadline is None:
+            if self._closing.is_set():
+                return False
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=delay)
+            except TimeoutError:
+                return True
+            return False
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(delay, left))
+        return True
+
+    async def _consume(self, count: int, written: bool = True) -> None:
+        del self._rows[:count]
+        if written:
+            self.written += count
+        async with self._space:
+            self._space.notify_all()
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        self.last_error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        self._down_attempts += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self.outages += 1
+            log.error(
+                "writes to table %s are failing; %d rows kept and retried with backoff (up to %.0fs apart): %s",
+                self.table, len(self._rows), self.backoff_max, self.last_error,
+            )
+
+    def _recovered(self) -> None:
+        if self._down_since is not None:
+            log.warning(
+                "writes to table %s recovered after %.1fs (%d failed attempts)",
+                self.table, time.monotonic() - self._down_since, self._down_attempts,
+            )
+            self._down_since = None
+            self._down_attempts = 0
+
+    def _reject(self, row: Mapping[str, Any], exc: StoreRejected) -> None:
+        self.rejected += 1
+        record = orjson.dumps({"error": str(exc), "row": row}, default=str)
+        if self.spill_dir is None:
+            log.error("table %s rejected this row (no spill dir to set it aside in): %s", self.table, record.decode()[:1000])
+            return
+        self.spill_dir.mkdir(parents=True, exist_ok=True)
+        path = self.spill_dir / f"{self.table}.rejected.jsonl"
+        with open(path, "ab") as handle:
+            handle.write(record + b"\n")
+        log.error("table %s rejected a row, set aside in %s: %s", self.table, path, exc)
 
     def _spill(self) -> None:
         if not self._rows:
             return
+        count = len(self._rows)
         if self.spill_dir is None:
-            raise StoreError(f"{len(self._rows)} rows for {self.table} could not be written and no spill dir is set")
+            raise StoreError(f"{count} rows for {self.table} could not be written and no spill dir is set ({self.last_error})")
         self.spill_dir.mkdir(parents=True, exist_ok=True)
         path = self.spill_dir / f"{self.table}.jsonl"
         with open(path, "ab") as handle:
-            for row in self._rows:
-                handle.write(orjson.dumps(row) + b"\n")
-        log.error("%d rows for %s spilled to %s (%s)", len(self._rows), self.table, path, self.last_error)
+            handle.writelines(orjson.dumps(row, default=str) + b"\n" for row in self._rows)
+        self.spilled += count
+        log.error("%d rows for %s spilled to %s (%s)", count, self.table, path, self.last_error)
         self._rows.clear()

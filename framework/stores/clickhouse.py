@@ -1,22 +1,34 @@
-"""ClickHouse through clickhouse-connect: ``chdb:///DIR`` (embedded, the demo default) or a server URL.
+"""ClickHouse through clickhouse-connect: ``chdb:///DIR`` (embedded, the demo default) or a server
+URL ``http(s)://user@host:8123/db`` (password from the env var named by ``password_env``).
 
-chdb runs the real ClickHouse engine inside this process; its calls block, so they run on
-one worker thread (chdb allows one session per process, and one thread keeps it ordered).
+Both go through one client API, so DDL, inserts and reads are the same code. chdb runs the
+real ClickHouse engine inside this process; its calls block, so they run on one worker thread
+(chdb allows one session per process, and one thread keeps it ordered). A server gets a few
+threads without a session, so table writers do not queue behind each other.
+
+Values are only ever bound as parameters (``{name:Type}``); table and column names go into DDL
+only after :func:`~framework.stores.columns.checked_ident`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from framework.stores.base import Store, StoreError
+from framework.stores import base
+from framework.stores.base import Store, StoreError, StoreRejected
+from framework.stores.columns import checked_ident, native_type, split_type, time_column_of
 from framework.topology.model import Table
+
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
 
 _TYPES = {
     "int": "Int64",
@@ -26,76 +38,128 @@ _TYPES = {
     "json": "String",
     "timestamp_ms": "Int64",
 }
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENGINES = ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree")
+_AUTH_CODES = {192, 193, 194, 516}
+_DATA_CODES = {6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 349}
+T = TypeVar("T")
 
 
 def _ident(name: str) -> str:
-    if not _IDENT.match(name):
-        raise StoreError(f"{name!r} is not a valid ClickHouse identifier")
-    return f"`{name}`"
+    try:
+        return f"`{checked_ident(name)}`"
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
 
 
 def column_type(portable: str) -> str:
-    nullable = portable.endswith("?")
-    base = _TYPES.get(portable.rstrip("?"), portable.rstrip("?"))
-    return f"Nullable({base})" if nullable else base
+    _, nullable = split_type(portable)
+    try:
+        native = native_type(portable, _TYPES)
+    except ValueError as exc:
+        raise StoreError(str(exc)) from None
+    return f"Nullable({native})" if nullable else native
 
 
 def create_table_sql(name: str, table: Table, columns: Mapping[str, str], time_column: str | None) -> str:
     cols = ",\n  ".join(f"{_ident(c)} {column_type(t)}" for c, t in columns.items())
-    engine = table.engine if table.engine in ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree") else "MergeTree"
+    engine = table.engine if table.engine in _ENGINES else "MergeTree"
     order = ", ".join(_ident(c) for c in table.order_by) or "tuple()"
     sql = f"CREATE TABLE IF NOT EXISTS {_ident(name)} (\n  {cols}\n) ENGINE = {engine}() ORDER BY ({order})"
-    if table.retention_ms and time_column:
-        sql += f"\nTTL toDateTime(intDiv({_ident(time_column)}, 1000)) + INTERVAL {table.retention_ms // 1000} SECOND"
+    time_col = time_column_of(columns, time_column)
+    if table.retention_ms and time_col:
+        sql += f"\nTTL toDateTime(intDiv({_ident(time_col)}, 1000)) + INTERVAL {int(table.retention_ms) // 1000} SECOND"
     return sql
 
 
 class ClickHouseStore(Store):
     kind = "clickhouse"
 
-    def __init__(self, name: str, url: str, data_dir: str = ".fxrun") -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        data_dir: str = ".fxrun",
+        *,
+        password: str | None = None,
+        password_env: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.url = url
         self.data_dir = data_dir
+        self.embedded = url.startswith("chdb:")
+        self._password = password
+        self._password_env = password_env
+        self._options = dict(options or {})
         self._client: Any = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"store-{name}")
+        workers = 1 if self.embedded else int(self._options.get("workers", 4))
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"store-{name}")
         self._columns: dict[str, list[str]] = {}
         self._json_columns: dict[str, set[str]] = {}
 
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    @property
+    def safe_url(self) -> str:
+        return base.safe_url(self.url)
+
+    def _error(self, exc: Exception, rows: bool) -> StoreError:
+        from clickhouse_connect.driver import exceptions as ch
+
+        secrets = [self._password, base.url_password(self.url)]
+        code = getattr(exc, "code", None)
+        if isinstance(exc, ch.OperationalError):
+            return base.unreachable(self.name, self.kind, self.url, exc, secrets)
+        if code in _AUTH_CODES:
+            return base.bad_credentials(self.name, self.kind, self.url, self._password_env)
+        message = f"store {self.name!r} ({self.kind}) at {self.safe_url}: {base.one_line(str(exc), secrets)}"
+        if rows and (isinstance(exc, (TypeError, ValueError, AttributeError, OverflowError, ch.DataError)) or code in _DATA_CODES):
+            return StoreRejected(message)
+        return StoreError(message)
+
+    async def _call(self, fn: Callable[..., T], *args: Any, rows: bool = False, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError(f"store {self.name!r} ({self.safe_url}): {exc}") from exc
+            raise self._error(exc, rows) from None
 
-    @property
-    def safe_url(self) -> str:
-        return re.sub(r"//[^/@]*@", "//", self.url)
+    def _require_client(self) -> Any:
+        if self._client is None:
+            raise StoreError(f"store {self.name!r} ({self.kind}) is not connected")
+        return self._client
 
     async def connect(self) -> None:
         import clickhouse_connect
 
-        dsn = self.url
-        if dsn.startswith("chdb://"):
-            path = Path(dsn.removeprefix("chdb://")).resolve()
+        if self.embedded:
+            path = Path(self.url.removeprefix("chdb://")).resolve()
             path.mkdir(parents=True, exist_ok=True)
-            dsn = f"chdb://{path}"
-        self._client = await self._call(clickhouse_connect.get_client, dsn=dsn)
+            self._client = await self._call(clickhouse_connect.get_client, dsn=f"chdb://{path}")
+            return
+        password = self._password if self._password is not None else base.url_password(self.url) or ""
+        self._client = await self._call(
+            clickhouse_connect.get_client,
+            dsn=self.url,
+            password=password,
+            connect_timeout=float(self._options.get("connect_timeout", 5)),
+            send_receive_timeout=float(self._options.get("timeout", 300)),
+            autogenerate_session_id=False,
+        )
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._call(self._client.close)
-            self._client = None
+            client, self._client = self._client, None
+            try:
+                await self._call(client.close)
+            except StoreError:
+                pass
         self._executor.shutdown(wait=True)
 
     async def ensure_table(self, name: str, table: Table, columns: Mapping[str, str], time_column: str | None = None) -> None:
-        await self._call(self._client.command, create_table_sql(name, table, columns, time_column))
+        await self._call(self._require_client().command, create_table_sql(name, table, columns, time_column))
         self._columns[name] = list(columns)
-        self._json_columns[name] = {c for c, t in columns.items() if t.rstrip("?") == "json"}
+        self._json_columns[name] = {c for c, t in columns.items() if split_type(t)[0] == "json"}
 
     async def insert(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -105,11 +169,31 @@ class ClickHouseStore(Store):
             raise StoreError(f"table {name!r} was not created through ensure_table")
         json_cols = self._json_columns[name]
         data = [
-            [orjson.dumps(row.get(c)).decode() if c in json_cols else row.get(c) for c in columns] for row in rows
+            [orjson.dumps(row.get(c)).decode() for row in rows] if c in json_cols else [row.get(c) for row in rows]
+            for c in columns
         ]
-        await self._call(self._client.insert, name, data, column_names=columns)
+        await self._call(self._require_client().insert, name, data, column_names=columns, column_oriented=True, rows=True)
 
-    async def query(self, sql: str, parameters: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = await self._call(self._client.query, sql, parameters=dict(parameters or {}))
+    @staticmethod
+    def _named(parameters: Mapping[str, Any] | Sequence[Any] | None) -> dict[str, Any]:
+        if parameters is None:
+            return {}
+        if not isinstance(parameters, Mapping):
+            raise StoreError("ClickHouse queries take named parameters: {name:Type} in the SQL, a dict of values")
+        return dict(parameters)
+
+    async def query(self, sql: str, parameters: Mapping[str, Any] | Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        result = await self._call(self._require_client().query, sql, parameters=self._named(parameters))
         names = result.column_names
         return [dict(zip(names, row)) for row in result.result_rows]
+
+    async def query_df(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pandas.DataFrame:
+        """Typed columns (Int64 → int64, Float64 → float64, …) straight from the wire, without dict rows."""
+        return await self._call(self._require_client().query_df, sql, parameters=self._named(parameters))
+
+    async def query_arrow(self, sql: str, parameters: Mapping[str, Any] | None = None) -> pyarrow.Table:
+        return await self._call(self._require_client().query_arrow, sql, parameters=self._named(parameters))
+
+    async def command(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """A statement without rows (``OPTIMIZE TABLE t FINAL``, ``ALTER …``)."""
+        return await self._call(self._require_client().command, sql, parameters=self._named(parameters))

@@ -60,13 +60,63 @@ def inprocess_log_on_disk(tmp_path: Path) -> AbstractAsyncContextManager[LogTran
     return _connected(InProcessLog(tmp_path / "log", flush_every=3))
 
 
+_KAFKA_SERVER: list[str] = []
+
+
+def kafka_log(tmp_path: Path) -> AbstractAsyncContextManager[LogTransport]:
+    """KafkaLog on ``FXFLOW_KAFKA_BOOTSTRAP``, else on one tansu started for the whole run.
+
+    Short group timings, since tansu holds every JoinGroup for half the session timeout.
+    """
+    import os
+
+    from framework.infra import KafkaServer, ServerUnavailable
+    from framework.topology.model import KafkaConfig
+    from framework.transport.kafka import KafkaLog
+
+    if not _KAFKA_SERVER:
+        bootstrap = os.environ.get("FXFLOW_KAFKA_BOOTSTRAP")
+        if not bootstrap:
+            try:
+                bootstrap = KafkaServer(tmp_path / "kafka-server").start().url
+            except ServerUnavailable as exc:
+                pytest.skip(f"kafka server unavailable: {exc}")
+        _KAFKA_SERVER.append(bootstrap)
+    config = KafkaConfig(bootstrap=_KAFKA_SERVER[0].split(","))
+    return _connected(KafkaLog(config, session_timeout_ms=2_000, heartbeat_interval_ms=250, fetch_max_wait_ms=100))
+
+
+_NATS_SERVER: list[str] = []
+
+
+def nats_pubsub(tmp_path: Path) -> AbstractAsyncContextManager[PubSubTransport]:
+    """NatsPubSub (core NATS) on ``FXFLOW_NATS_URL``, else on one nats-server started for the whole run."""
+    import os
+
+    from framework.infra import NatsServer, ServerUnavailable
+    from framework.topology.model import NatsConfig
+    from framework.transport.nats import NatsPubSub
+
+    if not _NATS_SERVER:
+        url = os.environ.get("FXFLOW_NATS_URL")
+        if not url:
+            try:
+                url = NatsServer(tmp_path / "nats-server").start().url
+            except ServerUnavailable as exc:
+                pytest.skip(f"nats server unavailable: {exc}")
+        _NATS_SERVER.append(url)
+    return _connected(NatsPubSub(NatsConfig(servers=_NATS_SERVER[0].split(",")), name="fxflow-conformance"))
+
+
 PUBSUB_FACTORIES: dict[str, PubSubFactory] = {
     "inprocess": inprocess_pubsub,
+    "nats": nats_pubsub,
 }
 
 LOG_FACTORIES: dict[str, LogFactory] = {
     "inprocess": inprocess_log,
     "inprocess-disk": inprocess_log_on_disk,
+    "kafka": kafka_log,
 }
 
 

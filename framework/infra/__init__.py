@@ -1,0 +1,26 @@
+"""Local servers (NATS, a Kafka-protocol broker, PostgreSQL, Redis) run without Docker.
+
+Used by the test fixtures (``tests/conftest.py``) and by ``fxrun infra up|status|down``.
+"""
+
+from framework.infra.servers import (
+    KafkaServer,
+    LocalServer,
+    NatsServer,
+    PostgresServer,
+    RedisServer,
+    ServerError,
+    ServerUnavailable,
+    free_port,
+)
+
+__all__ = [
+    "KafkaServer",
+    "LocalServer",
+    "NatsServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerError",
+    "ServerUnavailable",
+    "free_port",
+]

@@ -1,0 +1,369 @@
+"""The stores against real engines: embedded ClickHouse (chdb), PostgreSQL and Redis servers
+started by the fixtures in conftest.py. No mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from framework.context import TableHandle
+from framework.stores.base import StoreError, StoreUnavailable, open_store, safe_url
+from framework.stores.batch import BatchWriter
+from framework.stores.clickhouse import ClickHouseStore, create_table_sql
+from framework.stores.columns import time_column_of
+from framework.stores.postgres import DAY_MS, PostgresStore, bind, partition_name
+from framework.stores.redis import RedisStore
+from framework.topology.model import StoreConfig, Table
+
+TICK_COLUMNS = {
+    "symbol": "str",
+    "ts": "timestamp_ms",
+    "bid": "float",
+    "ask": "float",
+    "seq": "int?",
+    "source": "str",
+    "meta": "json?",
+    "live": "bool?",
+}
+SECRET = "s3cret-Hunter2-do-not-print"
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def tick(seq: int, ts: int, symbol: str = "EURUSD") -> dict[str, Any]:
+    return {"symbol": symbol, "ts": ts, "bid": 1.1 + seq * 1e-5, "ask": 1.1002, "seq": seq, "source": "test",
+            "meta": {"n": seq}, "live": seq % 2 == 0}
+
+
+def uniq(prefix: str = "t") -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+async def wait_until(predicate: Any, timeout: float = 30.0, step: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(step)
+
+
+# --------------------------------------------------------------------------- ClickHouse (chdb)
+
+
+@pytest.fixture
+async def chdb(tmp_path: Path) -> AsyncIterator[ClickHouseStore]:
+    store = ClickHouseStore("ch", f"chdb://{tmp_path}/clickhouse")
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def test_clickhouse_ddl_from_table_declaration() -> None:
+    table = Table(store="ch", engine="ReplacingMergeTree", order_by=["symbol", "ts"], retention="3d")
+    sql = create_table_sql("live_ticks", table, TICK_COLUMNS, "ts")
+    assert "ENGINE = ReplacingMergeTree() ORDER BY (`symbol`, `ts`)" in sql
+    assert "TTL toDateTime(intDiv(`ts`, 1000)) + INTERVAL 259200 SECOND" in sql
+    assert "`seq` Nullable(Int64)" in sql and "`meta` Nullable(String)" in sql and "`live` Nullable(Bool)" in sql
+    forever = create_table_sql("t", Table(store="ch", order_by=["ts"], retention="forever"), {"ts": "timestamp_ms"}, None)
+    assert "TTL" not in forever and "ENGINE = MergeTree()" in forever
+    by_columns = create_table_sql("t", Table(store="ch", retention="90d"), {"id": "str", "at": "timestamp_ms"}, None)
+    assert "intDiv(`at`, 1000)" in by_columns and "ORDER BY (tuple())" in by_columns
+    assert time_column_of({"id": "str"}, None) is None
+    with pytest.raises(StoreError):
+        create_table_sql("t; DROP TABLE x", table, TICK_COLUMNS, "ts")
+    with pytest.raises(StoreError):
+        create_table_sql("t", table, {"a": "Int64; DROP TABLE x"}, None)
+
+
+async def test_clickhouse_round_trip_dedup_ttl_and_typed_reads(chdb: ClickHouseStore) -> None:
+    table = Table(store="ch", engine="ReplacingMergeTree", order_by=["symbol", "ts"], retention="1d")
+    await chdb.ensure_table("ticks", table, TICK_COLUMNS, "ts")
+    await chdb.ensure_table("ticks", table, TICK_COLUMNS, "ts")
+    now = now_ms()
+    writer = BatchWriter(chdb, "ticks", batch_size=50, interval=0.05)
+    fresh = [tick(i, now - i) for i in range(200)]
+    for row in [*fresh, *fresh[:80], *(tick(1000 + i, now - 3 * DAY_MS - i) for i in range(30))]:
+        await writer.add(row)
+    await writer.close()
+    assert writer.written == 310 and writer.pending == 0
+
+    await chdb.command("OPTIMIZE TABLE ticks FINAL")
+    counts = await chdb.query("SELECT count() AS n, uniqExact(seq) AS d, max(seq) AS top FROM ticks")
+    assert counts == [{"n": 200, "d": 200, "top": 199}]  # 80 duplicates merged away, 30 expired rows gone
+
+    rows = await chdb.query(
+        "SELECT seq, ts, meta, live FROM ticks WHERE symbol = {symbol:String} AND seq < {below:Int64} ORDER BY seq",
+        {"symbol": "EURUSD", "below": 3},
+    )
+    assert rows == [{"seq": i, "ts": now - i, "meta": f'{{"n":{i}}}', "live": i % 2 == 0} for i in range(3)]
+    assert await chdb.query("SELECT count() AS n FROM ticks WHERE symbol = {s:String}", {"s": "' OR 1=1 --"}) == [{"n": 0}]
+
+    frame = await chdb.query_df("SELECT seq, ts, bid FROM ticks WHERE seq >= {lo:Int64} ORDER BY seq", {"lo": 190})
+    assert isinstance(frame, pd.DataFrame) and list(frame["seq"]) == list(range(190, 200))
+    assert frame["ts"].dtype.kind == "i" and frame["bid"].dtype.kind == "f"
+
+    arrow = await chdb.query_arrow("SELECT symbol, ts, bid FROM ticks ORDER BY ts")
+    assert isinstance(arrow, pa.Table) and arrow.num_rows == 200
+    assert arrow.schema.field("ts").type == pa.int64() and arrow.schema.field("bid").type == pa.float64()
+
+
+async def test_clickhouse_rejected_row_is_set_aside_and_the_rest_written(chdb: ClickHouseStore, tmp_path: Path) -> None:
+    await chdb.ensure_table("ticks", Table(store="ch", order_by=["ts"]), TICK_COLUMNS, "ts")
+    spill = tmp_path / "spill"
+    writer = BatchWriter(chdb, "ticks", batch_size=64, interval=0.05, spill_dir=spill)
+    now = now_ms()
+    for i in range(64):
+        await writer.add(tick(i, now + i) if i != 37 else {**tick(i, now + i), "ts": "not a number"})
+    await writer.close()
+    assert writer.rejected == 1 and writer.written == 63 and writer.spilled == 0
+    assert (await chdb.query("SELECT count() AS n FROM ticks"))[0]["n"] == 63
+    rejected = (spill / "ticks.rejected.jsonl").read_text().splitlines()
+    assert len(rejected) == 1 and '"seq":37' in rejected[0]
+
+
+async def test_clickhouse_server_url_unreachable_is_one_line_without_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FX_TEST_CH_PASSWORD", SECRET)
+    config = StoreConfig(kind="clickhouse", url="http://fx@127.0.0.1:9/fxflow", password_env="FX_TEST_CH_PASSWORD")
+    store = open_store("clickhouse", config, ".fxrun")
+    with pytest.raises(StoreUnavailable) as info:
+        await store.connect()
+    await store.close()
+    message = str(info.value)
+    assert "\n" not in message and SECRET not in message
+    assert "'clickhouse'" in message and "http://fx@127.0.0.1:9/fxflow" in message and "fxrun infra up" in message
+
+
+def test_safe_url_drops_only_the_password() -> None:
+    assert safe_url(f"postgresql://fx:{SECRET}@db.local:5432/fxflow") == "postgresql://fx@db.local:5432/fxflow"
+    assert safe_url(f"redis://:{SECRET}@127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    assert safe_url("chdb:///tmp/x") == "chdb:///tmp/x"
+
+
+async def test_table_handle_kv_methods_need_a_kv_store(chdb: ClickHouseStore) -> None:
+    handle = TableHandle("ticks", chdb, None)
+    with pytest.raises(TypeError, match="not key-value"):
+        await handle.claim(["a"])
+    with pytest.raises(TypeError, match="not key-value"):
+        await handle.get_latest("a")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+def test_bind_rewrites_named_placeholders_to_positional() -> None:
+    sql, args = bind("SELECT * FROM t WHERE a = {a:String} AND b > {b} AND c = {a}", {"a": "x", "b": 2})
+    assert sql == "SELECT * FROM t WHERE a = $1 AND b > $2 AND c = $1" and args == ["x", 2]
+    assert bind("SELECT $1", [5]) == ("SELECT $1", [5])
+    assert partition_name("live_ticks", 20_394) == "live_ticks_p20251102"
+
+
+@pytest.fixture
+async def pg(postgres_server: Any) -> AsyncIterator[PostgresStore]:
+    store = PostgresStore("timescale", postgres_server.url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_postgres_partitioned_table_copy_and_daily_partitions(pg: PostgresStore) -> None:
+    name = uniq("ticks")
+    table = Table(store="timescale", engine="hypertable", order_by=["symbol", "ts"], retention="30d")
+    await pg.ensure_table(name, table, TICK_COLUMNS, "ts")
+    assert pg.timescale_available is False
+    assert pg.table_mode(name) == "partitioned"
+    kind = await pg.query("SELECT relkind::text AS k FROM pg_class WHERE oid = to_regclass($1)", [name])
+    assert kind == [{"k": "p"}]
+    today = now_ms() // DAY_MS
+    assert set(await pg.partitions(name)) >= {today, today + 1, today + 2}  # created ahead
+
+    writer = BatchWriter(pg, name, batch_size=5_000, interval=0.05)
+    count = 30_000
+    for i in range(count):
+        await writer.add(tick(i, (today - 4) * DAY_MS + i * (5 * DAY_MS // count)))
+    await writer.close()
+    assert writer.written == count
+    partitions = await pg.partitions(name)
+    assert {today - 4, today - 3, today - 2, today - 1, today} <= set(partitions)
+    per_day = await pg.query(
+        f"SELECT tableoid::regclass::text AS part, count(*) AS n FROM {name} GROUP BY 1 ORDER BY 1"
+    )
+    assert len(per_day) == 5 and sum(r["n"] for r in per_day) == count
+    assert all(r["part"].startswith(f"{name}_p") for r in per_day)  # none in the default partition
+
+    rows = await pg.query(
+        f"SELECT seq, ts, meta, live FROM {name} WHERE symbol = $1 AND seq < $2 ORDER BY seq", ["EURUSD", 2]
+    )
+    assert rows == [{"seq": 0, "ts": (today - 4) * DAY_MS, "meta": {"n": 0}, "live": True},
+                    {"seq": 1, "ts": (today - 4) * DAY_MS + 5 * DAY_MS // count, "meta": {"n": 1}, "live": False}]
+    named = await pg.query(f"SELECT count(*) AS n FROM {name} WHERE symbol = {{symbol:String}}", {"symbol": "EURUSD"})
+    assert named == [{"n": count}]
+    assert await pg.query(f"SELECT count(*) AS n FROM {name} WHERE symbol = $1", ["' OR 1=1 --"]) == [{"n": 0}]
+
+    again = PostgresStore("timescale", pg.url)  # a rerun: same layout, nothing recreated
+    await again.connect()
+    try:
+        await again.ensure_table(name, table, TICK_COLUMNS, "ts")
+        assert again.table_mode(name) == "partitioned" and set(await again.partitions(name)) >= set(partitions)
+        assert await again.query(f"SELECT count(*) AS n FROM {name}") == [{"n": count}]
+    finally:
+        await again.close()
+
+
+async def test_postgres_drop_expired_drops_old_partitions(pg: PostgresStore) -> None:
+    name = uniq("ticks")
+    await pg.ensure_table(name, Table(store="timescale", order_by=["ts"], retention="3d"), TICK_COLUMNS, "ts")
+    today = now_ms() // DAY_MS
+    old, recent = [tick(i, (today - 10) * DAY_MS + i) for i in range(10)], [tick(100 + i, now_ms() - i) for i in range(10)]
+    await pg.insert(name, old + recent)
+    assert today - 10 in await pg.partitions(name)
+
+    dropped = await pg.drop_expired()
+    assert dropped == [partition_name(name, today - 10)]
+    assert today - 10 not in await pg.partitions(name) and today in await pg.partitions(name)
+    assert await pg.query(f"SELECT min(seq) AS lo, count(*) AS n FROM {name}") == [{"lo": 100, "n": 10}]
+    assert await pg.drop_expired() == []
+
+
+async def test_postgres_default_partition_catches_rows_and_hands_them_over(postgres_server: Any) -> None:
+    store = PostgresStore("timescale", postgres_server.url, options={"max_partitions_per_batch": 1, "partitions_ahead": 0})
+    await store.connect()
+    try:
+        name = uniq("ticks")
+        await store.ensure_table(name, Table(store="timescale", order_by=["ts"], retention="30d"), TICK_COLUMNS, "ts")
+        today = now_ms() // DAY_MS
+        rows = [tick(i, (today - 1 - i % 3) * DAY_MS + i) for i in range(30)]  # three past days, one new partition allowed
+        await store.insert(name, rows)
+        in_default = await store.query(f"SELECT count(*) AS n FROM {name}_default")
+        assert in_default == [{"n": 20}]
+        await store.insert(name, [tick(100, (today - 2) * DAY_MS + 5)])  # that day's partition takes its rows along
+        await store.insert(name, [tick(101, (today - 3) * DAY_MS + 5)])
+        assert await store.query(f"SELECT count(*) AS n FROM {name}_default") == [{"n": 0}]
+        assert await store.query(f"SELECT count(*) AS n, count(DISTINCT seq) AS d FROM {name}") == [{"n": 32, "d": 32}]
+    finally:
+        await store.close()
+
+
+async def test_postgres_plain_table_and_types(pg: PostgresStore) -> None:
+    name = uniq("positions")
+    columns = {"symbol": "str", "quantity": "float", "open": "bool", "details": "json?", "count": "int"}
+    await pg.ensure_table(name, Table(store="timescale", order_by=["symbol"]), columns, None)
+    assert pg.table_mode(name) == "plain"
+    await pg.insert(name, [{"symbol": "XAUUSD", "quantity": 1.5, "open": True, "details": [1, {"a": None}], "count": 2**40}])
+    assert await pg.query(f"SELECT * FROM {name}") == [
+        {"symbol": "XAUUSD", "quantity": 1.5, "open": True, "details": [1, {"a": None}], "count": 2**40}
+    ]
+
+
+async def test_postgres_unreachable_and_bad_credentials_are_one_line_without_secret(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FX_TEST_PG_PASSWORD", SECRET)
+    config = StoreConfig(kind="postgres", url="postgresql://fxflow@127.0.0.1:9/fxflow", password_env="FX_TEST_PG_PASSWORD")
+    with pytest.raises(StoreUnavailable) as info:
+        await open_store("timescale", config, ".fxrun").connect()
+    message = str(info.value)
+    assert "\n" not in message and SECRET not in message and "fxrun infra up" in message
+    assert "'timescale'" in message and "postgresql://fxflow@127.0.0.1:9/fxflow" in message
+
+    host = postgres_server.url.split("@", 1)[1]
+    store = open_store("timescale", StoreConfig(kind="postgres", url=f"postgresql://nosuchuser:{SECRET}@{host}"), ".fxrun")
+    with pytest.raises(StoreError) as info:
+        await store.connect()
+    message = str(info.value)
+    assert "credentials" in message and "nosuchuser@" in message and SECRET not in message and "\n" not in message
+
+    without_password = StoreConfig(kind="postgres", url=f"postgresql://fxflow@{host}", password_env="FX_TEST_PG_PASSWORD")
+    with pytest.raises(StoreError) as info:  # the real user, a wrong password from the environment
+        await open_store("timescale", without_password, ".fxrun").connect()
+    message = str(info.value)
+    assert "refused the credentials (password from $FX_TEST_PG_PASSWORD)" in message and SECRET not in message
+
+    monkeypatch.setenv("FX_TEST_PG_PASSWORD", postgres_server.password)
+    store = open_store("timescale", without_password, ".fxrun")
+    await store.connect()
+    try:
+        assert await store.query("SELECT current_user AS u") == [{"u": "fxflow"}]
+    finally:
+        await store.close()
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@pytest.fixture
+async def kv(redis_server: Any) -> AsyncIterator[RedisStore]:
+    store = RedisStore("dragonfly", redis_server.url)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_redis_claim_reports_new_and_seen_keys(kv: RedisStore) -> None:
+    name = uniq("dedup")
+    await kv.ensure_table(name, Table(store="dragonfly", engine="kv", columns={"key": "str"}, retention="2d"), {"key": "str"})
+    assert await kv.claim(name, ["a", "b", "a"]) == [True, True, False]
+    assert await kv.claim(name, ["a", "c", "b", "d"]) == [False, True, False, True]
+    assert await kv.claim(name, []) == []
+    handle = TableHandle(name, kv, None)
+    assert await handle.claim(["c", "e"]) == [False, True]
+    other = uniq("dedup")  # the prefix is the table name: same key, other table, new
+    await kv.ensure_table(other, Table(store="dragonfly", engine="kv", retention="1h"), {"key": "str"})
+    assert await kv.claim(other, ["a"]) == [True]
+
+
+async def test_redis_claim_expires_after_ttl(kv: RedisStore) -> None:
+    name = uniq("dedup")
+    await kv.ensure_table(name, Table(store="dragonfly", engine="kv", retention="300ms"), {"key": "str"})
+    assert await kv.claim(name, ["k1"]) == [True]
+    assert await kv.claim(name, ["k1"]) == [False]
+    await asyncio.sleep(0.6)
+    assert await kv.claim(name, ["k1"]) == [True]
+    assert await kv.claim(name, ["k2"], ttl_ms=60_000) == [True]
+    await asyncio.sleep(0.6)
+    assert await kv.claim(name, ["k2"]) == [False]  # an explicit TTL outlives the table's
+
+
+async def test_redis_latest_values_round_trip(kv: RedisStore) -> None:
+    name = uniq("latest")
+    await kv.ensure_table(name, Table(store="dragonfly", engine="kv", retention="forever"), {"key": "str"})
+    handle = TableHandle(name, kv, None)
+    assert await handle.get_latest("EURUSD") is None
+    await handle.put_latest("EURUSD", {"bid": 1.1, "ts": 1, "tags": ["a"]})
+    await handle.put_latest("EURUSD", {"bid": 1.2, "ts": 2, "tags": []})
+    assert await handle.get_latest("EURUSD") == {"bid": 1.2, "ts": 2, "tags": []}
+    await handle.put_latest("short", 42, ttl_ms=200)
+    assert await handle.get_latest("short") == 42
+    await asyncio.sleep(0.5)
+    assert await handle.get_latest("short") is None
+    await kv.insert(name, [{"key": "XAUUSD", "bid": 2000.5}])
+    assert await handle.get_latest("XAUUSD") == {"key": "XAUUSD", "bid": 2000.5}
+    with pytest.raises(StoreError, match="runs no SQL"):
+        await kv.query("SELECT 1")
+    with pytest.raises(StoreError, match="only engine: kv"):
+        await kv.ensure_table(uniq(), Table(store="dragonfly", engine="MergeTree"), {"key": "str"})
+
+
+async def test_redis_unreachable_is_one_line_without_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FX_TEST_REDIS_PASSWORD", SECRET)
+    config = StoreConfig(kind="redis", url="redis://127.0.0.1:9/0", password_env="FX_TEST_REDIS_PASSWORD")
+    with pytest.raises(StoreUnavailable) as info:
+        await open_store("dragonfly", config, ".fxrun").connect()
+    message = str(info.value)
+    assert "\n" not in message and SECRET not in message
+    assert "'dragonfly'" in message and "redis://127.0.0.1:9/0" in message and "fxrun infra up" in message
