@@ -6,6 +6,8 @@
     fxrun lint [FILE] [--json] [overrides…]    lint a topology (exit 1 on any error)
     fxrun docs [--check]                       (re)generate docs/architecture.md and docs/asyncapi.yaml
     fxrun status [DATA_DIR]                    per-service counters of a running or finished run
+    fxrun infra up|status|down [--data-dir D]  local NATS, Kafka, PostgreSQL, Redis (prints export lines)
+    fxrun deploy [--out FILE] [--check]        generate deploy/docker-compose.yml from topology=live
 
 A user's mistake is reported as ``file:line: path: message`` without a traceback.
 """
@@ -197,7 +199,19 @@ async def _run(runtime, duration: float | None) -> None:  # type: ignore[no-unty
     await runtime.run(duration)
 
 
-VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status}
+def cmd_infra(argv: Sequence[str]) -> int:
+    from framework.infra.cli import main as infra_main
+
+    return infra_main(argv)
+
+
+def cmd_deploy(argv: Sequence[str]) -> int:
+    from framework.deploy import main as deploy_main
+
+    return deploy_main(argv)
+
+
+VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

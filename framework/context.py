@@ -7,6 +7,8 @@ names a subject, a topic or a database client.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +105,7 @@ class NodeContext:
         self._validating = validator.mode is not ValidationMode.OFF
         self._dead_letters = dead_letters
         self._routes = routes
+        self._pending_dead_letters: set[asyncio.Task[None]] = set()
         self._tables = tables
 
     async def publish(self, port: str, message: dict[str, Any], **values: Any) -> bool:
@@ -130,11 +133,23 @@ class NodeContext:
             await self._pubsub.publish(subject, message)
         for topic, key_field in route.topics:
             key = fields.get(key_field) if key_field else None
-            await self._log.produce(topic, message, key=None if key is None else str(key))
+            sent = await self._log.send(topic, message, key=None if key is None else str(key))
+            if not sent.done() or sent.exception() is not None:
+                sent.add_done_callback(functools.partial(self._archived, topic, message))
         self.metrics.published += 1
         for writer in route.writers:
             await writer.add(message)
         return True
+
+    def _archived(self, topic: str, message: dict[str, Any], sent: asyncio.Future[Any]) -> None:
+        """A record the log did not acknowledge is dead-lettered with the reason, never lost."""
+        if sent.cancelled() or sent.exception() is None:
+            return
+        reason = f"archive to {topic} failed: {type(sent.exception()).__name__}: {sent.exception()}"
+        self._pending_dead_letters.add(
+            task := asyncio.ensure_future(self.dead_letter(reason, message, origin=f"kafka:{topic}"))
+        )
+        task.add_done_callback(self._pending_dead_letters.discard)
 
     def _check(self, contracts: tuple[Contract, ...], message: Mapping[str, Any]) -> str | None:
         reason = None

@@ -35,7 +35,15 @@ from framework.stores.columns import columns_from_contract
 from framework.subjects import intersects
 from framework.topology.model import Service, Topology
 from framework.topology.templates import compile_renderer
-from framework.transport.base import LogConsumer, LogTransport, PubSubTransport, Subscription, TopicSpec, isolated
+from framework.transport.base import (
+    LogConsumer,
+    LogTransport,
+    PubSubTransport,
+    Subscription,
+    TopicSpec,
+    TransportError,
+    isolated,
+)
 from framework.wiring import Endpoint, Wiring, resolve
 
 log = logging.getLogger("fxflow.runtime")
@@ -434,7 +442,10 @@ class Runtime:
             for record in records:
                 await deliver(f"{record.topic}[{record.partition}]@{record.offset}", record.value, record.headers)
             if records:
-                await consumer.commit()
+                try:
+                    await consumer.commit()
+                except TransportError as exc:
+                    log.warning("commit failed (%s); the group will redeliver those records", exc)
             elif stopping:
                 return
 
@@ -456,8 +467,7 @@ class Runtime:
         for name in self.services:
             self.hosts[name] = self._build_host(name)
         self.order = dependency_order(self.wiring, self.services)
-        for name in self.order:
-            await self._wire_inputs(self.hosts[name])
+        await asyncio.gather(*(self._wire_inputs(self.hosts[name]) for name in self.order))
         for name in reversed(self.order):
             await self.hosts[name].start()
             log.info("service %s started (%s)", name, self.hosts[name].spec.name)

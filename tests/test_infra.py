@@ -251,3 +251,69 @@ def _wait_until(check, timeout: float = TIMEOUT) -> None:  # type: ignore[no-unt
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def _fxrun(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "framework.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+        check=False,
+    )
+    if check and result.returncode:
+        raise AssertionError(f"fxrun {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def _parse_exports(stdout: str) -> dict[str, str]:
+    import shlex
+
+    env = {}
+    for line in stdout.splitlines():
+        words = shlex.split(line)
+        assert words[0] == "export", line
+        key, _, value = words[1].partition("=")
+        env[key] = value
+    return env
+
+
+async def test_fxrun_infra_up_status_down(tmp_path: Path) -> None:
+    from framework.infra.cli import read_state
+
+    data_dir = tmp_path / "infra"
+    up = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+    records = read_state(data_dir)
+    try:
+        env = _parse_exports(up.stdout)
+        assert set(env) == {"FXFLOW_NATS_URL", "FXFLOW_KAFKA_BOOTSTRAP", "FXFLOW_POSTGRES_URL", "FXFLOW_REDIS_URL"}
+        assert (data_dir / "state.json").stat().st_mode & 0o777 == 0o600
+        assert {r.name for r in records} == {"nats", "kafka", "postgres", "redis"}
+        assert all(pid_alive(r.pid) for r in records)
+
+        status = await asyncio.to_thread(_fxrun, "infra", "status", "--data-dir", str(data_dir))
+        assert status.stdout.count(" running ") == 4
+        again = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+        assert again.stdout == up.stdout and read_state(data_dir) == records
+
+        await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"]), TIMEOUT)
+        await asyncio.wait_for(kafka_round_trip(env["FXFLOW_KAFKA_BOOTSTRAP"]), TIMEOUT)
+        await asyncio.wait_for(postgres_round_trip(env["FXFLOW_POSTGRES_URL"]), TIMEOUT)
+        await asyncio.wait_for(redis_round_trip(env["FXFLOW_REDIS_URL"]), TIMEOUT)
+
+        password = next(r for r in records if r.name == "postgres").url.split(":")[2].split("@")[0]
+        assert password not in status.stdout + status.stderr + up.stderr
+        for log in data_dir.rglob("*.log"):
+            assert password not in log.read_text(errors="replace"), log
+    finally:
+        await asyncio.to_thread(_fxrun, "infra", "down", "--data-dir", str(data_dir))
+    for record in records:
+        assert not group_alive(record.pid), record.name
+    assert not (data_dir / "state.json").exists()
+    gone = await asyncio.to_thread(_fxrun, "infra", "status", "--data-dir", str(data_dir), check=False)
+    assert gone.returncode == 1 and "fxrun infra up" in gone.stderr
+
+
+def test_fxrun_infra_down_without_state_is_harmless(tmp_path: Path) -> None:
+    result = _fxrun("infra", "down", "--data-dir", str(tmp_path))
+    assert "no infra running" in result.stderr

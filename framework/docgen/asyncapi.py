@@ -17,7 +17,14 @@ from typing import Any
 import yaml
 
 from framework.contracts import Contract
-from framework.docgen.flow import ANY_CONTRACT, Flow, generated_note, host_of, scheme_of, unique
+from framework.docgen.flow import (
+    ANY_CONTRACT,
+    Flow,
+    generated_note,
+    host_of,
+    scheme_of,
+    unique,
+)
 from framework.topology.model import PHASE_TITLES, Topic
 from framework.topology.templates import placeholders
 from framework.wiring import SYMBOL, TIMEFRAME, Endpoint

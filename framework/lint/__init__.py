@@ -12,7 +12,13 @@ from framework.contracts import ContractRegistry
 from framework.lint import contracts as contract_rules
 from framework.lint import kafka, names, plugins, risk, subjects, tables, templates
 from framework.lint.context import LintContext, Rule
-from framework.lint.findings import Finding, exit_code, findings_json, format_finding, sort_key
+from framework.lint.findings import (
+    Finding,
+    exit_code,
+    findings_json,
+    format_finding,
+    sort_key,
+)
 from framework.registry import Registry
 from framework.topology.model import Topology
 from framework.topology.source import SourceMap

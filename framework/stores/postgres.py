@@ -43,7 +43,12 @@ import orjson
 
 from framework.stores import base
 from framework.stores.base import Store, StoreError, StoreRejected
-from framework.stores.columns import checked_ident, native_type, split_type, time_column_of
+from framework.stores.columns import (
+    checked_ident,
+    native_type,
+    split_type,
+    time_column_of,
+)
 from framework.topology.model import Table
 
 if TYPE_CHECKING:

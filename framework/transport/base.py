@@ -13,9 +13,29 @@ must pass it unchanged.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from framework.errors import FxflowError
+
+
+class TransportError(FxflowError):
+    """Base class of the errors every transport raises on purpose (the conformance suite asserts them)."""
+
+
+class TransportClosedError(TransportError):
+    """The transport (or consumer) is not connected/started, or was closed."""
+
+
+class UnknownTopicError(TransportError, LookupError):
+    """A topic was used that the topology never declared through ``ensure_topics``."""
+
+
+class PartitionNotAssignedError(TransportError, ValueError):
+    """``commit``/``seek`` named a partition this group member does not own (any more)."""
+
 
 Message = dict[str, Any]
 Headers = Mapping[str, str]
@@ -172,6 +192,23 @@ class LogTransport(abc.ABC):
         auto_offset_reset: str = "earliest",
     ) -> LogConsumer:
         """A new (not yet started) member of consumer group ``group``."""
+
+    async def send(
+        self,
+        topic: str,
+        value: Message,
+        key: str | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Hand a record over without waiting for its acknowledgement (the streaming path).
+
+        Returns a future of its metadata; a failed delivery fails the future. ``flush``
+        waits for every outstanding send. The default produces synchronously.
+        """
+        future: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        future.set_result(await self.produce(topic, value, key, headers, timestamp_ms))
+        return future
 
     async def flush(self) -> None:
         """Wait until every produced record is durable (acknowledged)."""

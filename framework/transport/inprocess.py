@@ -25,7 +25,6 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from framework.errors import FxflowError
 from framework.subjects import SubjectIndex, validate_pattern
 from framework.transport.base import (
     ISOLATED_ATTR,
@@ -34,12 +33,16 @@ from framework.transport.base import (
     LogConsumer,
     LogTransport,
     Message,
+    PartitionNotAssignedError,
     PubSubTransport,
     Record,
     RecordMetadata,
     Subscription,
     TopicPartition,
     TopicSpec,
+    TransportClosedError,
+    TransportError,
+    UnknownTopicError,
 )
 
 __all__ = [
@@ -56,22 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class TransportError(FxflowError):
-    """Base class of the errors the in-process transports raise on purpose."""
-
-
-class TransportClosedError(TransportError):
-    """The transport (or consumer) is not connected/started, or was closed."""
-
-
-class UnknownTopicError(TransportError, LookupError):
-    """A topic was used that the topology never declared through ``ensure_topics``."""
-
-
-class PartitionNotAssignedError(TransportError, ValueError):
-    """``commit``/``seek`` named a partition this group member does not own (any more)."""
 
 
 class LogCorruptError(TransportError):

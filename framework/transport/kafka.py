@@ -48,7 +48,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CommitFailedError,
@@ -67,17 +72,15 @@ from framework.transport.base import (
     LogConsumer,
     LogTransport,
     Message,
+    PartitionNotAssignedError,
     Record,
     RecordMetadata,
     TopicSpec,
-)
-from framework.transport.inprocess import (
-    DEFAULT_MAX_RECORDS,
-    PartitionNotAssignedError,
     TransportClosedError,
     TransportError,
     UnknownTopicError,
 )
+from framework.transport.inprocess import DEFAULT_MAX_RECORDS
 
 __all__ = ["KafkaConsumer", "KafkaLog", "OnUndecodable"]
 
@@ -119,6 +122,10 @@ def _now_ms() -> int:
 class _Found:
     offset: int
     timestamp: int
+
+
+def _metadata(topic: str, ts: int, meta: Any) -> RecordMetadata:
+    return RecordMetadata(topic, meta.partition, meta.offset, ts if meta.timestamp_type == 0 else meta.timestamp)
 
 
 class KafkaLog(LogTransport):
@@ -396,8 +403,45 @@ class KafkaLog(LogTransport):
             headers=[(k, v.encode()) for k, v in headers.items()] if headers else None,
             timestamp_ms=ts,
         )
-        meta = await sent
-        return RecordMetadata(topic, meta.partition, meta.offset, ts if meta.timestamp_type == 0 else meta.timestamp)
+        return _metadata(topic, ts, await sent)
+
+    async def send(
+        self,
+        topic: str,
+        value: Message,
+        key: str | None = None,
+        headers: Headers | None = None,
+        timestamp_ms: int | None = None,
+    ) -> asyncio.Future[RecordMetadata]:
+        """Enqueue in the producer's batch (waits only when its buffer is full: back-pressure)."""
+        producer = self._producer
+        if producer is None or not self._open:
+            self._require_open()
+        assert producer is not None
+        if topic not in self._partitions:
+            await self._require_topics([topic])
+        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+        sent = await producer.send(
+            topic,
+            orjson.dumps(value),
+            key=None if key is None else key.encode(),
+            headers=[(k, v.encode()) for k, v in headers.items()] if headers else None,
+            timestamp_ms=ts,
+        )
+        result: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if result.done():
+                return
+            if f.cancelled():
+                result.cancel()
+            elif f.exception() is not None:
+                result.set_exception(f.exception())  # type: ignore[arg-type]
+            else:
+                result.set_result(_metadata(topic, ts, f.result()))
+
+        sent.add_done_callback(done)
+        return result
 
     # consuming
 

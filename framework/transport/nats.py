@@ -52,14 +52,34 @@ from nats.errors import (
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from nats.nuid import NUID
 
 from framework.errors import UserError
-from framework.subjects import SubjectError, SubjectIndex, check_subject, covers, intersects, validate_pattern
+from framework.subjects import (
+    SubjectError,
+    SubjectIndex,
+    check_subject,
+    covers,
+    intersects,
+    validate_pattern,
+)
 from framework.topology.model import NatsConfig
-from framework.transport.base import Handler, Headers, Message, PubSubTransport, Subscription
-from framework.transport.inprocess import TransportClosedError, TransportError
+from framework.transport.base import (
+    Handler,
+    Headers,
+    Message,
+    PubSubTransport,
+    Subscription,
+    TransportClosedError,
+    TransportError,
+)
 
 __all__ = [
     "DurablePublishError",

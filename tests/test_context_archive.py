@@ -1,0 +1,69 @@
+"""A record the log does not acknowledge is dead-lettered with its reason, never lost silently."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from framework.clock import SimulatedClock
+from framework.context import NodeContext, OutputRoute
+from framework.contracts import BoundaryValidator
+from framework.deadletter import DeadLetters
+from framework.metrics import ServiceMetrics
+from framework.topology.model import Instrument
+from framework.transport.base import TopicSpec, TransportError
+from framework.transport.inprocess import InProcessLog, InProcessPubSub
+
+
+class RefusingLog(InProcessLog):
+    """A log whose broker accepts the hand-over and then fails the delivery (as a lost leader does)."""
+
+    async def send(self, topic, value, key=None, headers=None, timestamp_ms=None):  # type: ignore[no-untyped-def]
+        future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(future.set_exception, TransportError("not enough replicas"))
+        return future
+
+
+async def _context(log: InProcessLog, tmp_path: Path) -> tuple[NodeContext, DeadLetters]:
+    bus = InProcessPubSub()
+    await bus.connect()
+    await log.connect()
+    await log.ensure_topics([TopicSpec("tick_archive", 2)])
+    dead = DeadLetters(tmp_path / "deadletter")
+    ctx = NodeContext(
+        "collector",
+        clock=SimulatedClock(0),
+        pubsub=bus,
+        log=log,
+        validator=BoundaryValidator("off"),
+        dead_letters=dead,
+        metrics=ServiceMetrics("collector"),
+        routes={"ticks": OutputRoute(port="ticks", contracts=(), topics=[("tick_archive", "symbol")])},
+        tables={},
+        pairs=["EURUSD"],
+        timeframes=["1m"],
+        instruments={"EURUSD": Instrument(pip=0.0001, digits=5)},
+        data_dir=tmp_path,
+    )
+    return ctx, dead
+
+
+async def test_unacknowledged_archive_record_is_dead_lettered(tmp_path: Path) -> None:
+    ctx, dead = await _context(RefusingLog(), tmp_path)
+    tick = {"symbol": "EURUSD", "ts": 1, "bid": 1.1, "ask": 1.2, "source": "t"}
+    assert await ctx.publish("ticks", tick)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    lines = (tmp_path / "deadletter" / "collector.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["payload"] == tick and "not enough replicas" in record["reason"]
+    assert record["origin"] == "kafka:tick_archive" and ctx.metrics.dead_lettered == 1
+
+
+async def test_acknowledged_archive_record_is_not_dead_lettered(tmp_path: Path) -> None:
+    log = InProcessLog()
+    ctx, dead = await _context(log, tmp_path)
+    assert await ctx.publish("ticks", {"symbol": "EURUSD", "ts": 1, "bid": 1.1, "ask": 1.2, "source": "t"})
+    await asyncio.sleep(0)
+    assert dead.count == 0 and ctx.metrics.dead_lettered == 0
