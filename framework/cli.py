@@ -211,6 +211,14 @@ def cmd_deploy(argv: Sequence[str]) -> int:
     return deploy_main(argv)
 
 
+def _is_environment_error(exc: Exception) -> bool:
+    """A server or store that is down or refuses us is the user's situation, not a bug: one line."""
+    from framework.stores.base import StoreError
+    from framework.transport.base import TransportError
+
+    return isinstance(exc, (StoreError, TransportError))
+
+
 VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy}
 
 
@@ -230,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         for line in str(exc).splitlines():
             _err(line)
+        return EXIT_FINDINGS
+    except Exception as exc:
+        if not _is_environment_error(exc):
+            raise
+        _err(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return EXIT_FINDINGS
     except KeyboardInterrupt:
         return 130

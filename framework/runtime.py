@@ -500,11 +500,22 @@ class Runtime:
             pass
 
     async def run(self, duration: float | None = None) -> None:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._stop_quietly()
+            raise
         try:
             await self.wait(duration)
         finally:
             await self.stop()
+
+    async def _stop_quietly(self) -> None:
+        """Release whatever a failed start had opened; the start's own error is what gets reported."""
+        try:
+            await self.stop()
+        except Exception as exc:
+            log.debug("cleanup after a failed start: %s", exc)
 
     async def stop(self) -> None:
         """Producers first: each service stops taking input, finishes what it holds, flushes."""
