@@ -32,7 +32,6 @@ HEALTHY_STATES = frozenset({"running", "finished"})
 STATES = ("created", "running", "restarting", "failed", "finished", "stopped")
 HOST_ENV = "FXFLOW_METRICS_HOST"
 _REQUEST_TIMEOUT_S = 30.0
-_MAX_HEADER_BYTES = 64 * 1024
 
 _COUNTERS = (
     ("in", "fxflow_messages_received", "Messages delivered to the service's handlers."),
@@ -131,6 +130,7 @@ class ObservabilityServer:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     @property
     def url(self) -> str:
@@ -143,7 +143,9 @@ class ObservabilityServer:
     async def close(self) -> None:
         if self._server is None:
             return
+        self._closing = True
         self._server.close()
+        await asyncio.sleep(0)
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
@@ -153,6 +155,9 @@ class ObservabilityServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if self._closing:
+            writer.close()
+            return
         self._connections.add(task)
         try:
             status, content_type, body, head = await asyncio.wait_for(self._respond(reader), _REQUEST_TIMEOUT_S)
@@ -172,7 +177,7 @@ class ObservabilityServer:
                 await writer.wait_closed()
 
     async def _respond(self, reader: asyncio.StreamReader) -> tuple[int, str, bytes, bool]:
-        request = (await reader.readuntil(b"\r\n\r\n"))[:_MAX_HEADER_BYTES]
+        request = await reader.readuntil(b"\r\n\r\n")
         method, _, rest = request.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
         path = rest.split(" ", 1)[0].split("?", 1)[0]
         head = method == "HEAD"

@@ -561,7 +561,12 @@ class Runtime:
     def write_metrics(self) -> None:
         path = self.data_dir / "metrics.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(orjson.dumps({"ts": int(time.time() * 1000), "services": self.metrics()}, option=orjson.OPT_INDENT_2))
+        snapshot = {
+            "ts": int(time.time() * 1000),
+            "services": self.metrics(),
+            "pubsub": self.pubsub.stats() if self.pubsub is not None else {},
+        }
+        tmp.write_bytes(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS, default=str))
         tmp.replace(path)
 
     async def _maintain_periodically(self, store: Store, every_s: float = 3600.0) -> None:

@@ -38,7 +38,9 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     assert result.returncode == 0, result.stderr[-3000:]
     assert postgres_server.url.split("@")[0].split(":")[-1] not in result.stderr  # no password in logs
 
-    metrics = {s["service"]: s for s in json.loads((data_dir / "metrics.json").read_text())["services"]}
+    snapshot = json.loads((data_dir / "metrics.json").read_text())
+    assert snapshot["pubsub"]["disconnects"] == 0 and snapshot["pubsub"]["publish_errors"] == 0
+    metrics = {s["service"]: s for s in snapshot["services"]}
     produced = metrics["synthetic-ticks"]["out"]
     assert produced > 20
     assert metrics["spread-watch"]["in"] == produced  # delivered over NATS

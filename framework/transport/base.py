@@ -89,6 +89,10 @@ class PubSubTransport(abc.ABC):
     async def flush(self) -> None:
         """Wait until everything published so far has been handed to the server (or delivered)."""
 
+    def stats(self) -> dict[str, Any]:
+        """Connection health (disconnects, reconnects, gaps…) for the metrics; empty when there is none."""
+        return {}
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
