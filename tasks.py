@@ -53,6 +53,7 @@ def test(args: list[str]) -> None:
     for profile in PROFILES:
         run(BIN / "fxrun", "lint", "--quiet", f"topology={profile}")
     run(BIN / "fxrun", "docs", "--check")
+    run(BIN / "fxrun", "deploy", "--check")
     run(BIN / "python", "-m", "pytest", *args)
 
 

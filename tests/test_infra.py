@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -30,10 +33,10 @@ def _uid() -> str:
     return "t" + uuid.uuid4().hex[:10]
 
 
-async def nats_round_trip(url: str) -> None:
+async def nats_round_trip(url: str, user: str | None = None, password: str | None = None) -> None:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=TIMEOUT)
+    nc = await nats.connect(url, connect_timeout=TIMEOUT, user=user, password=password)
     try:
         subject = f"{_uid()}.ping"
         sub = await nc.subscribe(subject)
@@ -245,8 +248,6 @@ def test_servers_die_with_a_killed_parent(tmp_path: Path) -> None:
 
 
 def _wait_until(check, timeout: float = TIMEOUT) -> None:  # type: ignore[no-untyped-def]
-    import time
-
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, "timed out"
@@ -267,8 +268,6 @@ def _fxrun(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def _parse_exports(stdout: str) -> dict[str, str]:
-    import shlex
-
     env = {}
     for line in stdout.splitlines():
         words = shlex.split(line)
@@ -286,7 +285,12 @@ async def test_fxrun_infra_up_status_down(tmp_path: Path) -> None:
     records = read_state(data_dir)
     try:
         env = _parse_exports(up.stdout)
-        assert set(env) == {"FXFLOW_NATS_URL", "FXFLOW_KAFKA_BOOTSTRAP", "FXFLOW_POSTGRES_URL", "FXFLOW_REDIS_URL"}
+        assert set(env) == {
+            "FXFLOW_NATS_URL", "FXFLOW_KAFKA_BOOTSTRAP", "FXFLOW_POSTGRES_URL", "FXFLOW_REDIS_URL", "NATS_USER", "NATS_PASSWORD",
+        }
+        assert (data_dir / "nats" / "auth.conf").stat().st_mode & 0o777 == 0o600
+        with pytest.raises(Exception):  # no credentials: refused
+            await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"]), TIMEOUT)
         assert (data_dir / "state.json").stat().st_mode & 0o777 == 0o600
         assert {r.name for r in records} == {"nats", "kafka", "postgres", "redis"}
         assert all(pid_alive(r.pid) for r in records)
@@ -296,7 +300,7 @@ async def test_fxrun_infra_up_status_down(tmp_path: Path) -> None:
         again = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
         assert again.stdout == up.stdout and read_state(data_dir) == records
 
-        await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"]), TIMEOUT)
+        await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"], env["NATS_USER"], env["NATS_PASSWORD"]), TIMEOUT)
         await asyncio.wait_for(kafka_round_trip(env["FXFLOW_KAFKA_BOOTSTRAP"]), TIMEOUT)
         await asyncio.wait_for(postgres_round_trip(env["FXFLOW_POSTGRES_URL"]), TIMEOUT)
         await asyncio.wait_for(redis_round_trip(env["FXFLOW_REDIS_URL"]), TIMEOUT)
@@ -317,3 +321,19 @@ async def test_fxrun_infra_up_status_down(tmp_path: Path) -> None:
 def test_fxrun_infra_down_without_state_is_harmless(tmp_path: Path) -> None:
     result = _fxrun("infra", "down", "--data-dir", str(tmp_path))
     assert "no infra running" in result.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_a_server_restarted_from_a_short_lived_thread_outlives_it(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path).start()
+    try:
+        worker = threading.Thread(target=server.restart)
+        worker.start()
+        worker.join(TIMEOUT * 2)
+        pid = server.pid
+        assert pid is not None and not worker.is_alive()
+        _wait_until(lambda: port_accepts(server.port))
+        time.sleep(0.5)
+        assert server.running and pid_alive(pid)
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shlex
 import sys
 import time
@@ -110,9 +111,30 @@ def _postgres_password(data_dir: Path) -> str | None:
     return path.read_text().strip() if path.is_file() else None
 
 
-def exports(records: list[Record]) -> list[str]:
+NATS_USER = "fxflow"
+NATS_CREDENTIALS = "nats.password"
+NATS_ENV = ("NATS_USER", "NATS_PASSWORD")
+"""The variables topology/services.yaml names under ``nats.auth``."""
+
+
+def _nats_password(data_dir: Path) -> str:
+    """Generated once and kept (0600), so clients configured earlier keep working after down/up."""
+    path = data_dir / "nats" / NATS_CREDENTIALS
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(24)
+    _write_private(path, password + "\n")
+    return password
+
+
+def exports(records: list[Record], data_dir: Path | None = None) -> list[str]:
     by_name = {r.name: r for r in records}
-    return [f"export {KINDS[name].env}={shlex.quote(by_name[name].url)}" for name in KINDS if name in by_name]
+    lines = [f"export {KINDS[name].env}={shlex.quote(by_name[name].url)}" for name in KINDS if name in by_name]
+    if data_dir is not None and "nats" in by_name:
+        user_env, password_env = NATS_ENV
+        lines += [f"export {user_env}={NATS_USER}", f"export {password_env}={shlex.quote(_nats_password(data_dir))}"]
+    return lines
 
 
 def up(data_dir: Path, *, any_port: bool = False) -> list[Record]:
@@ -131,6 +153,8 @@ def up(data_dir: Path, *, any_port: bool = False) -> list[Record]:
             extra: dict[str, Any] = {}
             if kind.cls is PostgresServer:
                 extra["password"] = _postgres_password(data_dir)
+            if kind.cls is NatsServer:
+                extra.update(user=NATS_USER, password=_nats_password(data_dir))
             server = kind.cls(data_dir / name, port=port, daemon=True, **extra)
             print(f"starting {name}…", file=sys.stderr, flush=True)
             server.start()
@@ -195,7 +219,7 @@ def main(argv: Sequence[str]) -> int:
     if args.action == "up":
         records = up(data_dir, any_port=args.any_port)
         print(f"infra running; data and logs under {data_dir}/ (`fxrun infra down` stops it)", file=sys.stderr)
-        for line in exports(records):
+        for line in exports(records, data_dir):
             print(line)
         return 0
     if args.action == "status":

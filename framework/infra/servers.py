@@ -12,6 +12,7 @@ import atexit
 import ctypes
 import importlib.util
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -20,7 +21,9 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, ClassVar, Self
 from urllib.parse import quote
@@ -165,6 +168,44 @@ def _die_with_parent() -> None:
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+class _Launcher:
+    """Forks servers from a thread that lives as long as the process.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits, so a server
+    started from a short-lived thread (``asyncio.to_thread(server.restart)``) would be killed
+    when that thread ends. The main thread and this daemon thread end only with the process.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[subprocess.Popen[bytes]], list[str], dict[str, Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def popen(self, command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        if threading.current_thread() is threading.main_thread():
+            return subprocess.Popen(command, **kwargs)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fxflow-server-launcher", daemon=True)
+                self._thread.start()
+        future: Future[subprocess.Popen[bytes]] = Future()
+        self._jobs.put((future, command, kwargs))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            future, command, kwargs = self._jobs.get()
+            try:
+                future.set_result(subprocess.Popen(command, **kwargs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+
+_LAUNCHER = _Launcher()
 _LIVE: set[LocalServer] = set()
 
 
@@ -298,13 +339,13 @@ class LocalServer:
             log.write(f"=== fxflow: starting {self.name} on {self.host}:{self.port}\n".encode())
             log.flush()
             self._log_offset = log.tell()
-            self._proc = subprocess.Popen(
+            self._proc = _LAUNCHER.popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=None if self.daemon else _die_with_parent,  # noqa: PLW1509 - one libc call
+                preexec_fn=None if self.daemon else _die_with_parent,
                 **self.popen_kwargs(),
             )
         self.pid = self._proc.pid
@@ -348,10 +389,33 @@ class NatsServer(LocalServer):
     name = "nats"
     ready_marker = b"Server is ready"
 
-    def __init__(self, data_dir: Path | str, *, monitor_port: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        monitor_port: int | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(data_dir, **kwargs)
         self.monitor_port = monitor_port
+        self.user = user
+        self.password = password
         self.binary = _venv_binary("nats-server")
+
+    @property
+    def auth_file(self) -> Path:
+        return self.data_dir / "auth.conf"
+
+    def prepare(self) -> None:
+        """Credentials go in a 0600 config file, not on the command line where `ps` shows them."""
+        super().prepare()
+        if self.user:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.auth_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(f"authorization {{\n  user: {self.user!r}\n  password: {self.password!r}\n}}\n".replace("'", '"'))
 
     @property
     def url(self) -> str:
@@ -359,6 +423,8 @@ class NatsServer(LocalServer):
 
     def command(self) -> list[str]:
         cmd = [str(self.binary), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.data_dir / "jetstream")]
+        if self.user:
+            cmd += ["-c", str(self.auth_file)]
         if self.monitor_port:
             cmd += ["-m", str(self.monitor_port)]
         return cmd
