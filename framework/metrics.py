@@ -37,7 +37,12 @@ class ServiceMetrics:
             "errors": self.errors,
             "dead_lettered": self.dead_lettered,
             "restarts": self.restarts,
-            "handler_latency_ms": {"mean": round(mean * 1000, 4), "max": round(self.latency_max_s * 1000, 4)},
+            "handler_latency_ms": {
+                "mean": round(mean * 1000, 4),
+                "max": round(self.latency_max_s * 1000, 4),
+                "count": self.latency_count,
+                "total": round(self.latency_total_s * 1000, 4),
+            },
             "ports": dict(self.per_port),
             "last_error": self.last_error,
         }
