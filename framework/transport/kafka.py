@@ -389,21 +389,7 @@ class KafkaLog(LogTransport):
         headers: Headers | None = None,
         timestamp_ms: int | None = None,
     ) -> RecordMetadata:
-        producer = self._producer
-        if producer is None or not self._open:
-            self._require_open()
-        assert producer is not None
-        if topic not in self._partitions:
-            await self._require_topics([topic])
-        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
-        sent = await producer.send(
-            topic,
-            orjson.dumps(value),
-            key=None if key is None else key.encode(),
-            headers=[(k, v.encode()) for k, v in headers.items()] if headers else None,
-            timestamp_ms=ts,
-        )
-        return _metadata(topic, ts, await sent)
+        return await (await self.send(topic, value, key, headers, timestamp_ms))
 
     async def send(
         self,
