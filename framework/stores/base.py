@@ -32,7 +32,21 @@ class StoreRejected(StoreError):
 
 class Store(abc.ABC):
     kind: str
-    name: str
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        password: str | None = None,
+        password_env: str | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url
+        self._password = password
+        self._password_env = password_env
+        self._options = dict(options or {})
 
     @abc.abstractmethod
     async def connect(self) -> None: ...

@@ -89,13 +89,9 @@ class ClickHouseStore(Store):
         password_env: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.name = name
-        self.url = url
+        super().__init__(name, url, password=password, password_env=password_env, options=options)
         self.data_dir = data_dir
         self.embedded = url.startswith("chdb:")
-        self._password = password
-        self._password_env = password_env
-        self._options = dict(options or {})
         self._client: Any = None
         workers = 1 if self.embedded else int(self._options.get("workers", 4))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"store-{name}")

@@ -162,11 +162,8 @@ class PostgresStore(Store):
         password_env: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.name = name
-        self.url = url
-        self._password = password
-        self._password_env = password_env
-        opts = dict(options or {})
+        super().__init__(name, url, password=password, password_env=password_env, options=options)
+        opts = self._options
         self.pool_min = int(opts.get("pool_min", 1))
         self.pool_max = max(int(opts.get("pool_max", 4)), self.pool_min)
         self.connect_timeout = float(opts.get("connect_timeout", 5))

@@ -52,11 +52,8 @@ class RedisStore(Store, KeyValueStore):
         password_env: str | None = None,
         options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.name = name
-        self.url = url
-        self._password = password
-        self._password_env = password_env
-        opts = dict(options or {})
+        super().__init__(name, url, password=password, password_env=password_env, options=options)
+        opts = self._options
         self.connect_timeout = float(opts.get("connect_timeout", 5))
         self.timeout = float(opts.get("timeout", 5))
         self._client: redis.asyncio.Redis | None = None

@@ -163,6 +163,17 @@ class LogConsumer(abc.ABC):
         """Move every assigned partition to the first record at or after ``timestamp_ms``."""
 
 
+OFFSET_RESETS = ("earliest", "latest")
+
+
+def check_consumer_args(group: str, auto_offset_reset: str) -> None:
+    """The argument rules every ``LogTransport.consumer`` enforces (the conformance suite relies on them)."""
+    if auto_offset_reset not in OFFSET_RESETS:
+        raise ValueError(f"auto_offset_reset must be one of {OFFSET_RESETS}, got {auto_offset_reset!r}")
+    if not group:
+        raise ValueError("consumer group name must not be empty")
+
+
 class LogTransport(abc.ABC):
     """Kafka semantics: keyed partitions, consumer groups, committed offsets, replay."""
 

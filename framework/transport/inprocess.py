@@ -43,6 +43,7 @@ from framework.transport.base import (
     TransportClosedError,
     TransportError,
     UnknownTopicError,
+    check_consumer_args,
 )
 
 __all__ = [
@@ -278,7 +279,6 @@ def partition_for_key(key: str, partitions: int) -> int:
 
 _EMPTY_HEADERS: Mapping[str, str] = MappingProxyType({})
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_RESETS = ("earliest", "latest")
 DEFAULT_MAX_RECORDS = 500
 """``getmany`` batch cap when ``max_records`` is None (aiokafka's ``max_poll_records``)."""
 
@@ -521,10 +521,7 @@ class InProcessLog(LogTransport):
         *,
         auto_offset_reset: str = "earliest",
     ) -> InProcessConsumer:
-        if auto_offset_reset not in _RESETS:
-            raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
-        if not group:
-            raise ValueError("consumer group name must not be empty")
+        check_consumer_args(group, auto_offset_reset)
         return InProcessConsumer(self, group, frozenset(topics), auto_offset_reset)
 
     def _join(self, member: InProcessConsumer) -> None:

@@ -79,6 +79,7 @@ from framework.transport.base import (
     TransportClosedError,
     TransportError,
     UnknownTopicError,
+    check_consumer_args,
 )
 from framework.transport.inprocess import DEFAULT_MAX_RECORDS
 
@@ -92,7 +93,6 @@ OnUndecodable = Callable[[str, int, int, bytes, str], object]
 TP = tuple[str, int]
 """``framework.transport.base.TopicPartition``; ``TopicPartition`` here is aiokafka's namedtuple."""
 
-_RESETS = ("earliest", "latest")
 _TOPIC_EXISTS = 36
 _EMPTY: Mapping[str, str] = {}
 
@@ -438,10 +438,7 @@ class KafkaLog(LogTransport):
         *,
         auto_offset_reset: str = "earliest",
     ) -> KafkaConsumer:
-        if auto_offset_reset not in _RESETS:
-            raise ValueError(f"auto_offset_reset must be one of {_RESETS}, got {auto_offset_reset!r}")
-        if not group:
-            raise ValueError("consumer group name must not be empty")
+        check_consumer_args(group, auto_offset_reset)
         names = tuple(dict.fromkeys(topics))
         if not names:
             raise ValueError("a consumer needs at least one topic")
