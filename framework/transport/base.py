@@ -15,8 +15,9 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from framework.errors import FxflowError
 
@@ -112,9 +113,15 @@ class RecordMetadata:
     timestamp: int
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One log record as a consumer sees it. ``timestamp`` is Unix epoch milliseconds."""
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
+class Record(NamedTuple):
+    """One log record as a consumer sees it. ``timestamp`` is Unix epoch milliseconds.
+
+    A named tuple because consumers build one per record on the hot path: a tuple is about
+    three times cheaper to construct than a frozen dataclass.
+    """
 
     topic: str
     partition: int
@@ -122,7 +129,7 @@ class Record:
     key: str | None
     value: Message
     timestamp: int
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _NO_HEADERS
 
 
 TopicPartition = tuple[str, int]

@@ -36,7 +36,6 @@ What tansu lacks and how this module copes:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import inspect
 import logging
 import os
@@ -389,7 +388,8 @@ class KafkaLog(LogTransport):
         headers: Headers | None = None,
         timestamp_ms: int | None = None,
     ) -> RecordMetadata:
-        return await (await self.send(topic, value, key, headers, timestamp_ms))
+        ts, sent = await self._enqueue(topic, value, key, headers, timestamp_ms)
+        return _metadata(topic, ts, await sent)
 
     async def send(
         self,
@@ -400,20 +400,7 @@ class KafkaLog(LogTransport):
         timestamp_ms: int | None = None,
     ) -> asyncio.Future[RecordMetadata]:
         """Enqueue in the producer's batch (waits only when its buffer is full: back-pressure)."""
-        producer = self._producer
-        if producer is None or not self._open:
-            self._require_open()
-        assert producer is not None
-        if topic not in self._partitions:
-            await self._require_topics([topic])
-        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
-        sent = await producer.send(
-            topic,
-            orjson.dumps(value),
-            key=None if key is None else key.encode(),
-            headers=[(k, v.encode()) for k, v in headers.items()] if headers else None,
-            timestamp_ms=ts,
-        )
+        ts, sent = await self._enqueue(topic, value, key, headers, timestamp_ms)
         result: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
 
         def done(f: asyncio.Future[Any]) -> None:
@@ -428,6 +415,26 @@ class KafkaLog(LogTransport):
 
         sent.add_done_callback(done)
         return result
+
+    async def _enqueue(
+        self, topic: str, value: Message, key: str | None, headers: Headers | None, timestamp_ms: int | None
+    ) -> tuple[int, asyncio.Future[Any]]:
+        """Hand one record to aiokafka's batching producer; returns its timestamp and delivery future."""
+        producer = self._producer
+        if producer is None or not self._open:
+            self._require_open()
+        assert producer is not None
+        if topic not in self._partitions:
+            await self._require_topics([topic])
+        ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
+        sent = await producer.send(
+            topic,
+            orjson.dumps(value),
+            key=None if key is None else key.encode(),
+            headers=[(k, v.encode()) for k, v in headers.items()] if headers else None,
+            timestamp_ms=ts,
+        )
+        return ts, sent
 
     # consuming
 
@@ -665,10 +672,6 @@ class KafkaConsumer(LogConsumer):
         out: list[Record] = []
         append = out.append
         loads = orjson.loads
-        fast = _FAST_RECORDS
-        if fast:
-            new = _new
-            set_topic, set_partition, set_offset, set_key, set_value, set_timestamp, set_headers = _SET
         for tp, messages in batches.items():
             topic, partition = tp
             good = bad = -1
@@ -688,18 +691,7 @@ class KafkaConsumer(LogConsumer):
                 except Exception:  # noqa: BLE001 - _decode works out the reason
                     value = None
                 if type(value) is dict:
-                    if fast:
-                        record = new(Record)
-                        set_topic(record, topic)
-                        set_partition(record, partition)
-                        set_offset(record, msg.offset)
-                        set_key(record, key)
-                        set_value(record, value)
-                        set_timestamp(record, msg.timestamp)
-                        set_headers(record, fields)
-                    else:
-                        record = Record(topic, partition, msg.offset, key, value, msg.timestamp, fields)  # type: ignore[arg-type]
-                    append(record)
+                    append(Record(topic, partition, msg.offset, key, value, msg.timestamp, fields))  # type: ignore[arg-type]
                     good = msg.offset
                     continue
                 decoded = _decode(msg)
@@ -833,21 +825,6 @@ def _decode(msg: ConsumerRecord[bytes, bytes]) -> Record | str:
         msg.timestamp,
         {k: (v or b"").decode(errors="replace") for k, v in headers} if headers else _EMPTY,
     )
-
-
-_RECORD_FIELDS = ("topic", "partition", "offset", "key", "value", "timestamp", "headers")
-_FAST_RECORDS = (
-    tuple(f.name for f in dataclasses.fields(Record)) == _RECORD_FIELDS
-    and getattr(Record, "__slots__", None) == _RECORD_FIELDS
-)
-"""Build Records by setting their slots directly (see ``KafkaConsumer.getmany``).
-
-A frozen dataclass initialises each field through ``object.__setattr__``, which costs about
-as much as everything else ``getmany`` adds to aiokafka per record; setting the slots
-through their descriptors builds the same object in half the time. If ``Record`` ever stops
-being a slotted dataclass of exactly these fields, ``getmany`` calls its constructor."""
-_new = object.__new__
-_SET = [getattr(Record, name).__set__ for name in _RECORD_FIELDS] if _FAST_RECORDS else []
 
 
 def _topic_configs(spec: TopicSpec) -> dict[str, str]:
