@@ -25,6 +25,8 @@ from framework.infra import NatsServer, free_port
 from framework.subjects import SubjectError
 from framework.topology.model import NatsAuth, NatsConfig
 from framework.transport.base import Headers, Message
+from transport_helpers import Inbox
+from transport_helpers import eventually as _eventually
 from framework.transport.inprocess import TransportClosedError
 from framework.transport.nats import (
     DurableStream,
@@ -40,27 +42,8 @@ TIMEOUT = 30.0
 
 
 async def eventually(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
+    await _eventually(predicate, what, timeout)
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.received: list[tuple[str, Message, Headers | None]] = []
-
-    async def __call__(self, subject: str, payload: Message, headers: Headers | None) -> None:
-        self.received.append((subject, payload, headers))
-
-    @property
-    def payloads(self) -> list[Message]:
-        return [p for _, p, _ in self.received]
-
-    def has(self, n: int) -> Callable[[], bool]:
-        return lambda: len(self.received) >= n
 
 
 @pytest.fixture

@@ -9,46 +9,12 @@ it would be too.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from framework.transport.base import Headers, Message, PubSubTransport
-
-
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.002)
-
-
-class Inbox:
-    """A subscriber that records what it is given."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, Message, Headers | None]] = []
-
-    async def __call__(self, subject: str, payload: Message, headers: Headers | None) -> None:
-        self.received.append((subject, payload, headers))
-
-    @property
-    def subjects(self) -> list[str]:
-        return [s for s, _, _ in self.received]
-
-    @property
-    def payloads(self) -> list[Message]:
-        return [p for _, p, _ in self.received]
-
-    def has(self, n: int) -> Callable[[], bool]:
-        return lambda: len(self.received) >= n
-
-    def got_subject(self, subject: str) -> Callable[[], bool]:
-        return lambda: subject in self.subjects
+from transport_helpers import Inbox, eventually
 
 
 async def test_publish_subscribe_round_trip(pubsub: PubSubTransport, uid: str) -> None:
