@@ -15,11 +15,12 @@ A user's mistake is reported as ``file:line: path: message`` without a traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from framework.errors import UserError
@@ -136,19 +137,30 @@ def _split(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[argpar
     return args, rest
 
 
-def _setup_logging(level: str, data_dir: Path) -> None:
+@contextlib.contextmanager
+def _run_logging(level: str, data_dir: Path) -> Iterator[None]:
+    """Log to stderr and data_dir/logs/fxrun.log for one run; the handlers go when the run ends.
+
+    Removing them matters when ``main`` is called in-process (tests, notebooks): a handler
+    left on the root logger would keep writing to a stream that is closed by then.
+    """
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     root = logging.getLogger()
+    previous_level = root.level
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr), logging.FileHandler(logs / "fxrun.log")]
     root.setLevel(level)
-    for handler in [h for h in root.handlers if getattr(h, "_fxrun", False)]:
-        root.removeHandler(handler)
-        handler.close()
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(logs / "fxrun.log")):
+    for handler in handlers:
         handler.setFormatter(fmt)
-        handler._fxrun = True  # type: ignore[attr-defined]
         root.addHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(previous_level)
 
 
 def cmd_run(overrides: Sequence[str]) -> int:
@@ -169,23 +181,23 @@ def cmd_run(overrides: Sequence[str]) -> int:
         _err(f"the topology has {len(errors)} lint error(s); nothing was started")
         return EXIT_FINDINGS
     data_dir = Path(config.data_dir)
-    _setup_logging(config.log_level, data_dir)
-    runtime = Runtime(
-        loaded.topology,
-        registry,
-        contracts,
-        pairs=config.pairs,
-        only=config.only,
-        data_dir=data_dir,
-    )
-    if not runtime.services:
-        _err("no enabled service to run in this selection")
-        return EXIT_USAGE
-    duration = parse_seconds(config.duration) if config.duration else None
-    log.info("fxrun topology=%s: %d service(s): %s", loaded.profile, len(runtime.services), ", ".join(runtime.services))
-    asyncio.run(_run(runtime, duration))
-    print(format_table(runtime.metrics()))
-    print(f"dead letters: {runtime.dead_letters.count if runtime.dead_letters else 0}; data under {data_dir}/")
+    with _run_logging(config.log_level, data_dir):
+        runtime = Runtime(
+            loaded.topology,
+            registry,
+            contracts,
+            pairs=config.pairs,
+            only=config.only,
+            data_dir=data_dir,
+        )
+        if not runtime.services:
+            _err("no enabled service to run in this selection")
+            return EXIT_USAGE
+        duration = parse_seconds(config.duration) if config.duration else None
+        log.info("fxrun topology=%s: %d service(s): %s", loaded.profile, len(runtime.services), ", ".join(runtime.services))
+        asyncio.run(_run(runtime, duration))
+        print(format_table(runtime.metrics()))
+        print(f"dead letters: {runtime.dead_letters.count if runtime.dead_letters else 0}; data under {data_dir}/")
     return EXIT_OK
 
 
