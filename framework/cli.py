@@ -8,6 +8,8 @@
     fxrun status [DATA_DIR]                    per-service counters of a running or finished run
     fxrun infra up|status|down [--data-dir D]  local NATS, Kafka, PostgreSQL, Redis (prints export lines)
     fxrun deploy [--out FILE] [--check]        generate deploy/docker-compose.yml from topology=live
+    fxrun bi5 decode FILE --symbol S [--hour H] decode a Dukascopy .bi5 file to CSV (plugin verbs:
+                                               entry point group fxflow.commands)
 
 A user's mistake is reported as ``file:line: path: message`` without a traceback.
 """
@@ -232,6 +234,22 @@ def _is_environment_error(exc: Exception) -> bool:
 
 
 VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy}
+COMMAND_GROUP = "fxflow.commands"
+
+
+def plugin_commands() -> dict[str, str]:
+    """Verbs node plugins add (entry point group ``fxflow.commands``): name → ``module:function``."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep.value for ep in entry_points(group=COMMAND_GROUP) if ep.name not in VERBS}
+
+
+def cmd_plugin(name: str, argv: Sequence[str]) -> int:
+    """Run a plugin's verb: ``function(argv) -> exit code``; it is imported only when called."""
+    from importlib.metadata import entry_points
+
+    (ep,) = [ep for ep in entry_points(group=COMMAND_GROUP) if ep.name == name]
+    return int(ep.load()(list(argv)) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args and args[0] in VERBS:
             return VERBS[args[0]](args[1:])
+        if args and "=" not in args[0] and not args[0].startswith("-") and args[0] in plugin_commands():
+            return cmd_plugin(args[0], args[1:])
         flags = [a for a in args if a.startswith("-")]
         if flags:
             _err(f"unknown option {flags[0]}; overrides are key=value (see fxrun --help)")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from framework.metrics import ServiceMetrics
 from framework.stores.base import KeyValueStore, Store
 from framework.stores.batch import BatchWriter
 from framework.topology.model import Instrument
-from framework.transport.base import LogTransport, PubSubTransport
+from framework.transport.base import LogTransport, PubSubTransport, Record
 
 
 @dataclass(slots=True)
@@ -33,6 +34,8 @@ class OutputRoute:
     subjects: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = field(default_factory=list)
     topics: list[tuple[str, str | None]] = field(default_factory=list)
     writers: list[BatchWriter] = field(default_factory=list)
+    time_field: str | None = None
+    """The contract's event-time field: Kafka records are stamped with it, so replay by time is by event time."""
 
 
 class TableHandle:
@@ -90,6 +93,7 @@ class NodeContext:
         timeframes: Sequence[str],
         instruments: Mapping[str, Instrument],
         data_dir: Any,
+        replay_topics: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
         self.service = service
         self.clock = clock
@@ -107,6 +111,10 @@ class NodeContext:
         self._routes = routes
         self._pending_dead_letters: set[asyncio.Task[None]] = set()
         self._tables = tables
+        self._replay_topics = dict(replay_topics or {})
+        self.input_complete = False
+        """True once every source of a bounded run has finished: a node may then close what
+        it holds open (an aggregator its last buckets), as a batch job would at end of input."""
 
     async def publish(self, port: str, message: dict[str, Any], **values: Any) -> bool:
         """Validate ``message`` against the port's contract and send it everywhere the port is wired.
@@ -131,9 +139,12 @@ class NodeContext:
                 await self.dead_letter(str(exc.args[0]), message, origin=f"publish:{port}:{template}")
                 return False
             await self._pubsub.publish(subject, message)
+        stamp = message.get(route.time_field) if route.time_field else None
         for topic, key_field in route.topics:
             key = fields.get(key_field) if key_field else None
-            sent = await self._log.send(topic, message, key=None if key is None else str(key))
+            sent = await self._log.send(
+                topic, message, key=None if key is None else str(key), timestamp_ms=stamp if isinstance(stamp, int) else None
+            )
             if not sent.done() or sent.exception() is not None:
                 sent.add_done_callback(functools.partial(self._archived, topic, message))
         self.metrics.published += 1
@@ -158,6 +169,45 @@ class NodeContext:
             if reason is None:
                 return None
         return f"contract {contracts[0].ref}: {reason}"
+
+    async def replay(
+        self, port: str, start_ms: int, end_ms: int, *, idle_ms: int = 500, batch: int = 1000
+    ) -> AsyncIterator[list[Record]]:
+        """Records of input ``port``'s Kafka topics stamped ``start_ms <= ts < end_ms``, in batches.
+
+        For ports the topology marks ``replay: true``. A private reader (its own consumer
+        group, nothing committed) seeks every partition to ``start_ms`` and stops at
+        ``end_ms`` or after ``idle_ms`` without new records.
+        """
+        topics = self._replay_topics.get(port)
+        if not topics:
+            raise KeyError(f"{self.service}: input port {port!r} has no Kafka topic marked replay: true")
+        group = f"{self.service}.replay.{uuid.uuid4().hex[:12]}"
+        consumer = self._log.consumer(group, topics, auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 10.0
+            while not consumer.assignment() and loop.time() < deadline:
+                await consumer.getmany(timeout_ms=50, max_records=1)
+            await consumer.seek_to_timestamp(start_ms)
+            done: set[tuple[str, int]] = set()
+            idle_until = loop.time() + idle_ms / 1000
+            while len(done) < len(consumer.assignment()) and loop.time() < idle_until:
+                records = await consumer.getmany(timeout_ms=min(idle_ms, 100), max_records=batch)
+                if not records:
+                    continue
+                idle_until = loop.time() + idle_ms / 1000
+                out = []
+                for record in records:
+                    if record.timestamp >= end_ms:
+                        done.add((record.topic, record.partition))
+                    elif record.timestamp >= start_ms and (record.topic, record.partition) not in done:
+                        out.append(record)
+                if out:
+                    yield out
+        finally:
+            await consumer.stop()
 
     def table(self, name: str) -> TableHandle:
         try:

@@ -353,6 +353,8 @@ class Runtime:
                 columns, time_column = columns_from_contract(contract), contract.time_field
             else:
                 columns, time_column = dict(table.columns or {}), None
+            if self.topology.runtime.retention == "off" and table.retention:
+                table = table.model_copy(update={"retention": None})
             await store.ensure_table(table_name, table, columns, time_column)
 
     def _writer(self, service: str, table_name: str) -> BatchWriter:
@@ -385,6 +387,7 @@ class Runtime:
             key_field = route.contracts[0].key_field if route.contracts else None
             route.subjects = [(t, compile_renderer(t)) for t in binding.subjects]
             route.topics = [(t, self.topology.topics[t].key or key_field) for t in binding.topics]
+            route.time_field = route.contracts[0].time_field if route.contracts else None
             for table_name in binding.table_names:
                 writer = self._writer(name, table_name)
                 route.writers.append(writer)
@@ -409,6 +412,7 @@ class Runtime:
             timeframes=self.topology.timeframes,
             instruments=self.topology.instruments,
             data_dir=self.data_dir / "services" / name,
+            replay_topics={port: tuple(b.topics) for port, b in service.inputs.items() if b.replay and b.topics},
         )
         return ServiceHost(name, service, spec, node_cls, params, ctx, metrics, self)
 
@@ -420,8 +424,8 @@ class Runtime:
             queue = binding.queue or (host.name if service.replicas > 1 else None)
             patterns = [s for e in self.wiring.of(host.name) if e.port == port and e.kind == "nats" and e.direction == "in" for s in e.subjects]
             for pattern in dict.fromkeys(patterns):
-                host.subscriptions.append(await self.pubsub.subscribe(pattern, deliver, queue=queue))
-            if binding.topics:
+                host.subscriptions.append(await self.pubsub.subscribe(pattern, deliver, queue=queue, owner=host.name))
+            if binding.topics and not binding.replay:
                 consumer = self.log.consumer(binding.group or host.name, binding.topics)
                 await consumer.start()
                 host.consumers.append(consumer)
@@ -487,6 +491,8 @@ class Runtime:
         if sources and all(h.finished for h in sources):
             log.info("every source has finished; stopping")
             self._drain = True
+            for host in self.hosts.values():
+                host.ctx.input_complete = True
             self._stop.set()
 
     def request_stop(self) -> None:

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from framework.cli import main
+from framework.topology.load import load_run
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -45,21 +46,33 @@ def assert_user_error(code: int, out: str, err: str) -> list[str]:
 
 def test_run_demo_prints_the_metrics_table(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = fxrun(
-        capsys, "topology=demo", "topology.services.synthetic-ticks.params.duration=10m", f"data_dir={tmp_path}"
+        capsys, "topology=demo", "topology.services.polygon-live-collector.params.simulation.duration=10m", f"data_dir={tmp_path}"
     )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["service", "state", "in"]
     rows = {line.split()[0]: line.split() for line in lines[2:] if line and not line.startswith("dead letters")}
-    assert set(rows) == {"synthetic-ticks", "spread-watch"}
-    assert rows["synthetic-ticks"][1] == "stopped" and rows["spread-watch"][1] == "stopped"
-    produced, received = int(rows["synthetic-ticks"][3]), int(rows["spread-watch"][2])
+    assert {"polygon-live-collector", "spread-watch", "tick-aggregator", "data-bridge"} <= set(rows)
+    assert rows["polygon-live-collector"][1] == "stopped" and rows["spread-watch"][1] == "stopped"
+    produced, received = int(rows["polygon-live-collector"][3]), int(rows["spread-watch"][2])
     assert produced > 0 and received == produced
     assert f"dead letters: 0; data under {tmp_path}/" in out
     assert "Traceback" not in err
     doc = orjson.loads((tmp_path / "metrics.json").read_bytes())
-    assert {s["service"] for s in doc["services"]} == {"synthetic-ticks", "spread-watch"}
+    assert {s["service"] for s in doc["services"]} == set(rows)
     assert (tmp_path / "logs" / "fxrun.log").exists()
+    # the demo fills ticks and bars of all 7 timeframes for every pair
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path}/clickhouse")
+    try:
+        pairs = {r[0] for r in client.query("SELECT DISTINCT symbol FROM historical_ticks").result_rows}
+        bars = set(client.query("SELECT DISTINCT symbol, timeframe FROM historical_aggregates WHERE source = 'aggregator'").result_rows)
+    finally:
+        client.close()
+    topology = load_run(["topology=demo"]).topology
+    assert pairs == set(topology.instruments)
+    assert bars == {(s, tf) for s in topology.instruments for tf in topology.timeframes}
 
 
 def test_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -90,8 +103,8 @@ def test_unknown_pair_suggests_one(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_disabled_service_in_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    lines = assert_user_error(*fxrun(capsys, "only=[polygon-live-collector]", f"data_dir={tmp_path}"))
-    assert any("'polygon-live-collector' is disabled" in line for line in lines)
+    lines = assert_user_error(*fxrun(capsys, "only=[inference-service]", f"data_dir={tmp_path}"))
+    assert any("'inference-service' is disabled" in line for line in lines)
 
 
 def test_unknown_option(capsys: pytest.CaptureFixture[str]) -> None:

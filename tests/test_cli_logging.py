@@ -12,7 +12,7 @@ def test_run_removes_its_log_handlers_and_keeps_the_log_file(tmp_path: Path) -> 
     root = logging.getLogger()
     before = list(root.handlers)
     level = root.level
-    code = main(["topology=demo", "duration=0.3s", f"data_dir={tmp_path}", "only=[synthetic-ticks]"])
+    code = main(["topology=demo", "duration=0.3s", f"data_dir={tmp_path}", "only=[spread-watch]"])
     assert code == 0
     assert root.handlers == before
     assert root.level == level

@@ -62,12 +62,12 @@ def test_docs_check_passes_on_the_repo_and_fails_when_stale(
 def test_status_reads_the_metrics_of_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", str(tmp_path)]) == 1
     assert "no metrics" in capsys.readouterr().err
-    code = main(["topology=demo", f"data_dir={tmp_path}", "topology.services.synthetic-ticks.params.duration=5m"])
+    code = main(["topology=demo", f"data_dir={tmp_path}", "topology.services.polygon-live-collector.params.simulation.duration=5m"])
     assert code == 0
     capsys.readouterr()
     assert main(["status", f"data_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
-    assert "synthetic-ticks" in out and "spread-watch" in out
+    assert "polygon-live-collector" in out and "spread-watch" in out
 
 
 def test_lint_and_docs_do_not_import_node_implementations() -> None:

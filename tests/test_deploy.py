@@ -17,7 +17,8 @@ from framework.topology.load import load_run
 from framework.topology.model import Topology
 
 ROOT = Path(__file__).resolve().parents[1]
-SECRET_VARS = ("NATS_USER", "NATS_PASSWORD", "TIMESCALE_PASSWORD", "DRAGONFLY_PASSWORD", "CLICKHOUSE_PASSWORD", "POLYGON_API_KEY")
+SECRET_VARS = ("NATS_USER", "NATS_PASSWORD", "TIMESCALE_PASSWORD", "DRAGONFLY_PASSWORD", "CLICKHOUSE_PASSWORD", "POLYGON_API_KEY",
+               "FRED_API_KEY")
 
 _X = {"^x-": {}}
 _STRINGS = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
@@ -261,7 +262,7 @@ def test_every_enabled_service_has_a_container_with_its_replicas() -> None:
         assert spec["command"] == ["fxrun", "topology=live", f"only=[{name}]"]
         assert spec["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         assert "ports" not in spec
-    assert document["services"]["data-bridge"]["deploy"]["replicas"] == 2
+    assert document["services"]["data-bridge"]["deploy"]["replicas"] == 1
     assert document["services"]["synthetic-ticks"]["deploy"]["replicas"] == 3
 
 
@@ -337,5 +338,5 @@ def test_fxrun_deploy_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_fxrun_deploy_refuses_a_topology_with_lint_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "compose.yml"
-    assert main(["deploy", "--out", str(out), "topology.services.data-bridge.enabled=true"]) == 1
+    assert main(["deploy", "--out", str(out), "topology.services.inference-service.enabled=true"]) == 1
     assert "lint error" in capsys.readouterr().err and not out.exists()

@@ -36,7 +36,7 @@ def _uid() -> str:
 async def nats_round_trip(url: str, user: str | None = None, password: str | None = None) -> None:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=TIMEOUT, user=user, password=password)
+    nc = await nats.connect(url, connect_timeout=TIMEOUT, user=user, password=password, allow_reconnect=False)
     try:
         subject = f"{_uid()}.ping"
         sub = await nc.subscribe(subject)
@@ -289,7 +289,7 @@ async def test_fxrun_infra_up_status_down(tmp_path: Path) -> None:
             "FXFLOW_NATS_URL", "FXFLOW_KAFKA_BOOTSTRAP", "FXFLOW_POSTGRES_URL", "FXFLOW_REDIS_URL", "NATS_USER", "NATS_PASSWORD",
         }
         assert (data_dir / "nats" / "auth.conf").stat().st_mode & 0o777 == 0o600
-        with pytest.raises(Exception):  # no credentials: refused
+        with pytest.raises(Exception, match="[Aa]uthorization"):  # no credentials: refused
             await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"]), TIMEOUT)
         assert (data_dir / "state.json").stat().st_mode & 0o777 == 0o600
         assert {r.name for r in records} == {"nats", "kafka", "postgres", "redis"}

@@ -236,14 +236,16 @@ KILLED_MEMBER = textwrap.dedent(
     import asyncio, sys
     from framework.topology.model import KafkaConfig
     from framework.transport.kafka import KafkaLog
+    from tests.test_kafka_transport import process
 
-    async def main(bootstrap, topic, group):
+    async def main(bootstrap, topic, group, redis_url, pg_url):
         log = KafkaLog(KafkaConfig(bootstrap=[bootstrap]), session_timeout_ms=2000, heartbeat_interval_ms=250)
         await log.connect()
         member = log.consumer(group, [topic])
         await member.start()
         while True:
             for record in await member.getmany(timeout_ms=100):
+                await process(record.value, redis_url, pg_url, topic)  # written, then killed before the commit
                 print("processed", record.offset, flush=True)
                 await asyncio.sleep(3600)
 
@@ -252,8 +254,32 @@ KILLED_MEMBER = textwrap.dedent(
 )
 
 
+async def process(value: dict[str, Any], redis_url: str, pg_url: str, table: str) -> bool:
+    """What an archiving consumer does with a record: claim its dedup key, write it if the claim is new."""
+    import asyncpg
+
+    from framework.stores.redis import RedisStore
+    from framework.topology.model import Table
+
+    redis = RedisStore("dedup", redis_url)
+    await redis.connect()
+    try:
+        await redis.ensure_table("dedup_keys", Table(store="dedup", engine="kv", columns={"key": "str"}, retention="1h"), {"key": "str"})
+        (fresh,) = await redis.claim("dedup_keys", [f"{table}|{value['i']}"])
+    finally:
+        await redis.close()
+    if fresh:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" (i bigint)')
+            await conn.execute(f'INSERT INTO "{table}" (i) VALUES ($1)', value["i"])
+        finally:
+            await conn.close()
+    return fresh
+
+
 async def test_member_killed_before_commit_redelivers_after_its_session_expires(
-    log: KafkaLog, config: KafkaConfig, uid: str, tmp_path: Path
+    log: KafkaLog, config: KafkaConfig, uid: str, tmp_path: Path, redis_server: Any, postgres_server: Any
 ) -> None:
     topic, group = f"{uid}.orders", f"{uid}-g"
     await log.ensure_topics([TopicSpec(topic)])
@@ -263,7 +289,7 @@ async def test_member_killed_before_commit_redelivers_after_its_session_expires(
     stderr = tmp_path / "member.err"
     with open(stderr, "wb") as err:  # noqa: ASYNC230 - a local file, opened once
         child = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), config.bootstrap[0], topic, group,
+            sys.executable, str(script), config.bootstrap[0], topic, group, redis_server.url, postgres_server.url,
             stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         )  # fmt: skip
     try:
@@ -276,8 +302,18 @@ async def test_member_killed_before_commit_redelivers_after_its_session_expires(
         await child.wait()
 
     second = await joined(log, group, [topic])
-    assert [r.value for r in await drain(second, 1)] == [{"i": 0}]
+    (redelivered,) = await drain(second, 1)
+    assert redelivered.value == {"i": 0}
     assert await second.committed((topic, 0)) is None
+    assert await process(redelivered.value, redis_server.url, postgres_server.url, topic) is False  # a duplicate
+    await second.commit()
+    import asyncpg
+
+    conn = await asyncpg.connect(postgres_server.url)
+    try:
+        assert await conn.fetchval(f'SELECT count(*) FROM "{topic}"') == 1  # dedup kept one row
+    finally:
+        await conn.close()
 
 
 # replay

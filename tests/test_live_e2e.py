@@ -1,4 +1,6 @@
-"""`fxrun topology=live` on real servers: ticks flow over NATS, archive to Kafka, land in PostgreSQL and ClickHouse."""
+"""`fxrun topology=live` on real servers: the data foundation runs against the feed simulators
+(``simulate_feeds=true``); ticks flow over NATS, archive to Kafka, land in PostgreSQL and (once,
+through data-bridge and Redis dedup) in ClickHouse, and bars are aggregated from them."""
 
 from __future__ import annotations
 
@@ -30,9 +32,16 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     data_dir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "framework.cli", "topology=live", f"data_dir={data_dir}", "pairs=[EURUSD,XAUUSD]",
-        "topology.services.synthetic-ticks.enabled=true",
-        "+topology.services.synthetic-ticks.params={seed: 5, duration: 3s, mean_interval_ms: 25}",
-        "topology.nats.auth=null", "topology.runtime.metrics_port=null", "duration=60s",
+        "simulate_feeds=true",
+        "+topology.services.polygon-live-collector.params.simulation={seed: 5, duration: 4s, mean_interval_ms: 25}",
+        "topology.services.polygon-historical-downloader.params.run=once",
+        "topology.services.polygon-historical-downloader.params.lookback=2d",
+        "topology.services.polygon-historical-downloader.params.requests_per_minute=null",
+        "+topology.services.external-data-collector.params.polls=1",
+        "topology.services.dukascopy-historical-downloader.params.run=once",
+        "topology.services.dukascopy-historical-downloader.params.start=2026-10-30T18:00Z",
+        "++topology.services.dukascopy-historical-downloader.params.end=2026-10-30T20:00Z",
+        "topology.nats.auth=null", "topology.runtime.metrics_port=null", "duration=90s",
     ]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -41,7 +50,7 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     snapshot = json.loads((data_dir / "metrics.json").read_text())
     assert snapshot["pubsub"]["disconnects"] == 0 and snapshot["pubsub"]["publish_errors"] == 0
     metrics = {s["service"]: s for s in snapshot["services"]}
-    produced = metrics["synthetic-ticks"]["out"]
+    produced = metrics["polygon-live-collector"]["out"]
     assert produced > 20
     assert metrics["spread-watch"]["in"] == produced  # delivered over NATS
     assert all(s["dead_lettered"] == 0 and s["errors"] == 0 for s in metrics.values())
@@ -72,5 +81,17 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     assert asyncio.run(kafka_count()) >= produced
     client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir.resolve()}/clickhouse")
     ticks_in_stats = client.query("SELECT sum(ticks) FROM tick_stats").result_rows[0][0]
+    archived = client.query("SELECT count() FROM historical_ticks WHERE source = 'polygon'").result_rows[0][0]
+    downloaded = client.query("SELECT count() FROM historical_ticks WHERE source = 'dukascopy'").result_rows[0][0]
+    bars = dict(client.query("SELECT timeframe, count() FROM historical_aggregates WHERE source = 'aggregator' GROUP BY timeframe").result_rows)
+    backfilled = client.query("SELECT count() FROM historical_aggregates WHERE source = 'polygon'").result_rows[0][0]
+    external = {
+        t: client.query(f"SELECT count() FROM {t}").result_rows[0][0]
+        for t in ("external_economic_calendar", "external_fred_indicators", "external_commodity_prices")
+    }
     client.close()
     assert ticks_in_stats == produced
+    assert archived == produced  # each tick once, without FINAL
+    assert bars.get("1m", 0) >= 1 and set(bars) <= {"1m", "5m", "15m", "30m", "1h", "4h", "1d"}
+    assert downloaded > 0
+    assert backfilled > 0 and all(n > 0 for n in external.values()), (backfilled, external)

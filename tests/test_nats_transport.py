@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ import pytest
 from framework.errors import UserError
 from framework.infra import NatsServer, free_port
 from framework.subjects import SubjectError
-from framework.topology.model import NatsAuth, NatsConfig
+from framework.topology.model import NatsAuth, NatsConfig, TLSConfig
 from framework.transport.base import Headers, Message
 from transport_helpers import Inbox
 from transport_helpers import eventually as _eventually
@@ -236,6 +237,71 @@ async def test_credentials_from_environment(
         server.stop()
 
 
+class TokenNatsServer(NatsServer):
+    def __init__(self, data_dir: Path, *, token: str) -> None:
+        super().__init__(data_dir)
+        self.token = token
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--auth", self.token]
+
+
+class TlsNatsServer(NatsServer):
+    def __init__(self, data_dir: Path, *, cert: Path, key: Path) -> None:
+        super().__init__(data_dir)
+        self.cert, self.key = cert, key
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--tls", "--tlscert", str(self.cert), "--tlskey", str(self.key)]
+
+
+async def test_token_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transports: list[NatsPubSub], uid: str
+) -> None:
+    token = "tok-" + uuid.uuid4().hex
+    server = TokenNatsServer(tmp_path / "nats-token", token=token).start()
+    try:
+        config = NatsConfig(servers=[server.url], auth=NatsAuth(token_env="FX_TEST_NATS_TOKEN"))
+        monkeypatch.setenv("FX_TEST_NATS_TOKEN", "wrong")
+        with pytest.raises(UserError) as caught:
+            await NatsPubSub(config).connect()
+        assert "authorization violation" in str(caught.value).lower() and token not in str(caught.value)
+        monkeypatch.setenv("FX_TEST_NATS_TOKEN", token)
+        bus = await open_nats(transports, config)
+        inbox = Inbox()
+        await bus.subscribe(f"{uid}.t", inbox)
+        await bus.publish(f"{uid}.t", {"ok": True})
+        await eventually(inbox.has(1), "a message over a token-authenticated connection")
+    finally:
+        for transport in transports:
+            await transport.close()
+        server.stop()
+
+
+async def test_tls_with_the_servers_certificate_as_ca(tmp_path: Path, transports: list[NatsPubSub], uid: str) -> None:
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server = TlsNatsServer(tmp_path / "nats-tls", cert=cert, key=key).start()
+    try:
+        with pytest.raises(UserError, match="TLS failed"):  # a client that does not trust the certificate: at once
+            await NatsPubSub(NatsConfig(servers=[server.url.replace("nats://", "tls://")])).connect()
+        config = NatsConfig(servers=[server.url.replace("nats://", "tls://")], tls=TLSConfig(ca=str(cert)))
+        bus = await open_nats(transports, config)
+        inbox = Inbox()
+        await bus.subscribe(f"{uid}.s", inbox)
+        await bus.publish(f"{uid}.s", {"secure": True})
+        await eventually(inbox.has(1), "a message over TLS")
+        assert inbox.payloads == [{"secure": True}]
+    finally:
+        for transport in transports:
+            await transport.close()
+        server.stop()
+
+
 # --- outages --------------------------------------------------------------------------------
 
 
@@ -341,7 +407,11 @@ async def test_durable_subscriber_gets_what_was_published_while_it_was_down(
 
     for i in range(3, 8):
         await publisher.publish(f"{uid}.sig.raw.EURUSD", {"signal_id": f"s{i}", "ts": i}, headers={"trace-id": f"tr{i}"})
-    await eventually(live.has(8), "live delivery of durable subjects to a core subscriber")
+    try:
+        await eventually(live.has(8), "live delivery of durable subjects to a core subscriber")
+    except AssertionError as exc:
+        got = [p.get("signal_id") for p in live.payloads]
+        raise AssertionError(f"{exc}; the core subscriber got {got}, publisher stats {publisher.stats()}") from None
 
     again = Inbox()
     risk2 = await open_nats(transports, config, service="risk")
@@ -356,6 +426,26 @@ async def test_durable_subscriber_gets_what_was_published_while_it_was_down(
     await publisher.publish(f"{uid}.sig.raw.EURUSD", {"signal_id": "s8", "ts": 8})
     await eventually(newcomer.has(1), "a new consumer's first message")
     assert newcomer.payloads == [{"signal_id": "s8", "ts": 8}]
+
+
+async def test_durable_consumer_is_named_by_its_owner_not_by_the_process(
+    nats_server: NatsServer, transports: list[NatsPubSub], uid: str
+) -> None:
+    config = durable_config(nats_server.url, uid)
+    publisher = await open_nats(transports, config, service="inference")
+    combined = NatsPubSub(config, service="risk+dashboard")  # risk ran in a process with another service
+    await combined.connect()
+    first = Inbox()
+    await combined.subscribe(f"{uid}.sig.raw.*", first, owner="risk")
+    await publisher.publish(f"{uid}.sig.raw.EURUSD", {"signal_id": "s0", "ts": 0})
+    await eventually(first.has(1), "the first signal")
+    await combined.close()
+    await publisher.publish(f"{uid}.sig.raw.EURUSD", {"signal_id": "s1", "ts": 1})
+
+    alone, again = await open_nats(transports, config, service="risk"), Inbox()  # now risk runs on its own
+    await alone.subscribe(f"{uid}.sig.raw.*", again)
+    await eventually(again.has(1), "the signal published while risk was regrouped")
+    assert again.payloads == [{"signal_id": "s1", "ts": 1}]
 
 
 async def test_duplicate_msg_id_is_stored_once(nats_server: NatsServer, transports: list[NatsPubSub], uid: str) -> None:

@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_signal_stops_the_demo_gracefully(tmp_path, sig):
     cmd = [
         sys.executable, "-m", "framework.cli", "topology=demo", f"data_dir={tmp_path}",
-        "topology.services.synthetic-ticks.params.duration=null", "pairs=[EURUSD,XAUUSD]",
+        "topology.services.synthetic-ticks.enabled=true", "topology.services.synthetic-ticks.params.duration=null",
+        "pairs=[EURUSD,XAUUSD]", "only=[synthetic-ticks,tick-aggregator,data-bridge,spread-watch]",
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -37,6 +38,8 @@ def test_signal_stops_the_demo_gracefully(tmp_path, sig):
     produced = states["synthetic-ticks"]["out"]
     assert produced > 0
     assert states["spread-watch"]["in"] == produced
-    segments = list((tmp_path / "log").rglob("*.jsonl"))
+    segments = list((tmp_path / "log" / "topics" / "tick_archive").rglob("*.jsonl"))
     records = sum(len(p.read_text().splitlines()) for p in segments)
     assert records == produced
+    bars = sum(len(p.read_text().splitlines()) for p in (tmp_path / "log" / "topics" / "aggregate_archive").rglob("*.jsonl"))
+    assert bars == states["tick-aggregator"]["out"]

@@ -81,9 +81,9 @@ async def recording_bus(pattern: str) -> tuple[InProcessPubSub, list[tuple[str, 
 
 
 async def test_demo_run_writes_tick_stats_and_raises_wide_spread_alerts(tmp_path: Path) -> None:
-    loaded = demo(tmp_path, "topology.services.synthetic-ticks.params.duration=30m")
+    loaded = demo(tmp_path, "topology.services.synthetic-ticks.enabled=true", "topology.services.synthetic-ticks.params.duration=30m")
     bus, alerts = await recording_bus("risk.alert.>")
-    rt = make_runtime(loaded, tmp_path, pubsub=bus)
+    rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["synthetic-ticks", "spread-watch"])
     await asyncio.wait_for(rt.run(), TIMEOUT)
 
     m = {s["service"]: s for s in rt.metrics()}

@@ -50,12 +50,15 @@ def test_demo_profile_runs_everything_in_process_on_a_simulated_clock() -> None:
     assert (topo.runtime.pubsub, topo.runtime.log, topo.runtime.clock) == ("inprocess", "inprocess", "simulated")
     assert topo.runtime.validation == "strict"
     enabled = {name for name, s in topo.services.items() if s.enabled}
-    assert enabled == {"synthetic-ticks", "spread-watch"}
+    assert enabled == {
+        "polygon-live-collector", "polygon-historical-downloader", "dukascopy-historical-downloader",
+        "external-data-collector", "data-bridge", "tick-aggregator", "spread-watch",
+    }  # fmt: skip
     # the profile overrides the store kind (postgres in services.yaml) with the embedded ClickHouse
     assert topo.stores["timescale"].kind == "clickhouse"
-    assert topo.services["synthetic-ticks"].params["seed"] == 7
+    assert topo.services["polygon-live-collector"].params["simulate"] is True
     # and what it does not mention still comes from services.yaml
-    assert "XAUUSD" in topo.instruments and len(topo.services) == 19
+    assert "XAUUSD" in topo.instruments and len(topo.services) == 20
 
 
 def test_demo_is_the_default_profile() -> None:
@@ -101,6 +104,7 @@ def test_override_of_a_topology_value() -> None:
     topo = run("topology.services.data-bridge.replicas=3", "topology.services.synthetic-ticks.params.duration=10m").topology
     assert topo.services["data-bridge"].replicas == 3
     assert topo.services["synthetic-ticks"].params["duration"] == "10m"
+    assert topo.services["synthetic-ticks"].params["seed"] == 7  # the rest of the params block stays
 
 
 def test_adding_a_key_the_yaml_leaves_to_its_default_uses_plus() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import types
+import typing
+
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -181,9 +184,30 @@ def _display_refs(flow: Flow, refs: Iterable[str]) -> list[str]:
 
 
 def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+    """A readable, stable type: ``Annotated`` types show their alias name (``Duration``) or base type."""
+    alias = _ALIASES.get(id(annotation))
+    if alias is not None:
+        return alias
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if isinstance(annotation, type) and not args:
         return annotation.__name__
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if origin is not None and args:
+        name = getattr(origin, "__name__", None) or repr(origin).replace("typing.", "")
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
     return repr(annotation).replace("typing.", "")
+
+
+def _param_aliases() -> dict[int, str]:
+    from framework import params
+
+    return {id(v): k for k, v in vars(params).items() if typing.get_origin(v) is typing.Annotated}
+
+
+_ALIASES = _param_aliases()
 
 
 def _default(info: FieldInfo) -> str:

@@ -179,4 +179,8 @@ def open_store(name: str, config: StoreConfig, data_dir: str) -> Store:
         from framework.stores.redis import RedisStore
 
         return RedisStore(name, config.url, password=password, password_env=config.password_env, options=config.options)
-    raise StoreError(f"store {name!r}: unknown kind {config.kind!r} (postgres, clickhouse or redis)")
+    if config.kind == "memory":
+        from framework.stores.memory import MemoryKeyValueStore
+
+        return MemoryKeyValueStore(name, config.url, options=config.options)
+    raise StoreError(f"store {name!r}: unknown kind {config.kind!r} (postgres, clickhouse, redis or memory)")

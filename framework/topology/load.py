@@ -35,6 +35,7 @@ RUN_DEFAULTS: dict[str, Any] = {
     "data_dir": ".fxrun",
     "duration": None,
     "log_level": "INFO",
+    "simulate_feeds": "${oc.decode:${oc.env:FXFLOW_SIMULATE_FEEDS,false}}",
 }
 OVERRIDE_FILE = "<command line>"
 

@@ -88,7 +88,7 @@ class KafkaConfig(Strict):
 
 
 class StoreConfig(Strict):
-    kind: Literal["postgres", "clickhouse", "redis"]
+    kind: Literal["postgres", "clickhouse", "redis", "memory"]
     url: str
     password_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -151,6 +151,11 @@ class Binding(Strict):
     )
     group: str | None = Field(default=None, description="Kafka consumer group (inputs)")
     queue: str | None = Field(default=None, description="NATS queue group (inputs); default: the service name when replicas > 1")
+    replay: bool = Field(
+        default=False,
+        description="inputs: the Kafka topics are not consumed continuously; the node reads them on demand "
+        "with ctx.replay(port, start_ms, end_ms) (gap filling)",
+    )
     description: str | None = None
 
     @property
@@ -205,6 +210,11 @@ class RuntimeConfig(Strict):
     metrics_port: int | None = Field(
         default=None, ge=0, le=65535, description="serve /metrics and /health here (0: a free port; null: off)"
     )
+    retention: Literal["enforce", "off"] = Field(
+        default="enforce",
+        description="off: tables keep everything (TTLs and partition drops are wall-clock based, so a run on "
+        "simulated or historical time would otherwise lose its data as it writes it)",
+    )
 
 
 class Topology(Strict):
@@ -240,5 +250,10 @@ class RunConfig(Strict):
     data_dir: str = ".fxrun"
     duration: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    simulate_feeds: bool = Field(
+        default=False,
+        description="run the external-feed collectors against their local simulators (no API keys, no internet); "
+        "services read it as ${simulate_feeds}; default from FXFLOW_SIMULATE_FEEDS",
+    )
 
     _duration = field_validator("duration")(_check_duration)

@@ -84,8 +84,15 @@ class PubSubTransport(abc.ABC):
         """Publish to a concrete subject (no wildcards)."""
 
     @abc.abstractmethod
-    async def subscribe(self, pattern: str, handler: Handler, queue: str | None = None) -> Subscription:
-        """Subscribe to a pattern; with ``queue`` each message goes to one member of the group."""
+    async def subscribe(
+        self, pattern: str, handler: Handler, queue: str | None = None, *, owner: str | None = None
+    ) -> Subscription:
+        """Subscribe to a pattern; with ``queue`` each message goes to one member of the group.
+
+        ``owner`` names the service the subscription belongs to (default: the transport's
+        own service); a durable subscription's server-side state is keyed by it, so it
+        survives regrouping services into processes.
+        """
 
     async def flush(self) -> None:
         """Wait until everything published so far has been handed to the server (or delivered)."""

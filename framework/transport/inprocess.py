@@ -194,7 +194,9 @@ class InProcessPubSub(PubSubTransport):
         self._routes[subject] = entries
         return entries
 
-    async def subscribe(self, pattern: str, handler: Handler, queue: str | None = None) -> Subscription:
+    async def subscribe(
+        self, pattern: str, handler: Handler, queue: str | None = None, *, owner: str | None = None
+    ) -> Subscription:
         if not self._open:
             raise TransportClosedError(f"subscribe to {pattern!r} on a closed in-process pub/sub")
         validate_pattern(pattern)

@@ -491,6 +491,7 @@ class NatsPubSub(PubSubTransport):
         self._on_undecodable: Undecodable = on_undecodable or _log_undecodable
         self._msg_id = msg_id
         self._connect_attempts = connect_attempts
+        self._fatal_connect = asyncio.Event()
         self._connect_timeout = connect_timeout
         self._reconnect_max_delay = reconnect_max_delay
         self._durable_publish_timeout = durable_publish_timeout
@@ -572,8 +573,10 @@ class NatsPubSub(PubSubTransport):
         self._down_since = None
         self._reconnect_attempt = 0
         nc = Client()
+        self._fatal_connect = asyncio.Event()
         try:
-            await nc.connect(
+            await self._connect_or_fail_fast(
+                nc,
                 servers=list(self.config.servers),
                 name=self.name,
                 tls=tls,
@@ -593,7 +596,7 @@ class NatsPubSub(PubSubTransport):
                 skip_subject_validation=True,
                 **credentials,
             )
-        except (TimeoutError, NatsError, OSError, ValueError) as exc:
+        except (TimeoutError, NatsError, OSError, ValueError, ssl.SSLError) as exc:
             self._closing = True
             await nc.close()
             raise self._connect_error(exc) from None
@@ -615,6 +618,28 @@ class NatsPubSub(PubSubTransport):
                 self._nc = self._js = None
                 raise
         logger.info("NATS: %s connected to %s", self.service, redact_url(_url_of(nc)))
+
+    async def _connect_or_fail_fast(self, nc: Client, **options: Any) -> None:
+        """``nc.connect`` that gives up at the first certificate failure.
+
+        A certificate that does not verify will not verify on the next attempt either, and
+        nats-py can stall after a failed TLS handshake instead of trying again, so the
+        error callback flags it and the attempt is abandoned with that error.
+        """
+        connecting = asyncio.ensure_future(nc.connect(**options))
+        fatal = asyncio.ensure_future(self._fatal_connect.wait())
+        try:
+            await asyncio.wait({connecting, fatal}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            fatal.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            try:
+                await connecting
+            except (asyncio.CancelledError, Exception):
+                pass
+            raise self._connect_errors[-1]
+        connecting.result()
 
     def _credentials(self) -> dict[str, str]:
         auth = self.config.auth
@@ -718,6 +743,8 @@ class NatsPubSub(PubSubTransport):
         nc = self._nc
         if self._connecting:
             self._connect_errors.append(exc)
+            if _is_tls_error(exc) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                self._fatal_connect.set()
         if self._connecting or (nc is not None and nc.is_reconnecting):
             logger.debug("NATS: %s connection attempt failed: %s", self.service, _one_line(exc))
             return
@@ -934,7 +961,9 @@ class NatsPubSub(PubSubTransport):
 
     # --- subscribe --------------------------------------------------------------------------
 
-    async def subscribe(self, pattern: str, handler: Handler, queue: str | None = None) -> Subscription:
+    async def subscribe(
+        self, pattern: str, handler: Handler, queue: str | None = None, *, owner: str | None = None
+    ) -> Subscription:
         if self._nc is None:
             raise TransportClosedError(f"subscribe to {pattern!r} on a closed NATS transport")
         validate_pattern(pattern)
@@ -944,7 +973,7 @@ class NatsPubSub(PubSubTransport):
         if stream is None:
             sub = await self._subscribe_core(pattern, handler, queue)
         else:
-            sub = await self._subscribe_durable(stream, pattern, handler, queue)
+            sub = await self._subscribe_durable(stream, pattern, handler, queue, owner or self.service)
         self._subs.add(sub)
         nc = self._nc
         if nc is not None and nc.is_connected:
@@ -970,13 +999,13 @@ class NatsPubSub(PubSubTransport):
         return sub
 
     async def _subscribe_durable(
-        self, stream: DurableStream, pattern: str, handler: Handler, queue: str | None
+        self, stream: DurableStream, pattern: str, handler: Handler, queue: str | None, owner: str
     ) -> _NatsSubscription:
         assert self._nc is not None and self._js is not None
-        name, slot = self._consumer_name(pattern, queue)
+        name, slot = self._consumer_name(pattern, queue, owner)
         config = api.ConsumerConfig(
             durable_name=name,
-            description=f"fxflow {self.service}: {pattern}" + (f" (queue {queue})" if queue else ""),
+            description=f"fxflow {owner}: {pattern}" + (f" (queue {queue})" if queue else ""),
             deliver_subject=f"_FXFLOW.deliver.{stream.name}.{name}",
             deliver_group=queue,
             filter_subject=pattern,
@@ -996,7 +1025,7 @@ class NatsPubSub(PubSubTransport):
             self._release_slot(slot)
             raise NatsTransportError(
                 f"durable consumer {name} of {pattern!r} (stream {stream.name}) is already bound to another "
-                f"subscriber: another instance of {self.service!r} is running; give replicas a queue group"
+                f"subscriber: another instance of {owner!r} is running; give replicas a queue group"
             )
         deliver = info.config.deliver_subject or config.deliver_subject
         assert deliver is not None
@@ -1014,7 +1043,7 @@ class NatsPubSub(PubSubTransport):
         except NotFoundError:
             return await self._js.add_consumer(stream.name, config)
 
-    def _consumer_name(self, pattern: str, queue: str | None) -> tuple[str, tuple[str, int] | None]:
+    def _consumer_name(self, pattern: str, queue: str | None, owner: str | None = None) -> tuple[str, tuple[str, int] | None]:
         """The durable consumer of (service, pattern, queue): readable, stable across restarts.
 
         Members of one queue group share their consumer (its deliver group spreads the
@@ -1022,7 +1051,8 @@ class NatsPubSub(PubSubTransport):
         process needs every message too, so it gets its own consumer (``slot`` 1, 2, …);
         subscriptions are made in topology order, so slots are stable across restarts.
         """
-        key = f"{self.service}\x00{pattern}\x00{queue or ''}"
+        owner = owner or self.service
+        key = f"{owner}\x00{pattern}\x00{queue or ''}"
         slot: tuple[str, int] | None = None
         if not queue:
             taken = self._consumer_slots.setdefault(key, set())
@@ -1032,7 +1062,7 @@ class NatsPubSub(PubSubTransport):
             if index:
                 key = f"{key}\x00{index}"
         digest = hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
-        readable = _NAME_SAFE.sub("_", f"{self.service}__{pattern.replace('>', 'ALL').replace('*', 'STAR')}")
+        readable = _NAME_SAFE.sub("_", f"{owner}__{pattern.replace('>', 'ALL').replace('*', 'STAR')}")
         if queue:
             readable += "__" + _NAME_SAFE.sub("_", queue)
         return f"{readable[:80]}_{digest}", slot

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from framework.durations import parse_ms
+from framework.params import Duration, UtcTime
 from framework.registry import NodeSpec, Port
 
 
@@ -14,23 +12,9 @@ class SyntheticTicksParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = 7
-    start: str | None = Field(default=None, description="ISO-8601 UTC start; default: the clock's now")
-    duration: str | None = Field(default="2h", description="event time to generate; null: until stopped")
+    start: UtcTime | None = Field(default=None, description="ISO-8601 UTC start; default: the clock's now")
+    duration: Duration | None = Field(default="2h", description="event time to generate; null: until stopped")
     mean_interval_ms: int = Field(default=2000, ge=1, description="mean time between quotes of one symbol")
-
-    @field_validator("start")
-    @classmethod
-    def _start(cls, value: str | None) -> str | None:
-        if value is not None:
-            datetime.fromisoformat(value.replace("Z", "+00:00"))
-        return value
-
-    @field_validator("duration")
-    @classmethod
-    def _duration(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_ms(value)
-        return value
 
 
 SPEC = NodeSpec(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from framework.durations import parse_seconds
+from framework.params import PositiveDuration
 from framework.registry import NodeSpec, Port
 
 
@@ -25,15 +25,8 @@ class SpreadWatchParams(BaseModel):
         default_factory=lambda: {"default": 3.0},
         description="alert above this spread, per symbol; 'default' covers the others",
     )
-    stats_every: str = Field(default="1m", description="interval of the tick_stats rows (event time)")
-    cooldown: str = Field(default="5m", description="at most one wide-spread alert per symbol per cooldown")
-
-    @field_validator("stats_every", "cooldown")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        if parse_seconds(value) <= 0:
-            raise ValueError("must be a positive duration")
-        return value
+    stats_every: PositiveDuration = Field(default="1m", description="interval of the tick_stats rows (event time)")
+    cooldown: PositiveDuration = Field(default="5m", description="at most one wide-spread alert per symbol per cooldown")
 
     @field_validator("max_spread_pips")
     @classmethod

@@ -1,0 +1,1 @@
+"""Dukascopy historical ticks: the .bi5 codec, the downloader node, a local datafeed simulator and ``fxrun bi5``."""

@@ -1,0 +1,468 @@
+"""Candle aggregation: the one implementation, for streaming, batch and backtest alike.
+
+Two vectorised kernels do all the arithmetic:
+
+- :func:`aggregate_ticks` turns quotes into bars of one timeframe (OHLC of the bid, tick
+  count, spread statistics from ``ask - bid``);
+- :func:`merge_bars` turns bars into bars of a coarser timeframe they nest in.
+
+:func:`aggregate_frame` (batch) and :class:`StreamingAggregator` (live) both build the
+finest timeframe from ticks and every other timeframe by merging, through
+:func:`plan`; the streaming side only decides *when* a bucket is complete and hands its
+ticks to the same kernels, so its bars equal the batch bars by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nodes.marketdata.timeframes import UTC_MIDNIGHT, Buckets, DailyRoll, timeframe
+
+_FIELDS = ("ts", "ts_close", "open", "high", "low", "close", "volume", "tick_count", "spread_sum", "spread_min", "spread_max")
+
+
+@dataclass(slots=True)
+class Bars:
+    """Bars of one symbol and timeframe, column-wise. ``spread_sum`` keeps merges exact."""
+
+    ts: np.ndarray
+    ts_close: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    tick_count: np.ndarray
+    spread_sum: np.ndarray
+    spread_min: np.ndarray
+    spread_max: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Bars:
+        i, f = np.empty(0, np.int64), np.empty(0, np.float64)
+        return cls(i, i.copy(), f, f.copy(), f.copy(), f.copy(), f.copy(), i.copy(), f.copy(), f.copy(), f.copy())
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @property
+    def spread_mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.tick_count > 0, self.spread_sum / np.maximum(self.tick_count, 1), np.nan)
+
+    def take(self, index: Any) -> Bars:
+        return Bars(*(getattr(self, f)[index] for f in _FIELDS))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Bars]) -> Bars:
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return cls.empty()
+        if len(parts) == 1:
+            return parts[0]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
+
+
+def _segments(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and last index of each run of equal keys (keys sorted)."""
+    cut = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    first = np.concatenate(([0], cut))
+    last = np.concatenate((cut, [len(keys)])) - 1
+    return first, last
+
+
+def aggregate_ticks(
+    ts: Any, bid: Any, ask: Any, buckets: Buckets, volume: Any | None = None, *, assume_sorted: bool = False
+) -> Bars:
+    """Bars of ``buckets``' timeframe from quotes (any order; ties keep their input order).
+
+    Prices are the bid, as the bar contract says; ``volume`` defaults to the tick count
+    (FX has no traded volume).
+    """
+    ts = np.asarray(ts, dtype=np.int64)
+    if ts.size == 0:
+        return Bars.empty()
+    bid = np.asarray(bid, dtype=np.float64)
+    ask = np.asarray(ask, dtype=np.float64)
+    vol = None if volume is None else np.asarray(volume, dtype=np.float64)
+    if not assume_sorted and ts.size > 1 and bool(np.any(ts[1:] < ts[:-1])):
+        order = np.argsort(ts, kind="stable")
+        ts, bid, ask = ts[order], bid[order], ask[order]
+        vol = None if vol is None else vol[order]
+    starts = buckets.starts(ts)
+    first, last = _segments(starts)
+    spread = ask - bid
+    count = (last - first + 1).astype(np.int64)
+    return Bars(
+        ts=starts[first],
+        ts_close=buckets.ends(starts[first]),
+        open=bid[first],
+        high=np.maximum.reduceat(bid, first),
+        low=np.minimum.reduceat(bid, first),
+        close=bid[last],
+        volume=count.astype(np.float64) if vol is None else np.add.reduceat(vol, first),
+        tick_count=count,
+        spread_sum=np.add.reduceat(spread, first),
+        spread_min=np.minimum.reduceat(spread, first),
+        spread_max=np.maximum.reduceat(spread, first),
+    )
+
+
+def merge_bars(bars: Bars, coarse: Buckets) -> Bars:
+    """Bars of a coarser timeframe from time-ordered bars that nest in it."""
+    if len(bars) == 0:
+        return Bars.empty()
+    starts = coarse.starts(bars.ts)
+    first, last = _segments(starts)
+    return Bars(
+        ts=starts[first],
+        ts_close=coarse.ends(starts[first]),
+        open=bars.open[first],
+        high=np.maximum.reduceat(bars.high, first),
+        low=np.minimum.reduceat(bars.low, first),
+        close=bars.close[last],
+        volume=np.add.reduceat(bars.volume, first),
+        tick_count=np.add.reduceat(bars.tick_count, first),
+        spread_sum=np.add.reduceat(bars.spread_sum, first),
+        spread_min=np.fmin.reduceat(bars.spread_min, first),
+        spread_max=np.fmax.reduceat(bars.spread_max, first),
+    )
+
+
+def flat_bars(buckets: Buckets, starts: Sequence[int], price: float) -> Bars:
+    """Bars with no ticks (``fill_empty``): OHLC at the last close, zero volume, no spread."""
+    n = len(starts)
+    s = np.asarray(starts, dtype=np.int64)
+    p = np.full(n, price, dtype=np.float64)
+    nan = np.full(n, np.nan)
+    return Bars(s, buckets.ends(s), p, p.copy(), p.copy(), p.copy(), np.zeros(n), np.zeros(n, np.int64), np.zeros(n), nan, nan.copy())
+
+
+def fill_gaps(bars: Bars, buckets: Buckets, *, prev_close: float | None = None, after: int | None = None, until: int | None = None) -> Bars:
+    """``bars`` with a flat bar in every empty bucket between ``after`` (a bucket start,
+    exclusive) or the first bar, and ``until`` (exclusive end) or the last bar."""
+    pieces: list[Bars] = []
+    cursor = None if after is None else buckets.end(after)
+    price = prev_close
+    for i in range(len(bars)):
+        start = int(bars.ts[i])
+        if cursor is not None and price is not None and cursor < start:
+            pieces.append(flat_bars(buckets, _starts_between(buckets, cursor, start), price))
+        pieces.append(bars.take(slice(i, i + 1)))
+        cursor, price = int(bars.ts_close[i]), float(bars.close[i])
+    if until is not None and cursor is not None and price is not None and cursor < until:
+        pieces.append(flat_bars(buckets, _starts_between(buckets, cursor, until, whole=True), price))
+    return Bars.concat(pieces)
+
+
+def _starts_between(buckets: Buckets, first: int, stop: int, whole: bool = False) -> list[int]:
+    out, start = [], first
+    while start < stop and (not whole or buckets.end(start) <= stop):
+        out.append(start)
+        start = buckets.end(start)
+    return out
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """How one timeframe is built: from the ticks, or by merging ``source``'s bars."""
+
+    timeframe: str
+    buckets: Buckets
+    source: str | None
+
+
+def plan(timeframes: Iterable[str], roll: DailyRoll = UTC_MIDNIGHT) -> list[Step]:
+    """Build order: finest first; each later timeframe merges the coarsest earlier one it nests in."""
+    names = sorted(set(timeframes), key=lambda n: (timeframe(n).ms, n))
+    steps: list[Step] = []
+    for name in names:
+        buckets = Buckets(name, roll)
+        source = next((s.timeframe for s in reversed(steps) if s.buckets.nests_in(buckets)), None)
+        steps.append(Step(name, buckets, source))
+    return steps
+
+
+# --------------------------------------------------------------------------- batch
+
+BAR_COLUMNS = ["symbol", "timeframe", "ts", "ts_close", "open", "high", "low", "close", "volume", "tick_count",
+               "spread_mean", "spread_min", "spread_max"]
+
+
+def aggregate_symbol(
+    ts: Any, bid: Any, ask: Any, steps: Sequence[Step], *, fill_empty: bool = False, until: int | None = None
+) -> dict[str, Bars]:
+    """Every timeframe of ``steps`` for one symbol's quotes."""
+    out: dict[str, Bars] = {}
+    for step in steps:
+        if step.source is None:
+            bars = aggregate_ticks(ts, bid, ask, step.buckets)
+            if fill_empty:
+                bars = fill_gaps(bars, step.buckets, until=until)
+        else:
+            bars = merge_bars(out[step.source], step.buckets)
+        out[step.timeframe] = bars
+    return out
+
+
+def aggregate_frame(
+    ticks: pd.DataFrame,
+    timeframes: Iterable[str],
+    roll: DailyRoll = UTC_MIDNIGHT,
+    *,
+    fill_empty: bool = False,
+) -> pd.DataFrame:
+    """Batch aggregation of a ``symbol, ts, bid, ask`` frame (ts in Unix ms) into one frame of bars."""
+    steps = plan(timeframes, roll)
+    frames = []
+    for symbol, group in ticks.groupby("symbol", sort=True):
+        result = aggregate_symbol(group["ts"].to_numpy(), group["bid"].to_numpy(), group["ask"].to_numpy(), steps, fill_empty=fill_empty)
+        for step in steps:
+            frames.append(bars_frame(result[step.timeframe], str(symbol), step.timeframe))
+    if not frames:
+        return pd.DataFrame(columns=BAR_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def bars_frame(bars: Bars, symbol: str, tf: str) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "symbol": symbol,
+            "timeframe": tf,
+            "ts": bars.ts,
+            "ts_close": bars.ts_close,
+            "open": bars.open,
+            "high": bars.high,
+            "low": bars.low,
+            "close": bars.close,
+            "volume": bars.volume,
+            "tick_count": bars.tick_count,
+            "spread_mean": bars.spread_mean,
+            "spread_min": bars.spread_min,
+            "spread_max": bars.spread_max,
+        }
+    )
+
+
+def bar_messages(bars: Bars, symbol: str, tf: str, source: str, *, digits: int = 10) -> list[dict[str, Any]]:
+    """bar.v1 messages (spreads rounded to ``digits`` to drop float noise; null without ticks)."""
+    mean = bars.spread_mean
+    out = []
+    for i in range(len(bars)):
+        count = int(bars.tick_count[i])
+        out.append(
+            {
+                "symbol": symbol,
+                "timeframe": tf,
+                "ts": int(bars.ts[i]),
+                "ts_close": int(bars.ts_close[i]),
+                "open": float(bars.open[i]),
+                "high": float(bars.high[i]),
+                "low": float(bars.low[i]),
+                "close": float(bars.close[i]),
+                "volume": float(bars.volume[i]),
+                "tick_count": count,
+                "spread_mean": round(float(mean[i]), digits) if count else None,
+                "spread_min": round(float(bars.spread_min[i]), digits) if count else None,
+                "spread_max": round(float(bars.spread_max[i]), digits) if count else None,
+                "source": source,
+                "complete": True,
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class LateTickError(ValueError):
+    """A tick for a bucket that has already closed (outside the lateness window)."""
+
+
+@dataclass(slots=True)
+class ClosedBar:
+    symbol: str
+    timeframe: str
+    bars: Bars
+
+
+class _SymbolState:
+    __slots__ = ("ts", "bid", "ask", "pending", "due", "last_close", "last_base_start")
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.ts: list[int] = []
+        self.bid: list[float] = []
+        self.ask: list[float] = []
+        self.pending: dict[str, list[Bars]] = {s.timeframe: [] for s in steps[1:]}
+        self.due: dict[str, int] = {}
+        self.last_close: float | None = None
+        self.last_base_start: int | None = None
+
+
+class StreamingAggregator:
+    """Bars as ticks arrive; a bucket closes when the watermark passes its end plus ``lateness_ms``.
+
+    The watermark is the newest tick time seen or what :meth:`advance` was told (the clock),
+    whichever is later, so a quiet symbol's bars still close on time. Until its bucket
+    closes a tick is only buffered (in any order); closing hands the buffered ticks of the
+    finest timeframe to :func:`aggregate_ticks` and each coarser bucket's finer bars to
+    :func:`merge_bars`, exactly as :func:`aggregate_frame` does in one go. A tick for a
+    bucket that already closed raises :class:`LateTickError`.
+    """
+
+    def __init__(
+        self,
+        timeframes: Iterable[str],
+        roll: DailyRoll = UTC_MIDNIGHT,
+        *,
+        lateness_ms: int = 0,
+        fill_empty: bool = False,
+    ) -> None:
+        self.steps = plan(timeframes, roll)
+        if not self.steps:
+            raise ValueError("at least one timeframe is needed")
+        bad = [s.timeframe for s in self.steps[1:] if s.source is None]
+        if bad:
+            raise ValueError(f"timeframes {bad} do not nest in {self.steps[0].timeframe} under this daily roll")
+        self.base = self.steps[0].buckets
+        self._buckets = {s.timeframe: s.buckets for s in self.steps}
+        self.consumers: dict[str, list[str]] = {}
+        for step in self.steps[1:]:
+            assert step.source is not None
+            self.consumers.setdefault(step.source, []).append(step.timeframe)
+        self.lateness_ms = lateness_ms
+        self.fill_empty = fill_empty
+        self.watermark: int | None = None
+        self.closed_until: int | None = None
+        self._next_close: int | None = None
+        self.states: dict[str, _SymbolState] = {}
+        self.late = 0
+
+    def add(self, symbol: str, ts: int, bid: float, ask: float) -> list[ClosedBar]:
+        """Take one tick; return the bars that closed because of it."""
+        if self.closed_until is not None and ts < self.closed_until:
+            self.late += 1
+            raise LateTickError(
+                f"late tick: {symbol} at {ts} is {self.closed_until - ts} ms before the close of the last "
+                f"{self.steps[0].timeframe} bucket (lateness window {self.lateness_ms} ms)"
+            )
+        state = self.states.get(symbol)
+        if state is None:
+            state = self.states[symbol] = _SymbolState(self.steps)
+        state.ts.append(ts)
+        state.bid.append(bid)
+        state.ask.append(ask)
+        if self.watermark is None or ts > self.watermark:
+            return self.advance(ts)
+        return []
+
+    def advance(self, now_ms: int) -> list[ClosedBar]:
+        """Move the watermark to ``now_ms`` if that is later; return the bars that closed."""
+        if self.watermark is not None and now_ms <= self.watermark:
+            return []
+        self.watermark = now_ms
+        if self.closed_until is None:
+            first = min((min(s.ts) for s in self.states.values() if s.ts), default=now_ms)
+            self.closed_until = self.base.start(first)
+            self._next_close = self.base.end(self.closed_until) + self.lateness_ms
+        assert self._next_close is not None
+        if now_ms < self._next_close:
+            return []
+        boundary = self.base.start(now_ms - self.lateness_ms)
+        self.closed_until = boundary
+        self._next_close = self.base.end(boundary) + self.lateness_ms
+        closed: list[ClosedBar] = []
+        for symbol, state in self.states.items():
+            closed.extend(self._close(symbol, state, boundary))
+        return closed
+
+    def drain(self) -> list[ClosedBar]:
+        """Close everything buffered, coarse buckets included (end of a bounded input, as in a batch run)."""
+        last = max((max(s.ts) for s in self.states.values() if s.ts), default=None)
+        if last is None:
+            if self.closed_until is None:
+                return []
+            last = self.closed_until - 1
+        boundary = self.base.end(self.base.start(last))
+        self.watermark = max(self.watermark or boundary, boundary + self.lateness_ms)
+        self.closed_until = boundary
+        self._next_close = self.base.end(boundary) + self.lateness_ms
+        closed: list[ClosedBar] = []
+        for symbol, state in self.states.items():
+            closed.extend(self._close(symbol, state, boundary, final=True))
+        return closed
+
+    def _close(self, symbol: str, state: _SymbolState, boundary: int, final: bool = False) -> list[ClosedBar]:
+        """Close every bucket of ``symbol`` that ends at or before ``boundary`` (every bucket if ``final``)."""
+        base = Bars.empty()
+        if state.ts:
+            ts = np.asarray(state.ts, dtype=np.int64)
+            done = ts < boundary
+            if done.all():
+                base = aggregate_ticks(ts, state.bid, state.ask, self.base)
+                state.ts, state.bid, state.ask = [], [], []
+            elif done.any():
+                bid, ask = np.asarray(state.bid), np.asarray(state.ask)
+                base = aggregate_ticks(ts[done], bid[done], ask[done], self.base)
+                keep = ~done
+                state.ts, state.bid, state.ask = ts[keep].tolist(), bid[keep].tolist(), ask[keep].tolist()
+        if self.fill_empty and state.last_base_start is not None:
+            base = fill_gaps(base, self.base, prev_close=state.last_close, after=state.last_base_start, until=boundary)
+        closed: list[ClosedBar] = []
+        if len(base):
+            state.last_close = float(base.close[-1])
+            state.last_base_start = int(base.ts[-1])
+            closed.append(ClosedBar(symbol, self.steps[0].timeframe, base))
+            self._feed(state, self.steps[0].timeframe, base)
+        for step in self.steps[1:]:
+            pending = state.pending[step.timeframe]
+            if not pending or not final and boundary < state.due[step.timeframe]:
+                continue
+            bars = Bars.concat(pending)
+            ends = step.buckets.ends(step.buckets.starts(bars.ts))
+            cut = len(bars) if final else int(np.searchsorted(ends, boundary, side="right"))
+            if cut == 0:
+                state.pending[step.timeframe] = [bars]
+                continue
+            state.pending[step.timeframe] = [bars.take(slice(cut, None))] if cut < len(bars) else []
+            if cut < len(bars):
+                state.due[step.timeframe] = int(ends[cut])
+            merged = merge_bars(bars.take(slice(0, cut)), step.buckets)
+            closed.append(ClosedBar(symbol, step.timeframe, merged))
+            self._feed(state, step.timeframe, merged)
+        return closed
+
+    def _feed(self, state: _SymbolState, timeframe: str, bars: Bars) -> None:
+        for consumer in self.consumers.get(timeframe, ()):
+            pending = state.pending[consumer]
+            if not pending:
+                buckets = self._buckets[consumer]
+                state.due[consumer] = buckets.end(buckets.start(int(bars.ts[0])))
+            pending.append(bars)
+
+    def open_ticks(self) -> int:
+        return sum(len(s.ts) for s in self.states.values())
+
+
+def closed_messages(closed: Iterable[ClosedBar], source: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for item in closed:
+        out.extend(bar_messages(item.bars, item.symbol, item.timeframe, source))
+    return out
+
+
+def frame_of(closed: Iterable[ClosedBar]) -> pd.DataFrame:
+    frames = [bars_frame(c.bars, c.symbol, c.timeframe) for c in closed if len(c.bars)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=BAR_COLUMNS)
+
+
+def by_key(frame: pd.DataFrame) -> Mapping[tuple[str, str, int], Any]:
+    return {(r.symbol, r.timeframe, int(r.ts)): r for r in frame.itertuples(index=False)}

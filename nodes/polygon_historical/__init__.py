@@ -1,0 +1,1 @@
+"""Polygon REST historical aggregates: gap detection and backfill (batch)."""

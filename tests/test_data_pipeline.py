@@ -1,0 +1,187 @@
+"""tick-aggregator and data-bridge through the real runtime (demo profile: in-process bus and log, chdb, memory kv)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from framework.contracts import ContractRegistry
+from framework.registry import Registry
+from framework.runtime import Runtime
+from framework.stores.clickhouse import ClickHouseStore
+from framework.topology.load import LoadedRun, load_run
+from framework.transport.inprocess import InProcessPubSub
+from nodes.marketdata.bars import aggregate_frame
+from tests.transport_helpers import eventually
+
+PROJECT = Path(__file__).resolve().parents[1]
+CONTRACTS = ContractRegistry.load(PROJECT / "contracts")
+TIMEOUT = 60.0
+T0 = 1_793_577_600_000  # 2026-11-02 00:00 UTC, a Monday
+MIN = 60_000
+TIMEFRAMES = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"]
+
+
+def demo(tmp_path: Path, *overrides: str) -> LoadedRun:
+    return load_run(["topology=demo", f"data_dir={tmp_path}", *overrides], PROJECT)
+
+
+def runtime(loaded: LoadedRun, tmp_path: Path, **kwargs: Any) -> Runtime:
+    return Runtime(
+        loaded.topology,
+        Registry.discover(),
+        CONTRACTS,
+        pairs=kwargs.pop("pairs", loaded.config.pairs),
+        only=kwargs.pop("only", loaded.config.only),
+        data_dir=tmp_path,
+        **kwargs,
+    )
+
+
+async def frame(tmp_path: Path, sql: str) -> pd.DataFrame:
+    store = ClickHouseStore("check", f"chdb://{tmp_path}/clickhouse")
+    await store.connect()
+    try:
+        return await store.query_df(sql)
+    finally:
+        await store.close()
+
+
+def tick(symbol: str, ts: int, bid: float, seq: int | None = None, source: str = "polygon") -> dict[str, Any]:
+    out: dict[str, Any] = {"symbol": symbol, "ts": ts, "bid": bid, "ask": round(bid + 0.0002, 5), "source": source}
+    if seq is not None:
+        out["seq"] = seq
+    return out
+
+
+def dead_letters(tmp_path: Path, service: str) -> list[dict[str, Any]]:
+    path = tmp_path / "deadletter" / f"{service}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_demo_archives_every_tick_once_and_its_bars_equal_the_batch_aggregation(tmp_path: Path) -> None:
+    loaded = demo(
+        tmp_path,
+        "pairs=[EURUSD,XAUUSD]",
+        "topology.services.synthetic-ticks.enabled=true",
+        "only=[synthetic-ticks,tick-aggregator,data-bridge]",
+        "topology.services.synthetic-ticks.params.duration=5h",
+        "topology.services.synthetic-ticks.params.start=2026-11-02T21:00:00Z",
+    )
+    rt = runtime(loaded, tmp_path)
+    await asyncio.wait_for(rt.run(), TIMEOUT)
+    m = {s["service"]: s for s in rt.metrics()}
+    produced = m["synthetic-ticks"]["out"]
+    assert produced > 1000 and m["tick-aggregator"]["dead_lettered"] == 0
+
+    ticks = await frame(tmp_path, "SELECT symbol, ts, bid, ask, seq FROM historical_ticks FINAL ORDER BY seq")
+    assert len(ticks) == produced and ticks["seq"].tolist() == list(range(1, produced + 1))
+    expected = aggregate_frame(ticks, TIMEFRAMES)
+    # (live_aggregates gets the same rows, but its 7-day TTL removes bars of 2026-11-02 at once)
+    for table in ("historical_aggregates",):
+        bars = await frame(
+            tmp_path,
+            f"SELECT symbol, timeframe, ts, ts_close, open, high, low, close, tick_count, spread_mean FROM {table} FINAL",
+        )
+        assert set(bars["timeframe"]) == set(TIMEFRAMES) and set(bars["symbol"]) == {"EURUSD", "XAUUSD"}
+        got = bars.sort_values(["symbol", "timeframe", "ts"]).reset_index(drop=True)
+        want = expected.sort_values(["symbol", "timeframe", "ts"]).reset_index(drop=True)
+        assert len(got) == len(want)
+        for column in ("ts", "ts_close", "open", "high", "low", "close", "tick_count"):
+            assert got[column].tolist() == want[column].tolist(), (table, column)
+        assert got["spread_mean"].to_numpy() == pytest.approx(want["spread_mean"].to_numpy(), abs=1e-10)  # published rounded to 10 digits
+    # the 1h bars straddle midnight: one bar per hour that had quotes, daily bars split at 00:00 UTC
+    daily = expected[(expected["timeframe"] == "1d") & (expected["symbol"] == "EURUSD")]
+    assert daily["ts"].tolist() == [T0, T0 + 24 * 60 * MIN]
+
+
+async def start_alone(tmp_path: Path, service: str, *overrides: str) -> tuple[Runtime, InProcessPubSub]:
+    bus = InProcessPubSub()
+    await bus.connect()
+    rt = runtime(demo(tmp_path, *overrides), tmp_path, pubsub=bus, only=[service])
+    await rt.start()
+    return rt, bus
+
+
+async def test_aggregator_dead_letters_a_tick_later_than_the_lateness_window(tmp_path: Path) -> None:
+    rt, bus = await start_alone(tmp_path, "tick-aggregator", "topology.services.tick-aggregator.params.lateness=1s")
+    bars: list[dict[str, Any]] = []
+
+    async def record(subject: str, payload: dict[str, Any], headers: Any) -> None:
+        bars.append(payload)
+
+    await bus.subscribe("bars.EURUSD.1m", record)
+    try:
+        for t in (tick("EURUSD", T0 + 5_000, 1.1), tick("EURUSD", T0 + MIN + 2_000, 1.2), tick("EURUSD", T0 + 30_000, 1.0)):
+            await rt.clock.wait_until(t["ts"])
+            await bus.publish(f"ticks.{t['symbol']}", t)
+        await eventually(lambda: len(bars) == 1, "the first minute's bar")
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    assert bars[0]["ts"] == T0 and bars[0]["tick_count"] == 1 and bars[0]["open"] == 1.1
+    letters = dead_letters(tmp_path, "tick-aggregator")
+    assert [d["payload"]["ts"] for d in letters] == [T0 + 30_000]
+    assert "late tick" in letters[0]["reason"]
+
+
+async def test_the_same_tick_through_nats_and_a_kafka_replay_lands_once(tmp_path: Path) -> None:
+    rt, bus = await start_alone(tmp_path, "data-bridge", "pairs=[EURUSD]")
+    bridge = rt.hosts["data-bridge"].node
+    assert rt.log is not None and bridge is not None
+    try:
+        archived = [tick("EURUSD", T0 + i * 1000, 1.1 + i / 10_000, seq=i) for i in range(1, 7)]
+        for t in archived:  # what the collector archived to Kafka
+            await rt.log.produce("tick_archive", t, key="EURUSD", timestamp_ms=t["ts"])
+        for t in (archived[0], archived[1], archived[1], archived[5]):  # NATS: a duplicate, then seq 3-5 lost
+            await bus.publish("ticks.EURUSD", t)
+        bar = {"symbol": "EURUSD", "timeframe": "1m", "ts": T0, "ts_close": T0 + MIN, "open": 1.1, "high": 1.2, "low": 1.0,
+               "close": 1.15, "volume": 4.0, "tick_count": 4, "spread_mean": 0.0002, "spread_min": 0.0002,
+               "spread_max": 0.0002, "source": "aggregator", "complete": True}
+        await bus.publish("bars.EURUSD.1m", bar)
+        await bus.publish("bars.EURUSD.1m", bar)
+        await eventually(lambda: bridge.replayed >= 1, "the replay of the seq gap", timeout=TIMEOUT)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    assert bridge.gaps_seen == 1
+    rows = await frame(tmp_path, "SELECT seq, count() AS n FROM historical_ticks GROUP BY seq ORDER BY seq")
+    assert rows["seq"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert rows["n"].tolist() == [1] * 6  # one row each, without FINAL: the dedup kept every duplicate out
+    bars = await frame(tmp_path, "SELECT count() AS n FROM historical_aggregates")
+    assert bars["n"].tolist() == [1]
+    assert bridge.duplicates >= 2
+
+
+async def test_a_gap_marker_is_filled_from_the_archive(tmp_path: Path) -> None:
+    rt, bus = await start_alone(tmp_path, "data-bridge", "pairs=[EURUSD]")
+    bridge = rt.hosts["data-bridge"].node
+    assert rt.log is not None and bridge is not None
+    try:
+        for i in range(10):
+            t = tick("EURUSD", T0 + i * 1000, 1.1, source="dukascopy")
+            await rt.log.produce("tick_archive", t, key="EURUSD", timestamp_ms=t["ts"])
+        await bus.publish(
+            "gaps.ticks.EURUSD",
+            {"symbol": "EURUSD", "source": "polygon", "start_ts": T0 + 3000, "end_ts": T0 + 5000, "reason": "reconnect"},
+        )
+        await eventually(lambda: bridge.replayed >= 1, "the replay of the gap", timeout=TIMEOUT)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    rows = await frame(tmp_path, "SELECT ts FROM historical_ticks ORDER BY ts")
+    # the marked span 3 s..5 s, widened by replay_margin (1 s) on each side, end exclusive
+    assert rows["ts"].tolist() == [T0 + i * 1000 for i in range(2, 6)]
+
+
+def test_bad_aggregator_params_are_refused() -> None:
+    from pydantic import ValidationError
+
+    from nodes.tick_aggregator.spec import TickAggregatorParams
+
+    with pytest.raises(ValidationError, match="unknown time zone"):
+        TickAggregatorParams.model_validate({"daily_roll": "17:00 New_York"})
+    with pytest.raises(ValidationError, match="not a timeframe"):
+        TickAggregatorParams.model_validate({"timeframes": ["1m", "2q"]})

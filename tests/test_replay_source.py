@@ -1,0 +1,141 @@
+"""The replay source: recorded ticks from CSV, Parquet or a ClickHouse table, in time order on the clock."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from framework.contracts import ContractRegistry
+from framework.registry import Registry
+from framework.runtime import Runtime
+from framework.stores.clickhouse import ClickHouseStore
+from framework.topology.load import load_run
+from framework.transport.inprocess import InProcessPubSub
+from nodes.marketdata.bars import aggregate_frame
+from nodes.marketdata.synthetic import SyntheticQuotes
+from nodes.replay.spec import ReplayParams
+
+PROJECT = Path(__file__).resolve().parents[1]
+T0 = 1_793_577_600_000  # 2026-11-02 00:00 UTC
+SERVICE = "tick-replay"
+
+
+def recorded() -> pd.DataFrame:
+    quotes = SyntheticQuotes(["EURUSD", "XAUUSD"], seed=3, mean_interval_ms=1000).between(T0, T0 + 45 * 60_000)
+    frame = pd.DataFrame([q._asdict() for q in quotes])
+    return frame.sample(frac=1.0, random_state=1).reset_index(drop=True)  # files need not be sorted
+
+
+async def run_replay(tmp_path: Path, *params: str) -> tuple[Runtime, list[dict[str, Any]]]:
+    loaded = load_run(
+        ["topology=backtest", f"data_dir={tmp_path}", "pairs=[EURUSD,XAUUSD]", f"topology.services.{SERVICE}.enabled=true",
+         "topology.services.synthetic-ticks.enabled=false", *params],
+        PROJECT,
+    )  # fmt: skip
+    bus = InProcessPubSub()
+    await bus.connect()
+    got: list[dict[str, Any]] = []
+
+    async def record(subject: str, payload: dict[str, Any], headers: Any) -> None:
+        got.append(payload)
+
+    await bus.subscribe("ticks.>", record)
+    rt = Runtime(loaded.topology, Registry.discover(), ContractRegistry.load(PROJECT / "contracts"),
+                 pairs=["EURUSD", "XAUUSD"], only=[SERVICE, "tick-aggregator"], data_dir=tmp_path, pubsub=bus)
+    await asyncio.wait_for(rt.run(), 60)
+    return rt, got
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+async def test_file_replay_is_in_time_order_and_feeds_the_aggregator(tmp_path: Path, kind: str) -> None:
+    frame = recorded()
+    bad = pd.DataFrame([{"symbol": "EURUSD", "ts": T0 + 5, "bid": 1.2, "ask": 1.1}])  # crossed
+    data = pd.concat([frame, bad], ignore_index=True)
+    path = tmp_path / f"ticks.{kind}"
+    data.to_csv(path, index=False) if kind == "csv" else data.to_parquet(path)
+    rt, got = await run_replay(tmp_path / "run", f"topology.services.{SERVICE}.params.source={kind}",
+                               f"+topology.services.{SERVICE}.params.path={path}")  # fmt: skip
+    assert [t["ts"] for t in got] == sorted(frame["ts"].tolist())
+    assert len(got) == len(frame) and {t["source"] for t in got} == {"replay"}
+    letters = [json.loads(line) for line in (tmp_path / "run" / "deadletter" / f"{SERVICE}.jsonl").read_text().splitlines()]
+    assert len(letters) == 1 and "crossed quote" in letters[0]["reason"]
+    store = ClickHouseStore("check", f"chdb://{tmp_path / 'run'}/clickhouse")
+    await store.connect()
+    try:
+        bars = await store.query_df("SELECT symbol, timeframe, ts, open, close, tick_count FROM historical_aggregates FINAL")
+    finally:
+        await store.close()
+    expected = aggregate_frame(frame, rt.topology.timeframes)
+    key = ["symbol", "timeframe", "ts"]
+    assert bars.sort_values(key)[["open", "close", "tick_count"]].values.tolist() == (
+        expected.sort_values(key)[["open", "close", "tick_count"]].values.tolist()
+    )
+
+
+async def test_table_replay_reads_a_window_of_the_table(tmp_path: Path) -> None:
+    frame = recorded().assign(source="dukascopy")
+    store = ClickHouseStore("seed", f"chdb://{tmp_path}/clickhouse")
+    await store.connect()
+    loaded = load_run(["topology=backtest", f"data_dir={tmp_path}"], PROJECT)
+    from framework.stores.columns import columns_from_contract
+
+    contract = ContractRegistry.load(PROJECT / "contracts").resolve("tick.v1")
+    await store.ensure_table("historical_ticks", loaded.topology.tables["historical_ticks"], columns_from_contract(contract), "ts")
+    await store.insert("historical_ticks", frame.to_dict("records"))
+    await store.close()
+    _, got = await run_replay(
+        tmp_path,
+        f"+topology.services.{SERVICE}.params.start=2026-11-02T00:10:00Z",
+        f"+topology.services.{SERVICE}.params.end=2026-11-02T00:20:00Z",
+        f"+topology.services.{SERVICE}.params.chunk=3m",
+    )
+    window = frame[(frame["ts"] >= T0 + 10 * 60_000) & (frame["ts"] < T0 + 20 * 60_000)]
+    assert sorted(t["ts"] for t in got) == sorted(window["ts"].tolist())
+    assert [t["ts"] for t in got] == sorted(t["ts"] for t in got)
+    assert {t["source"] for t in got} == {"dukascopy"}
+
+
+def test_file_sources_need_a_path() -> None:
+    with pytest.raises(ValidationError, match="needs a path"):
+        ReplayParams.model_validate({"source": "csv"})
+
+
+class _FakeTime:
+    """Stands in for the wall clock's pacing: records each wait and advances monotonic time by it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+async def test_wall_clock_replay_is_paced_at_n_times_the_recorded_speed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import nodes.replay.node as replay_node
+
+    fake = _FakeTime()
+    monkeypatch.setattr(replay_node, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    monkeypatch.setattr(replay_node, "asyncio", types.SimpleNamespace(sleep=fake.sleep))
+    ts = [T0, T0 + 1_000, T0 + 1_000, T0 + 11_000]
+    path = tmp_path / "ticks.csv"
+    pd.DataFrame({"symbol": "EURUSD", "ts": ts, "bid": 1.1, "ask": 1.1002}).to_csv(path, index=False)
+    _, got = await run_replay(
+        tmp_path / "run", "topology.runtime.clock=wall", f"topology.services.{SERVICE}.params.source=csv",
+        f"+topology.services.{SERVICE}.params.path={path}", f"+topology.services.{SERVICE}.params.speed=10",
+    )  # fmt: skip
+    assert [t["ts"] for t in got] == ts
+    # recorded gaps of 1 s and 10 s, replayed 10x faster: 0.1 s then 1 s of waiting (nothing for the tie)
+    assert fake.waits == pytest.approx([0.1, 1.0])
