@@ -19,10 +19,13 @@ from framework.clock import Clock
 from framework.contracts import BoundaryValidator, Contract, ValidationMode
 from framework.deadletter import DeadLetters
 from framework.metrics import ServiceMetrics
-from framework.stores.base import KeyValueStore, Store
+from framework.stores.base import KeyValueStore, Store, StoreError
 from framework.stores.batch import BatchWriter
 from framework.topology.model import Instrument
 from framework.transport.base import LogTransport, PubSubTransport, Record
+
+# StoreError is what a table operation raises when its store fails; nodes catch it from here.
+__all__ = ["NodeContext", "OutputRoute", "StoreError", "TableHandle"]
 
 
 @dataclass(slots=True)

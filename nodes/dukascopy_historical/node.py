@@ -32,7 +32,7 @@ import numpy as np
 from framework.durations import parse_seconds
 from framework.errors import UserError
 from framework.node import Node
-from framework.stores.base import StoreError
+from framework.context import StoreError
 from nodes.dukascopy_historical.bi5 import Ticks
 from nodes.dukascopy_historical.client import Bi5Source, HourResult, HourSource, download
 from nodes.dukascopy_historical.hours import HOUR_MS, ceil_hour, floor_hour, iso_hour, parse_utc_ms

@@ -24,7 +24,7 @@ from typing import Any
 from framework.durations import parse_ms, parse_seconds
 from framework.errors import UserError
 from framework.node import Node
-from framework.stores.base import StoreError
+from framework.context import StoreError
 from nodes.marketdata.http import RetryPolicy
 from nodes.marketdata.timeframes import Buckets, timeframe
 from nodes.polygon_historical.client import PolygonAuthError, PolygonClient, PolygonError
