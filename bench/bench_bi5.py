@@ -118,9 +118,9 @@ async def publish_rate(files: list[tuple[int, bytes]], validation: str) -> tuple
                 f"data_dir={data_dir}",
                 f"topology.runtime.validation={validation}",
                 f"topology.services.{SVC}.enabled=true",
-                f"+topology.services.{SVC}.params.simulate=true",
-                f"+topology.services.{SVC}.params.start=2019-02-02T00:00Z",  # a Saturday: nothing to fetch
-                f"+topology.services.{SVC}.params.end=2019-02-02T01:00Z",
+                f"++topology.services.{SVC}.params.simulate=true",
+                f"++topology.services.{SVC}.params.start=2019-02-02T00:00Z",  # a Saturday: nothing to fetch
+                f"++topology.services.{SVC}.params.end=2019-02-02T01:00Z",
             ],
             ROOT,
         )

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from nodes.external_data.calendar import parse_event  # noqa: E402
 from nodes.external_data.fred import FredClient, parse_observation  # noqa: E402
-from nodes.external_data.ratelimit import RateLimiter  # noqa: E402
+from nodes.marketdata.ratelimit import RateLimiter  # noqa: E402
 from nodes.external_data.simulator import ExternalDataSimulator, FredSeriesGenerator, calendar_week, week_start  # noqa: E402
 from nodes.marketdata.http import HttpClient  # noqa: E402
 
@@ -78,7 +78,7 @@ def parse_rates(n: int) -> None:
 async def fetch_rates() -> None:
     async with ExternalDataSimulator(now_ms=lambda: NOW) as sim, HttpClient() as http:
         for page_size in (100_000, 1_000):
-            client = FredClient(http, "k" * 32, base_url=sim.url, page_size=page_size, limiter=RateLimiter(10_000, 60.0))
+            client = FredClient(http, "k" * 32, base_url=sim.url, page_size=page_size, limiter=RateLimiter(10_000))
             best, count, requests = float("inf"), 0, 0
             for _ in range(REPEATS):
                 started = time.perf_counter()

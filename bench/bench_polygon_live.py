@@ -134,11 +134,12 @@ async def main(minutes: int) -> None:
     for _ in range(REPEATS):  # interleaved, so a busy machine slows both alike
         polys.append(await runtime_rate("polygon-live-collector", [
             "topology.services.polygon-live-collector.enabled=true",
-            "+topology.services.polygon-live-collector.params.simulate=true",
-            f"+topology.services.polygon-live-collector.params.simulation.start='{START_ISO}'",
-            f"+topology.services.polygon-live-collector.params.simulation.duration={minutes}m",
+            "++topology.services.polygon-live-collector.params.simulate=true",
+            f"++topology.services.polygon-live-collector.params.simulation.start='{START_ISO}'",
+            f"++topology.services.polygon-live-collector.params.simulation.duration={minutes}m",
         ]))
         synths.append(await runtime_rate("synthetic-ticks", [
+            "topology.services.synthetic-ticks.enabled=true",
             f"topology.services.synthetic-ticks.params.start='{START_ISO}'",
             f"topology.services.synthetic-ticks.params.duration={minutes}m",
         ]))

@@ -134,12 +134,46 @@ class NodeContext:
             if reason is not None:
                 await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
                 return False
+        if (route.subjects or route.topics) and not await self._send(route, message, values):
+            return False
+        self.metrics.published += 1
+        for writer in route.writers:
+            await writer.add(message)
+        return True
+
+    async def publish_many(self, port: str, messages: Sequence[dict[str, Any]], **values: Any) -> int:
+        """:meth:`publish` for a batch (a downloaded file, a backfill page); returns how many were published.
+
+        Each message is validated, routed to the port's subjects and topics as one
+        :meth:`publish` would; the table writers take the valid ones in one step, which is
+        what makes bulk loads several times faster. Invalid messages are dead-lettered.
+        """
+        route = self._routes.get(port)
+        if route is None:
+            raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
+        accepted: list[dict[str, Any]] = []
+        for message in messages:
+            if route.contracts and self._validating:
+                reason = self._check(route.contracts, message)
+                if reason is not None:
+                    await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
+                    continue
+            if route.subjects or route.topics:
+                if not await self._send(route, message, values):
+                    continue
+            accepted.append(message)
+        self.metrics.published += len(accepted)
+        for writer in route.writers:
+            await writer.add_many(accepted)
+        return len(accepted)
+
+    async def _send(self, route: OutputRoute, message: dict[str, Any], values: Mapping[str, Any]) -> bool:
         fields = {**message, **values} if values else message
         for template, render in route.subjects:
             try:
                 subject = render(fields)
             except KeyError as exc:
-                await self.dead_letter(str(exc.args[0]), message, origin=f"publish:{port}:{template}")
+                await self.dead_letter(str(exc.args[0]), message, origin=f"publish:{route.port}:{template}")
                 return False
             await self._pubsub.publish(subject, message)
         stamp = message.get(route.time_field) if route.time_field else None
@@ -150,9 +184,6 @@ class NodeContext:
             )
             if not sent.done() or sent.exception() is not None:
                 sent.add_done_callback(functools.partial(self._archived, topic, message))
-        self.metrics.published += 1
-        for writer in route.writers:
-            await writer.add(message)
         return True
 
     def _archived(self, topic: str, message: dict[str, Any], sent: asyncio.Future[Any]) -> None:

@@ -132,6 +132,17 @@ async def test_close_flushes_and_then_refuses_rows(chdb: ClickHouseStore) -> Non
         await writer.add(row(0))
 
 
+async def test_add_many_respects_the_buffer_bound_and_writes_every_row_once(chdb: ClickHouseStore) -> None:
+    writer = BatchWriter(chdb, "rows", batch_size=100, interval=3600, max_buffer=250)
+    await writer.add_many([row(i) for i in range(1000)])  # four times the buffer: waits for room as it goes
+    assert writer.pending <= 250
+    await writer.close()
+    assert writer.written == 1000
+    assert await chdb.query("SELECT count() AS n, count(DISTINCT seq) AS d FROM rows") == [{"n": 1000, "d": 1000}]
+    with pytest.raises(StoreError, match="closed"):
+        await writer.add_many([row(0)])
+
+
 # --------------------------------------------------------------------------- a server down during writes
 
 

@@ -67,3 +67,54 @@ async def test_acknowledged_archive_record_is_not_dead_lettered(tmp_path: Path) 
     assert await ctx.publish("ticks", {"symbol": "EURUSD", "ts": 1, "bid": 1.1, "ask": 1.2, "source": "t"})
     await asyncio.sleep(0)
     assert dead.count == 0 and ctx.metrics.dead_lettered == 0
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.calls: list[list[dict]] = []
+
+    async def add_many(self, rows):  # type: ignore[no-untyped-def]
+        self.calls.append(list(rows))
+
+
+async def test_publish_many_validates_routes_stamps_and_hands_the_batch_to_the_writers(tmp_path: Path) -> None:
+    from pathlib import Path as _P
+
+    from framework.contracts import ContractRegistry
+    from framework.topology.templates import compile_renderer
+
+    contract = ContractRegistry.load(_P(__file__).resolve().parents[1] / "contracts").resolve("tick.v1")
+    bus, log = InProcessPubSub(), InProcessLog()
+    await bus.connect()
+    await log.connect()
+    await log.ensure_topics([TopicSpec("tick_archive", 1)])
+    got: list[str] = []
+
+    async def record(subject, payload, headers):  # type: ignore[no-untyped-def]
+        got.append(subject)
+
+    await bus.subscribe("ticks.>", record)
+    writer = _Writer()
+    route = OutputRoute(
+        port="ticks", contracts=(contract,), subjects=[("ticks.{symbol}", compile_renderer("ticks.{symbol}"))],
+        topics=[("tick_archive", "symbol")], writers=[writer], time_field="ts",  # type: ignore[list-item]
+    )  # fmt: skip
+    ctx = NodeContext(
+        "downloader", clock=SimulatedClock(0), pubsub=bus, log=log, validator=BoundaryValidator("strict"),
+        dead_letters=DeadLetters(tmp_path / "deadletter"), metrics=ServiceMetrics("downloader"), routes={"ticks": route},
+        tables={}, pairs=["EURUSD"], timeframes=["1m"], instruments={"EURUSD": Instrument(pip=0.0001, digits=5)},
+        data_dir=tmp_path,
+    )  # fmt: skip
+    ticks = [
+        {"symbol": "EURUSD", "ts": 1_000, "bid": 1.1, "ask": 1.2, "source": "d"},
+        {"symbol": "EURUSD", "ts": 2_000, "bid": "x", "ask": 1.2, "source": "d"},
+        {"symbol": "GBPUSD", "ts": 3_000, "bid": 1.3, "ask": 1.4, "source": "d"},
+    ]
+    assert await ctx.publish_many("ticks", ticks) == 2
+    assert got == ["ticks.EURUSD", "ticks.GBPUSD"]
+    assert writer.calls == [[ticks[0], ticks[2]]]
+    assert ctx.metrics.published == 2 and ctx.metrics.dead_lettered == 1
+    consumer = log.consumer("check", ["tick_archive"])
+    await consumer.start()
+    records = await consumer.getmany(timeout_ms=100)
+    assert [(r.value["ts"], r.timestamp) for r in records] == [(1_000, 1_000), (3_000, 3_000)]  # stamped with event time

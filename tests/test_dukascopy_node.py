@@ -211,6 +211,11 @@ class FakeContext:
         self.published.append(message)
         return True
 
+    async def publish_many(self, port: str, messages: list[dict[str, Any]]) -> int:
+        for message in messages:
+            await self.publish(port, message)
+        return len(messages)
+
     async def dead_letter(self, reason: str, payload: Any, origin: str, contract: str | None = None) -> None:
         self.dead.append((reason, payload, origin))
 

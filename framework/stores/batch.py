@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,24 @@ class BatchWriter:
         self._rows.append(row)
         if len(self._rows) >= self.batch_size:
             self._wake.set()
+
+    async def add_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer ``rows`` as :meth:`add` does one by one, in as few steps as the free room allows."""
+        done = 0
+        while done < len(rows):
+            if self._closed or self._closing.is_set():
+                raise StoreError(f"the writer of table {self.table!r} is closed")
+            self.start()
+            room = self.max_buffer - len(self._rows)
+            if room <= 0:
+                await self.add(rows[done])
+                done += 1
+                continue
+            chunk = rows[done : done + room]
+            self._rows.extend(chunk)
+            done += len(chunk)
+            if len(self._rows) >= self.batch_size:
+                self._wake.set()
 
     async def flush(self, retry: bool = True) -> bool:
         """Write everything buffered now. With ``retry`` keep retrying (with backoff) until it is

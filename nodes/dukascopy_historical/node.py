@@ -206,16 +206,17 @@ class DukascopyDownloader(Node[DukascopyParams]):
         self.progress.mark(symbol, hour, len(ticks), int(np.unique(ticks.ts).size))
 
     async def _publish(self, symbol: str, ticks: Ticks) -> int:
-        """Publish every tick of one hour; returns how many the contract check refused (dead-lettered)."""
-        publish = self.ctx.publish
-        rejected = 0
+        """Publish every tick of one hour in chunks; returns how many the contract check refused (dead-lettered)."""
         rows = zip(ticks.ts.tolist(), ticks.bid.tolist(), ticks.ask.tolist(), ticks.bid_volume.tolist(), ticks.ask_volume.tolist())
-        for i, (ts, bid, ask, bid_size, ask_size) in enumerate(rows, 1):
-            message = {"symbol": symbol, "ts": ts, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "source": SOURCE}
-            if not await publish("ticks", message):
-                rejected += 1
-            if i % YIELD_EVERY == 0:
-                await asyncio.sleep(0)
+        messages = [
+            {"symbol": symbol, "ts": ts, "bid": bid, "ask": ask, "bid_size": bid_size, "ask_size": ask_size, "source": SOURCE}
+            for ts, bid, ask, bid_size, ask_size in rows
+        ]
+        rejected = 0
+        for start in range(0, len(messages), YIELD_EVERY):
+            chunk = messages[start : start + YIELD_EVERY]
+            rejected += len(chunk) - await self.ctx.publish_many("ticks", chunk)
+            await asyncio.sleep(0)
         return rejected
 
     async def _dead_letter_records(self, result: HourResult) -> None:
