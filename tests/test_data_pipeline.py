@@ -185,3 +185,14 @@ def test_bad_aggregator_params_are_refused() -> None:
         TickAggregatorParams.model_validate({"daily_roll": "17:00 New_York"})
     with pytest.raises(ValidationError, match="not a timeframe"):
         TickAggregatorParams.model_validate({"timeframes": ["1m", "2q"]})
+
+
+async def test_a_gap_still_unfilled_at_stop_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    rt, bus = await start_alone(tmp_path, "data-bridge", "pairs=[EURUSD]")
+    await bus.publish(
+        "gaps.ticks.EURUSD",
+        {"symbol": "EURUSD", "source": "polygon", "start_ts": T0, "end_ts": T0 + 5000, "reason": "reconnect"},
+    )
+    with caplog.at_level("WARNING"):
+        await asyncio.wait_for(rt.stop(), TIMEOUT)  # before the replay could finish
+    assert any("that gap is not filled" in r.getMessage() and "gap marker from polygon" in r.getMessage() for r in caplog.records)

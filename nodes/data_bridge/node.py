@@ -50,11 +50,14 @@ class DataBridge(Node[DataBridgeParams]):
         self.gaps_seen = 0
         self.margin_ms = parse_ms(self.params.replay_margin) or 0
         self._replays: asyncio.Queue[tuple[int, int, str]] = asyncio.Queue()
+        self._unfilled: list[tuple[int, int, str]] = []
         self._flush_lock = asyncio.Lock()
         self._replayer = asyncio.create_task(self._replay_loop(), name=f"{self.ctx.service}.replay")
         await self._catch_up()
 
     async def on_stop(self) -> None:
+        for start, end, why in self._unfilled:
+            self.ctx.log.warning("stopping before the replay of %s (%d..%d): that gap is not filled", why, start, end)
         self._replayer.cancel()
         try:
             await self._replayer
@@ -79,7 +82,7 @@ class DataBridge(Node[DataBridgeParams]):
                     "%s: %d tick(s) missing between seq %d and %d; replaying them from the archive",
                     tick["source"], seq - last[0] - 1, last[0], seq,
                 )
-                self._replays.put_nowait((last[1], tick["ts"], f"seq gap {last[0]}..{seq} of {tick['source']}"))
+                self._request_replay((last[1], tick["ts"], f"seq gap {last[0]}..{seq} of {tick['source']}"))
             if last is None or seq > last[0]:
                 self.last_seq[tick["source"]] = (seq, tick["ts"])
         await self._add("archived_ticks", tick_key(tick), tick)
@@ -96,7 +99,7 @@ class DataBridge(Node[DataBridgeParams]):
     async def on_gap(self, gap: dict[str, Any]) -> None:
         self.gaps_seen += 1
         if self.params.replay_on_gap_marker:
-            self._replays.put_nowait((gap["start_ts"], gap["end_ts"], f"gap marker from {gap['source']} ({gap['reason']})"))
+            self._request_replay((gap["start_ts"], gap["end_ts"], f"gap marker from {gap['source']} ({gap['reason']})"))
 
     # --- batching and dedup ------------------------------------------------------------
 
@@ -133,15 +136,21 @@ class DataBridge(Node[DataBridgeParams]):
         )
         last = rows[0]["last"] if rows else None
         if last:
-            self._replays.put_nowait((int(last), now, "catch-up after a restart"))
+            self._request_replay((int(last), now, "catch-up after a restart"))
+
+    def _request_replay(self, span: tuple[int, int, str]) -> None:
+        self._unfilled.append(span)
+        self._replays.put_nowait(span)
 
     async def _replay_loop(self) -> None:
         while True:
-            start, end, why = await self._replays.get()
+            span = await self._replays.get()
+            start, end, why = span
             try:
                 await self.replay_span(start - self.margin_ms, end + self.margin_ms, why)
             except Exception as exc:
                 self.ctx.log.error("replay of %s (%d..%d) failed: %s; the gap stays open", why, start, end, exc)
+            self._unfilled.remove(span)
 
     async def replay_span(self, start: int, end: int, why: str) -> int:
         """Feed the archived ticks stamped in ``[start, end)`` through the dedup path; returns how many were read."""
