@@ -7,49 +7,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pytest
 
-from framework.contracts import ContractRegistry
-from framework.registry import Registry
 from framework.runtime import Runtime
-from framework.stores.clickhouse import ClickHouseStore
-from framework.topology.load import LoadedRun, load_run
 from framework.transport.inprocess import InProcessPubSub
 from nodes.marketdata.bars import aggregate_frame
+from tests.node_harness import load, make_runtime, query_df
 from tests.transport_helpers import eventually
 
-PROJECT = Path(__file__).resolve().parents[1]
-CONTRACTS = ContractRegistry.load(PROJECT / "contracts")
 TIMEOUT = 60.0
 T0 = 1_793_577_600_000  # 2026-11-02 00:00 UTC, a Monday
 MIN = 60_000
 TIMEFRAMES = ["1m", "5m", "15m", "30m", "1h", "4h", "1d"]
-
-
-def demo(tmp_path: Path, *overrides: str) -> LoadedRun:
-    return load_run(["topology=demo", f"data_dir={tmp_path}", *overrides], PROJECT)
-
-
-def runtime(loaded: LoadedRun, tmp_path: Path, **kwargs: Any) -> Runtime:
-    return Runtime(
-        loaded.topology,
-        Registry.discover(),
-        CONTRACTS,
-        pairs=kwargs.pop("pairs", loaded.config.pairs),
-        only=kwargs.pop("only", loaded.config.only),
-        data_dir=tmp_path,
-        **kwargs,
-    )
-
-
-async def frame(tmp_path: Path, sql: str) -> pd.DataFrame:
-    store = ClickHouseStore("check", f"chdb://{tmp_path}/clickhouse")
-    await store.connect()
-    try:
-        return await store.query_df(sql)
-    finally:
-        await store.close()
 
 
 def tick(symbol: str, ts: int, bid: float, seq: int | None = None, source: str = "polygon") -> dict[str, Any]:
@@ -65,7 +34,7 @@ def dead_letters(tmp_path: Path, service: str) -> list[dict[str, Any]]:
 
 
 async def test_demo_archives_every_tick_once_and_its_bars_equal_the_batch_aggregation(tmp_path: Path) -> None:
-    loaded = demo(
+    loaded = load(
         tmp_path,
         "pairs=[EURUSD,XAUUSD]",
         "topology.services.synthetic-ticks.enabled=true",
@@ -73,18 +42,18 @@ async def test_demo_archives_every_tick_once_and_its_bars_equal_the_batch_aggreg
         "topology.services.synthetic-ticks.params.duration=5h",
         "topology.services.synthetic-ticks.params.start=2026-11-02T21:00:00Z",
     )
-    rt = runtime(loaded, tmp_path)
+    rt = make_runtime(loaded, tmp_path)
     await asyncio.wait_for(rt.run(), TIMEOUT)
     m = {s["service"]: s for s in rt.metrics()}
     produced = m["synthetic-ticks"]["out"]
     assert produced > 1000 and m["tick-aggregator"]["dead_lettered"] == 0
 
-    ticks = await frame(tmp_path, "SELECT symbol, ts, bid, ask, seq FROM historical_ticks FINAL ORDER BY seq")
+    ticks = await query_df(tmp_path, "SELECT symbol, ts, bid, ask, seq FROM historical_ticks FINAL ORDER BY seq")
     assert len(ticks) == produced and ticks["seq"].tolist() == list(range(1, produced + 1))
     expected = aggregate_frame(ticks, TIMEFRAMES)
     # (live_aggregates gets the same rows, but its 7-day TTL removes bars of 2026-11-02 at once)
     for table in ("historical_aggregates",):
-        bars = await frame(
+        bars = await query_df(
             tmp_path,
             f"SELECT symbol, timeframe, ts, ts_close, open, high, low, close, tick_count, spread_mean FROM {table} FINAL",
         )
@@ -103,7 +72,7 @@ async def test_demo_archives_every_tick_once_and_its_bars_equal_the_batch_aggreg
 async def start_alone(tmp_path: Path, service: str, *overrides: str) -> tuple[Runtime, InProcessPubSub]:
     bus = InProcessPubSub()
     await bus.connect()
-    rt = runtime(demo(tmp_path, *overrides), tmp_path, pubsub=bus, only=[service])
+    rt = make_runtime(load(tmp_path, *overrides), tmp_path, pubsub=bus, only=[service])
     await rt.start()
     return rt, bus
 
@@ -148,10 +117,10 @@ async def test_the_same_tick_through_nats_and_a_kafka_replay_lands_once(tmp_path
     finally:
         await asyncio.wait_for(rt.stop(), TIMEOUT)
     assert bridge.gaps_seen == 1
-    rows = await frame(tmp_path, "SELECT seq, count() AS n FROM historical_ticks GROUP BY seq ORDER BY seq")
+    rows = await query_df(tmp_path, "SELECT seq, count() AS n FROM historical_ticks GROUP BY seq ORDER BY seq")
     assert rows["seq"].tolist() == [1, 2, 3, 4, 5, 6]
     assert rows["n"].tolist() == [1] * 6  # one row each, without FINAL: the dedup kept every duplicate out
-    bars = await frame(tmp_path, "SELECT count() AS n FROM historical_aggregates")
+    bars = await query_df(tmp_path, "SELECT count() AS n FROM historical_aggregates")
     assert bars["n"].tolist() == [1]
     assert bridge.duplicates >= 2
 
@@ -171,7 +140,7 @@ async def test_a_gap_marker_is_filled_from_the_archive(tmp_path: Path) -> None:
         await eventually(lambda: bridge.replayed >= 1, "the replay of the gap", timeout=TIMEOUT)
     finally:
         await asyncio.wait_for(rt.stop(), TIMEOUT)
-    rows = await frame(tmp_path, "SELECT ts FROM historical_ticks ORDER BY ts")
+    rows = await query_df(tmp_path, "SELECT ts FROM historical_ticks ORDER BY ts")
     # the marked span 3 s..5 s, widened by replay_margin (1 s) on each side, end exclusive
     assert rows["ts"].tolist() == [T0 + i * 1000 for i in range(2, 6)]
 

@@ -17,19 +17,14 @@ import orjson
 import pytest
 
 from framework.clock import SimulatedClock
-from framework.contracts import ContractRegistry
 from framework.errors import UserError
-from framework.registry import Registry
-from framework.runtime import Runtime
-from framework.stores.clickhouse import ClickHouseStore
-from framework.topology.load import LoadedRun, load_run
-from framework.transport.inprocess import InProcessPubSub
+from framework.topology.load import LoadedRun
 from nodes.external_data.fred import DAY_MS, date_ms, ms_date
 from nodes.external_data.node import ExternalDataCollector
 from nodes.external_data.simulator import FredSeriesGenerator, calendar_week, week_start
+from tests.node_harness import CONTRACTS, load, make_runtime, query, recording_bus
+from tests.transport_helpers import eventually
 
-PROJECT = Path(__file__).resolve().parents[1]
-CONTRACTS = ContractRegistry.load(PROJECT / "contracts")
 TIMEOUT = 30.0
 SERVICE = "external-data-collector"
 S = f"topology.services.{SERVICE}"
@@ -64,49 +59,7 @@ def params(**values: Any) -> list[str]:
 
 
 def demo(tmp_path: Path, *overrides: str) -> LoadedRun:
-    return load_run(["topology=demo", f"data_dir={tmp_path}", f"{S}.enabled=true", *overrides], PROJECT)
-
-
-def make_runtime(loaded: LoadedRun, tmp_path: Path, **kwargs: Any) -> Runtime:
-    return Runtime(
-        loaded.topology,
-        Registry.discover(),
-        CONTRACTS,
-        pairs=kwargs.pop("pairs", loaded.config.pairs),
-        only=kwargs.pop("only", loaded.config.only),
-        data_dir=tmp_path,
-        **kwargs,
-    )
-
-
-async def recording_bus() -> tuple[InProcessPubSub, list[tuple[str, dict[str, Any]]]]:
-    bus = InProcessPubSub()
-    await bus.connect()
-    got: list[tuple[str, dict[str, Any]]] = []
-
-    async def record(subject: str, payload: dict[str, Any], headers: Any) -> None:
-        got.append((subject, payload))
-
-    await bus.subscribe("market.external.>", record)
-    return bus, got
-
-
-async def query(tmp_path: Path, sql: str) -> list[dict[str, Any]]:
-    store = ClickHouseStore("check", f"chdb://{tmp_path}/clickhouse")
-    await store.connect()
-    try:
-        return await store.query(sql)
-    finally:
-        await store.close()
-
-
-async def eventually(predicate: Any, what: str, timeout: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
+    return load(tmp_path, f"{S}.enabled=true", *overrides)
 
 
 def expected_fred(seed: int, series: dict[str, str], start: str, today_ms: int, after: dict[str, int] | None = None) -> set[tuple[str, int, float]]:
@@ -139,7 +92,7 @@ async def test_demo_run_routes_each_kind_to_its_subject_and_table(tmp_path: Path
         tmp_path, "topology.services.synthetic-ticks.enabled=true", "topology.services.synthetic-ticks.params.duration=10m",
         "pairs=[EURUSD]", *params(polls=1),
     )  # fmt: skip
-    bus, got = await recording_bus()
+    bus, got = await recording_bus("market.external.>")
     rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["synthetic-ticks", SERVICE])
     await asyncio.wait_for(rt.run(), TIMEOUT)
 
@@ -177,12 +130,12 @@ async def test_demo_run_routes_each_kind_to_its_subject_and_table(tmp_path: Path
 
 async def test_second_poll_publishes_only_new_observations_and_changed_events(tmp_path: Path) -> None:
     loaded = demo(tmp_path, *params(polls=2, fred_every="3d", calendar_every="3d"))
-    bus, got = await recording_bus()
+    bus, got = await recording_bus("market.external.>")
     clock = SimulatedClock(T0)
     rt = make_runtime(loaded, tmp_path, pubsub=bus, clock=clock, only=[SERVICE])
     await rt.start()
     try:
-        await eventually(lambda: clock.pending == 1, "the first poll to finish")
+        await eventually(lambda: clock.pending == 1, "the first poll to finish", timeout=TIMEOUT)
         first = list(got)
         node = rt.hosts[SERVICE].node
         assert isinstance(node, ExternalDataCollector) and node.simulator is not None
@@ -219,7 +172,7 @@ async def test_second_poll_publishes_only_new_observations_and_changed_events(tm
 async def test_a_restart_resumes_after_the_newest_stored_observation(tmp_path: Path) -> None:
     for day, polls in ((0, 1), (4, 1)):
         loaded = demo(tmp_path, *params(polls=polls))
-        bus, got = await recording_bus()
+        bus, got = await recording_bus("market.external.>")
         rt = make_runtime(loaded, tmp_path, pubsub=bus, clock=SimulatedClock(T0 + day * DAY_MS), only=[SERVICE])
         await asyncio.wait_for(rt.run(), TIMEOUT)
         if day == 0:
@@ -237,7 +190,7 @@ async def test_a_restart_resumes_after_the_newest_stored_observation(tmp_path: P
 
 async def test_bad_rows_and_failing_sources_are_dead_lettered_while_the_rest_goes_on(tmp_path: Path) -> None:
     loaded = demo(tmp_path, *params(polls=3, fred_every="1d", calendar_every="1d"))
-    bus, got = await recording_bus()
+    bus, got = await recording_bus("market.external.>")
     clock = SimulatedClock()  # not started: the first poll waits for the first event time
     rt = make_runtime(loaded, tmp_path, pubsub=bus, clock=clock, only=[SERVICE])
     await rt.start()
@@ -249,11 +202,11 @@ async def test_bad_rows_and_failing_sources_are_dead_lettered_while_the_rest_goe
         faults.unknown_series = {"DGS10"}
         await clock.advance_to(T0)
         await clock.advance_to(T0 + 1)
-        await eventually(lambda: clock.pending == 1, "the first poll to finish")
+        await eventually(lambda: clock.pending == 1, "the first poll to finish", timeout=TIMEOUT)
         first = list(got)
         faults.bad_calendar_rows = 4
         await clock.advance_to(T0 + 1 + DAY_MS)  # the first poll ran at T0 + 1 ms, when the clock first moved
-        await eventually(lambda: clock.pending == 1, "the second poll to finish")
+        await eventually(lambda: clock.pending == 1, "the second poll to finish", timeout=TIMEOUT)
         second = list(got)
         await clock.advance_to(T0 + 1 + 2 * DAY_MS)
         await asyncio.wait_for(rt.wait(), TIMEOUT)  # polls=3

@@ -21,13 +21,14 @@ from framework.clock import WallClock
 from framework.contracts import ContractRegistry
 from framework.registry import Registry
 from framework.runtime import Runtime
-from framework.stores.clickhouse import ClickHouseStore
 from framework.topology.load import LoadedRun, load_run
 from framework.transport.inprocess import InProcessPubSub
 from nodes.marketdata.synthetic import Quote, SyntheticQuotes, market_closed
 from nodes.polygon_live.node import MissingApiKey
 from nodes.polygon_live.simulator import Disconnect, Faults, PolygonSimulator, frame, status
 from nodes.polygon_live.spec import SPEC
+from tests.node_harness import query
+from tests.transport_helpers import eventually
 
 PROJECT = Path(__file__).resolve().parents[1]
 CONTRACTS = ContractRegistry.load(PROJECT / "contracts")
@@ -113,24 +114,6 @@ async def recording_bus() -> tuple[InProcessPubSub, Recorder]:
     return bus, recorder
 
 
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-async def query(tmp_path: Path, sql: str) -> list[dict[str, Any]]:
-    store = ClickHouseStore("check", f"chdb://{tmp_path}/clickhouse")
-    await store.connect()
-    try:
-        return await store.query(sql)
-    finally:
-        await store.close()
-
-
 def dead_letters(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "deadletter" / f"{SERVICE}.jsonl"
     return [orjson.loads(line) for line in path.read_bytes().splitlines()] if path.exists() else []
@@ -147,7 +130,7 @@ async def collect(tmp_path: Path, sim: PolygonSimulator, expected: Callable[[Rec
     rt = runtime(loaded, tmp_path, bus, **kw)
     await rt.start()
     try:
-        await eventually(lambda: sim.finished and expected(recorder), "the feed to reach the bus")
+        await eventually(lambda: sim.finished and expected(recorder), "the feed to reach the bus", timeout=TIMEOUT)
     finally:
         await asyncio.wait_for(rt.stop(), TIMEOUT)
     return rt, recorder

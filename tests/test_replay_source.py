@@ -11,17 +11,13 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from framework.contracts import ContractRegistry
-from framework.registry import Registry
 from framework.runtime import Runtime
 from framework.stores.clickhouse import ClickHouseStore
-from framework.topology.load import load_run
-from framework.transport.inprocess import InProcessPubSub
 from nodes.marketdata.bars import aggregate_frame
 from nodes.marketdata.synthetic import SyntheticQuotes
 from nodes.replay.spec import ReplayParams
+from tests.node_harness import CONTRACTS, load, make_runtime, query_df, recording_bus
 
-PROJECT = Path(__file__).resolve().parents[1]
 T0 = 1_793_577_600_000  # 2026-11-02 00:00 UTC
 SERVICE = "tick-replay"
 
@@ -33,23 +29,14 @@ def recorded() -> pd.DataFrame:
 
 
 async def run_replay(tmp_path: Path, *params: str) -> tuple[Runtime, list[dict[str, Any]]]:
-    loaded = load_run(
-        ["topology=backtest", f"data_dir={tmp_path}", "pairs=[EURUSD,XAUUSD]", f"topology.services.{SERVICE}.enabled=true",
-         "topology.services.synthetic-ticks.enabled=false", *params],
-        PROJECT,
+    loaded = load(
+        tmp_path, "pairs=[EURUSD,XAUUSD]", f"topology.services.{SERVICE}.enabled=true",
+        "topology.services.synthetic-ticks.enabled=false", *params, profile="backtest",
     )  # fmt: skip
-    bus = InProcessPubSub()
-    await bus.connect()
-    got: list[dict[str, Any]] = []
-
-    async def record(subject: str, payload: dict[str, Any], headers: Any) -> None:
-        got.append(payload)
-
-    await bus.subscribe("ticks.>", record)
-    rt = Runtime(loaded.topology, Registry.discover(), ContractRegistry.load(PROJECT / "contracts"),
-                 pairs=["EURUSD", "XAUUSD"], only=[SERVICE, "tick-aggregator"], data_dir=tmp_path, pubsub=bus)
+    bus, got = await recording_bus("ticks.>")
+    rt = make_runtime(loaded, tmp_path, only=[SERVICE, "tick-aggregator"], pubsub=bus)
     await asyncio.wait_for(rt.run(), 60)
-    return rt, got
+    return rt, [payload for _, payload in got]
 
 
 @pytest.mark.parametrize("kind", ["csv", "parquet"])
@@ -65,12 +52,7 @@ async def test_file_replay_is_in_time_order_and_feeds_the_aggregator(tmp_path: P
     assert len(got) == len(frame) and {t["source"] for t in got} == {"replay"}
     letters = [json.loads(line) for line in (tmp_path / "run" / "deadletter" / f"{SERVICE}.jsonl").read_text().splitlines()]
     assert len(letters) == 1 and "crossed quote" in letters[0]["reason"]
-    store = ClickHouseStore("check", f"chdb://{tmp_path / 'run'}/clickhouse")
-    await store.connect()
-    try:
-        bars = await store.query_df("SELECT symbol, timeframe, ts, open, close, tick_count FROM historical_aggregates FINAL")
-    finally:
-        await store.close()
+    bars = await query_df(tmp_path / "run", "SELECT symbol, timeframe, ts, open, close, tick_count FROM historical_aggregates FINAL")
     expected = aggregate_frame(frame, rt.topology.timeframes)
     key = ["symbol", "timeframe", "ts"]
     assert bars.sort_values(key)[["open", "close", "tick_count"]].values.tolist() == (
@@ -82,10 +64,10 @@ async def test_table_replay_reads_a_window_of_the_table(tmp_path: Path) -> None:
     frame = recorded().assign(source="dukascopy")
     store = ClickHouseStore("seed", f"chdb://{tmp_path}/clickhouse")
     await store.connect()
-    loaded = load_run(["topology=backtest", f"data_dir={tmp_path}"], PROJECT)
+    loaded = load(tmp_path, profile="backtest")
     from framework.stores.columns import columns_from_contract
 
-    contract = ContractRegistry.load(PROJECT / "contracts").resolve("tick.v1")
+    contract = CONTRACTS.resolve("tick.v1")
     await store.ensure_table("historical_ticks", loaded.topology.tables["historical_ticks"], columns_from_contract(contract), "ts")
     await store.insert("historical_ticks", frame.to_dict("records"))
     await store.close()

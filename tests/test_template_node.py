@@ -14,19 +14,13 @@ import pytest
 from pydantic import ValidationError
 
 from framework.clock import SimulatedClock
-from framework.contracts import ContractRegistry
-from framework.registry import Registry
-from framework.runtime import Runtime
-from framework.stores.clickhouse import ClickHouseStore
-from framework.topology.load import LoadedRun, load_run
 from framework.topology.model import Instrument
-from framework.transport.inprocess import InProcessPubSub
 from nodes.synthetic_ticks.node import SyntheticTicks, in_weekend, weekend_end
 from nodes.synthetic_ticks.spec import SyntheticTicksParams
 from nodes.template.spec import SpreadWatchParams
+from tests.node_harness import CONTRACTS, load, make_runtime, query, recording_bus
 
 PROJECT = Path(__file__).resolve().parents[1]
-CONTRACTS = ContractRegistry.load(PROJECT / "contracts")
 TIMEOUT = 30.0
 START = "2026-11-02T00:00:00Z"  # a Monday
 T0 = 1_793_577_600_000
@@ -38,50 +32,11 @@ def ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1000)
 
 
-def demo(tmp_path: Path, *overrides: str) -> LoadedRun:
-    return load_run(["topology=demo", f"data_dir={tmp_path}", *overrides], PROJECT)
-
-
-def make_runtime(loaded: LoadedRun, tmp_path: Path, **kwargs: Any) -> Runtime:
-    config = loaded.config
-    return Runtime(
-        loaded.topology,
-        Registry.discover(),
-        CONTRACTS,
-        pairs=kwargs.pop("pairs", config.pairs),
-        only=kwargs.pop("only", config.only),
-        data_dir=tmp_path,
-        **kwargs,
-    )
-
-
-async def query(tmp_path: Path, sql: str) -> list[dict[str, Any]]:
-    """Through a fresh store on the run's data_dir, after the run has stopped."""
-    store = ClickHouseStore("check", f"chdb://{tmp_path}/clickhouse")
-    await store.connect()
-    try:
-        return await store.query(sql)
-    finally:
-        await store.close()
-
-
-async def recording_bus(pattern: str) -> tuple[InProcessPubSub, list[tuple[str, dict]]]:
-    bus = InProcessPubSub()
-    await bus.connect()
-    got: list[tuple[str, dict]] = []
-
-    async def record(subject: str, payload: dict, headers: Any) -> None:
-        got.append((subject, payload))
-
-    await bus.subscribe(pattern, record)
-    return bus, got
-
-
 # --------------------------------------------------------------------------- the demo pipeline
 
 
 async def test_demo_run_writes_tick_stats_and_raises_wide_spread_alerts(tmp_path: Path) -> None:
-    loaded = demo(tmp_path, "topology.services.synthetic-ticks.enabled=true", "topology.services.synthetic-ticks.params.duration=30m")
+    loaded = load(tmp_path, "topology.services.synthetic-ticks.enabled=true", "topology.services.synthetic-ticks.params.duration=30m")
     bus, alerts = await recording_bus("risk.alert.>")
     rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["synthetic-ticks", "spread-watch"])
     await asyncio.wait_for(rt.run(), TIMEOUT)
@@ -119,7 +74,7 @@ def quote(symbol: str, ts: int, bid: float, spread: float, digits: int = 5) -> d
 
 
 async def test_wide_spread_alert_respects_limits_and_cooldown(tmp_path: Path) -> None:
-    loaded = demo(tmp_path)
+    loaded = load(tmp_path)
     bus, alerts = await recording_bus("risk.alert.>")
     rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["spread-watch"])
     await rt.start()
@@ -156,7 +111,7 @@ async def test_wide_spread_alert_respects_limits_and_cooldown(tmp_path: Path) ->
 
 
 async def test_tick_with_an_unknown_symbol_is_dead_lettered_not_fatal(tmp_path: Path) -> None:
-    loaded = demo(tmp_path)
+    loaded = load(tmp_path)
     bus, _ = await recording_bus("risk.alert.>")
     rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["spread-watch"], pairs=["EURUSD", "BTCUSD"])
     await rt.start()
@@ -194,7 +149,7 @@ def test_negative_limit_names_the_symbol() -> None:
 
 
 async def test_runtime_rejects_bad_params_before_any_node_starts(tmp_path: Path) -> None:
-    loaded = demo(tmp_path, "topology.services.spread-watch.params.max_spread_pips.default=-1")
+    loaded = load(tmp_path, "topology.services.spread-watch.params.max_spread_pips.default=-1")
     rt = make_runtime(loaded, tmp_path)
     try:
         with pytest.raises(ValidationError, match="limits must be positive"):
