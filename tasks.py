@@ -54,6 +54,7 @@ def test(args: list[str]) -> None:
         run(BIN / "fxrun", "lint", "--quiet", f"topology={profile}")
     run(BIN / "fxrun", "docs", "--check")
     run(BIN / "fxrun", "deploy", "--check")
+    os.environ.setdefault("FXFLOW_REQUIRE_SERVERS", "1")  # a server that cannot start fails, never skips
     run(BIN / "python", "-m", "pytest", *args)
 
 

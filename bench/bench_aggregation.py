@@ -67,7 +67,7 @@ def bench_streaming(frame: pd.DataFrame) -> None:
     ours = len(rows) / (time.perf_counter() - start)
     print(f"streaming, {len(rows):,} ticks, 14 pairs x 7 timeframes ({bars:,} bars)")
     print(f"  bare per-tick loop      {bare:14,.0f} ticks/s")
-    print(f"  StreamingAggregator     {ours:14,.0f} ticks/s   ratio {ours / bare:.2f}")
+    print(f"  StreamingAggregator     {ours:14,.0f} ticks/s   ratio {ours / bare:.3f}")
 
 
 def pandas_resample(frame: pd.DataFrame) -> int:

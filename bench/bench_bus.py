@@ -1,20 +1,27 @@
 """In-process bus throughput against a bare dict dispatch, and the cost of strict validation.
 
-    .venv/bin/python bench/bench_bus.py            # 1,000,000 messages per measurement
-    .venv/bin/python bench/bench_bus.py -n 200000  # quicker
+    .venv/bin/python bench/bench_bus.py               # 1,000,000 messages per measurement, median of 5
+    .venv/bin/python bench/bench_bus.py -n 200000     # quicker
+    .venv/bin/python bench/bench_bus.py -n 2000 -r 3  # a smoke run
 
 Prints, in one run:
 1. publish→deliver rate of InProcessPubSub (one subscriber, no validation) and of a bare
-   ``await handlers[subject](...)`` loop with the same handler, and their ratio (target >= 0.5);
+   ``await handlers[subject](...)`` loop with the same handler, and their ratio (target >= 0.5),
+   with what strict validation adds per published message beside it;
 2. the cost of strict contract validation: ``BoundaryValidator("strict").check`` for tick.v1
    in µs per message, and the publish rate through a real NodeContext route with validation
-   off, sampled and strict.
+   off, sampled and strict, each over the full message count.
+
+Every figure is the median of the repeats. The loops being compared run in turn within each
+repeat (bus, bare, …; off, sampled, strict), so a slow spell of the machine hits all of them,
+and "strict adds" is the median of the per-repeat differences strict − off.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -42,7 +49,7 @@ TICK: dict[str, Any] = {
     "source": "synthetic",
     "seq": 1,
 }
-REPEATS = 3
+MODES = ("off", "sampled", "strict")
 
 
 class Counter:
@@ -58,75 +65,76 @@ class Counter:
         self.handler = handler
 
 
-def best_rate(samples: list[float], n: int) -> float:
-    """Messages per second of the fastest repeat (the least disturbed by the machine)."""
-    return n / min(samples)
+def us_per_msg(seconds: list[float], n: int) -> float:
+    return statistics.median(seconds) / n * 1e6
 
 
-async def bench_publish(n: int, mark_isolated: bool) -> float:
-    counter = Counter()
-    bus = InProcessPubSub()
-    await bus.connect()
-    await bus.subscribe(SUBJECT, isolated(counter.handler) if mark_isolated else counter.handler)
+async def time_bus(bus: InProcessPubSub, n: int) -> float:
     publish, msg = bus.publish, TICK
-    bus_times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(n):
-            await publish(SUBJECT, msg)
-        bus_times.append(time.perf_counter() - start)
-    await bus.close()
-    assert counter.n == REPEATS * n, counter.n
-    return best_rate(bus_times, n)
+    start = time.perf_counter()
+    for _ in range(n):
+        await publish(SUBJECT, msg)
+    return time.perf_counter() - start
 
 
-async def bench_bus(n: int) -> tuple[float, float, float, float]:
-    runtime_rate = await bench_publish(n, mark_isolated=True)
-    guarded_rate = await bench_publish(n, mark_isolated=False)
+async def time_bare(handlers: dict[str, Any], n: int) -> float:
     msg = TICK
+    start = time.perf_counter()
+    for _ in range(n):
+        await handlers[SUBJECT](SUBJECT, msg, None)
+    return time.perf_counter() - start
 
-    counter = Counter()
-    handlers = {SUBJECT: counter.handler}
-    bare_times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(n):
-            await handlers[SUBJECT](SUBJECT, msg, None)
-        bare_times.append(time.perf_counter() - start)
-    assert counter.n == REPEATS * n
 
-    # the ceiling of any async publish: one extra coroutine frame around the same dispatch
-    counter = Counter()
-    routes = {SUBJECT: (counter.handler,)}
+async def time_wrapper(routes: dict[str, tuple[Any, ...]], n: int) -> float:
+    """The ceiling of any async publish: one extra coroutine frame around the same dispatch."""
 
     async def wrapper(subject: str, payload: dict, headers: Any = None) -> None:
         for target in routes[subject]:
             await target(subject, payload, headers)
 
-    wrapper_times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(n):
-            await wrapper(SUBJECT, msg)
-        wrapper_times.append(time.perf_counter() - start)
-    return runtime_rate, guarded_rate, best_rate(bare_times, n), best_rate(wrapper_times, n)
+    msg = TICK
+    start = time.perf_counter()
+    for _ in range(n):
+        await wrapper(SUBJECT, msg)
+    return time.perf_counter() - start
 
 
-def bench_check(contract: Any, n: int) -> float:
+async def bench_bus(n: int, repeats: int) -> dict[str, float]:
+    """Median µs per message of each dispatch loop."""
+    runtime, guarded, bare, wrapper = Counter(), Counter(), Counter(), Counter()
+    runtime_bus, guarded_bus = InProcessPubSub(), InProcessPubSub()
+    for bus, handler in ((runtime_bus, isolated(runtime.handler)), (guarded_bus, guarded.handler)):
+        await bus.connect()
+        await bus.subscribe(SUBJECT, handler)
+    handlers = {SUBJECT: bare.handler}
+    routes = {SUBJECT: (wrapper.handler,)}
+    times: dict[str, list[float]] = {"runtime": [], "guarded": [], "bare": [], "wrapper": []}
+    for _ in range(repeats):
+        times["runtime"].append(await time_bus(runtime_bus, n))
+        times["bare"].append(await time_bare(handlers, n))
+        times["guarded"].append(await time_bus(guarded_bus, n))
+        times["wrapper"].append(await time_wrapper(routes, n))
+    await runtime_bus.close()
+    await guarded_bus.close()
+    assert runtime.n == guarded.n == bare.n == wrapper.n == repeats * n
+    return {name: us_per_msg(seconds, n) for name, seconds in times.items()}
+
+
+def bench_check(contract: Any, n: int, repeats: int) -> float:
     validator = BoundaryValidator("strict")
     check, msg = validator.check, TICK
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(n):
             if check(contract, msg) is not None:
                 raise AssertionError("the benchmark tick must be valid")
         times.append(time.perf_counter() - start)
-    return min(times) / n * 1e6
+    return us_per_msg(times, n)
 
 
-async def bench_context(contract: Any, mode: str, n: int) -> float:
-    """NodeContext.publish on a port wired to one NATS subject template, one subscriber."""
+async def make_context(contract: Any, mode: str) -> tuple[NodeContext, Counter, InProcessPubSub, InProcessLog]:
+    """A NodeContext with one port wired to a NATS subject template, and one subscriber."""
     counter = Counter()
     bus = InProcessPubSub()
     await bus.connect()
@@ -150,46 +158,63 @@ async def bench_context(contract: Any, mode: str, n: int) -> float:
         instruments={"EURUSD": Instrument(pip=0.0001, digits=5)},
         data_dir=None,
     )
+    return ctx, counter, bus, log
+
+
+async def time_context(ctx: NodeContext, n: int) -> float:
     publish, msg = ctx.publish, TICK
-    times = []
-    for _ in range(REPEATS):
-        start = time.perf_counter()
-        for _ in range(n):
-            await publish("ticks", msg)
-        times.append(time.perf_counter() - start)
-    await bus.close()
-    await log.close()
-    assert counter.n == REPEATS * n and ctx.metrics.dead_lettered == 0
-    return best_rate(times, n)
+    start = time.perf_counter()
+    for _ in range(n):
+        await publish("ticks", msg)
+    return time.perf_counter() - start
 
 
-async def main(n: int) -> None:
+async def bench_context(contract: Any, n: int, repeats: int) -> tuple[dict[str, float], float]:
+    """Median µs per message of NodeContext.publish in each validation mode, and the median
+    per-repeat difference strict − off."""
+    built = {mode: await make_context(contract, mode) for mode in MODES}
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(repeats):
+        for mode in MODES:
+            times[mode].append(await time_context(built[mode][0], n))
+    for ctx, counter, bus, log in built.values():
+        assert counter.n == repeats * n and ctx.metrics.dead_lettered == 0
+        await bus.close()
+        await log.close()
+    added = statistics.median((s - o) / n * 1e6 for s, o in zip(times["strict"], times["off"], strict=True))
+    return {mode: us_per_msg(seconds, n) for mode, seconds in times.items()}, added
+
+
+async def main(n: int, repeats: int) -> None:
     contract = ContractRegistry.load(ROOT / "contracts").resolve("tick.v1")
-    print(f"python {sys.version.split()[0]}, {n:,} messages per measurement, best of {REPEATS}")
+    print(f"python {sys.version.split()[0]}, {n:,} messages per measurement, median of {repeats} repeats")
     print()
-    bus_rate, guarded_rate, bare_rate, wrapper_rate = await bench_bus(n)
-    ratio = bus_rate / bare_rate
+    bus = await bench_bus(n, repeats)
+    check_us = bench_check(contract, n, repeats)
+    ctx, strict_added = await bench_context(contract, n, repeats)
+    ratio = bus["bare"] / bus["runtime"]
+
+    def rate(us: float) -> str:
+        return f"{1e6 / us:>12,.0f} msg/s"
+
     print("1. in-process bus vs bare dict dispatch (one subscriber, no validation)")
-    print(f"   bare handlers[subject](msg)       {bare_rate:>12,.0f} msg/s")
-    print(f"   bus, runtime path (isolated)      {bus_rate:>12,.0f} msg/s")
+    print(f"   bare handlers[subject](msg)       {rate(bus['bare'])}")
+    print(f"   bus, runtime path (isolated)      {rate(bus['runtime'])}")
     print(f"   ratio bus/bare                    {ratio:>12.2f}   (target >= 0.5: {'ok' if ratio >= 0.5 else 'MISSED'})")
-    print(f"   bus, guarded plain handler        {guarded_rate:>12,.0f} msg/s  ratio {guarded_rate / bare_rate:.2f}")
-    print(f"   for reference, a 3-line async publish wrapper: {wrapper_rate:,.0f} msg/s, ratio {wrapper_rate / bare_rate:.2f}")
+    print(f"   strict validation adds            {strict_added:>12.3f} us/msg  (NodeContext.publish strict - off, see 2)")
+    print(f"   bus, guarded plain handler        {rate(bus['guarded'])}  ratio {bus['bare'] / bus['guarded']:.2f}")
+    print(f"   for reference, a 3-line async publish wrapper: {1e6 / bus['wrapper']:,.0f} msg/s, ratio {bus['bare'] / bus['wrapper']:.2f}")
     print()
-    us = bench_check(contract, n)
     print("2. strict validation (tick.v1)")
-    print(f"   BoundaryValidator('strict').check {us:>12.3f} us/msg  ({1e6 / us:,.0f} checks/s)")
-    m = max(n // 5, 1)
-    rates = {mode: await bench_context(contract, mode, m) for mode in ("off", "sampled", "strict")}
-    for mode, rate in rates.items():
-        print(f"   NodeContext.publish, {mode:<8}     {rate:>12,.0f} msg/s  ({1e6 / rate:.3f} us/msg)")
-    added = 1e6 / rates["strict"] - 1e6 / rates["off"]
-    print(f"   strict adds                       {added:>12.3f} us/msg  (strict/off rate {rates['strict'] / rates['off']:.2f})")
-    print(f"   ({m:,} messages per NodeContext measurement)")
+    print(f"   BoundaryValidator('strict').check {check_us:>12.3f} us/msg  ({1e6 / check_us:,.0f} checks/s)")
+    for mode in MODES:
+        print(f"   NodeContext.publish, {mode:<8}     {rate(ctx[mode])}  ({ctx[mode]:.3f} us/msg)")
+    print(f"   strict adds                       {strict_added:>12.3f} us/msg  (ratio strict/off rate {ctx['off'] / ctx['strict']:.2f})")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1_000_000, help="messages per measurement (default 1,000,000)")
+    parser.add_argument("-r", "--repeats", type=int, default=5, help="repeats per measurement, the median is kept (default 5)")
     args = parser.parse_args()
-    asyncio.run(main(args.n))
+    asyncio.run(main(args.n, args.repeats))

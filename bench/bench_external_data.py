@@ -58,7 +58,7 @@ def parse_rates(n: int) -> None:
             parse_observation(r)
 
     base, rate = best_rate(n, bare), best_rate(n, full)
-    print(f"FRED rows:     parse_observation {rate:12,.0f}/s   bare float() {base:12,.0f}/s   ratio {rate / base:.2f}")
+    print(f"FRED rows:     parse_observation {rate:12,.0f}/s   bare float() {base:12,.0f}/s   ratio {rate / base:.3f}")
 
     week = calendar_week(7, week_start(NOW))
     cal_rows = (week * (n // len(week) + 1))[:n]
@@ -72,7 +72,7 @@ def parse_rates(n: int) -> None:
             parse_event(r)
 
     base, rate = best_rate(n, copy), best_rate(n, events)
-    print(f"calendar rows: parse_event       {rate:12,.0f}/s   dict copy    {base:12,.0f}/s   ratio {rate / base:.2f}")
+    print(f"calendar rows: parse_event       {rate:12,.0f}/s   dict copy    {base:12,.0f}/s   ratio {rate / base:.3f}")
 
 
 async def fetch_rates() -> None:

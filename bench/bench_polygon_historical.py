@@ -117,10 +117,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--hours", type=int, default=48, help="hours of 1m bars the client reads")
+    parser.add_argument("--rows", type=int, default=50_000, help="aggregates for the row check")
     args = parser.parse_args()
     bench_gaps(args.days)
     asyncio.run(bench_client(args.hours))
-    bench_rows(50_000)
+    bench_rows(args.rows)
 
 
 if __name__ == "__main__":

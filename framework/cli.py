@@ -17,15 +17,19 @@ A user's mistake is reported as ``file:line: path: message`` without a traceback
 from __future__ import annotations
 
 import argparse
-import contextlib
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from framework.errors import UserError
+from framework.errors import UserError, UserErrors
+
+if TYPE_CHECKING:
+    from framework.lint.findings import Finding
 
 log = logging.getLogger("fxflow")
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -49,27 +53,24 @@ def _load_common(project: Path):  # type: ignore[no-untyped-def]
 
 def cmd_lint(argv: Sequence[str]) -> int:
     from framework.lint import exit_code, findings_json, format_finding, lint
-    from framework.topology.load import find_project, load_run, load_topology_file
+    from framework.topology.checks import LOAD_ERROR
 
     parser = argparse.ArgumentParser(prog="fxrun lint", description="Lint a topology; exit 1 on any error.")
-    parser.add_argument("file", nargs="?", help="a self-contained topology file (default: the composed profile)")
+    parser.add_argument("file", nargs="?", help="a topology file or a profile (default: the composed profile)")
     parser.add_argument("--json", action="store_true", help="print findings as a JSON array")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args, overrides = _split(parser, argv)
-    if args.file and "=" in args.file:
+    if args.file and ("=" in args.file or (args.file.startswith("~") and not args.file.startswith("~/"))):
         overrides.insert(0, args.file)
         args.file = None
-    project = find_project()
-    registry, contracts = _load_common(project)
-    pairs = None
-    if args.file and not _is_profile(Path(args.file)):
-        topology, source = load_topology_file(Path(args.file))
-    else:
-        if args.file:
-            overrides.insert(0, f"topology={Path(args.file).stem}")
-        loaded = load_run(overrides, project)
-        topology, source, pairs = loaded.topology, loaded.source, loaded.config.pairs
-    findings = lint(topology, source, registry, contracts, pairs=pairs)
+    try:
+        loaded = _load_for_lint(args.file, overrides)
+        registry, contracts = _load_common(loaded.project)
+        findings = lint(loaded.topology, loaded.source, registry, contracts, pairs=loaded.config.pairs)
+    except UserError as exc:
+        findings = _load_findings(exc)
+        if not args.json and not any(f.code != LOAD_ERROR for f in findings):
+            raise
     if args.json:
         print(findings_json(findings))
     else:
@@ -82,11 +83,28 @@ def cmd_lint(argv: Sequence[str]) -> int:
     return exit_code(findings)
 
 
-def _is_profile(path: Path) -> bool:
-    from framework.topology.source import read_yaml
+def _load_for_lint(file: str | None, overrides: list[str]):  # type: ignore[no-untyped-def]
+    from framework.topology.load import find_project, load_file, load_run
 
-    data, _ = read_yaml(path)
-    return isinstance(data, dict) and "defaults" in data
+    if file:
+        return load_file(Path(file), overrides)
+    return load_run(overrides, find_project())
+
+
+def _load_findings(exc: UserError) -> list[Finding]:
+    """A load error as lint findings: its own rule's code when it has one (FX402…), else FX000."""
+    from framework.lint.findings import Finding
+    from framework.topology.checks import LOAD_ERROR, TOPOLOGY, CodedError
+
+    findings = []
+    for err in exc.errors if isinstance(exc, UserErrors) else [exc]:
+        if isinstance(err, CodedError):
+            code, owner, message = err.code, err.owner, err.detail
+        else:
+            code, owner = LOAD_ERROR, TOPOLOGY
+            message = f"{err.path}: {err.message}" if err.path else err.message
+        findings.append(Finding(level="error", code=code, service=owner, message=message, file=err.file, line=err.line))
+    return findings
 
 
 def cmd_docs(argv: Sequence[str]) -> int:
@@ -99,7 +117,7 @@ def cmd_docs(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     project = find_project()
     registry, contracts = _load_common(project)
-    topology, _ = load_topology_file(project / TOPOLOGY_FILE)
+    topology, _ = load_topology_file(project / TOPOLOGY_FILE, resolve=False)
     out = project / args.out
     if args.check:
         stale = check_docs(out, topology, registry, contracts)
@@ -165,11 +183,36 @@ def _run_logging(level: str, data_dir: Path) -> Iterator[None]:
         root.setLevel(previous_level)
 
 
+@contextlib.contextmanager
+def _run_tmpdir(data_dir: Path) -> Iterator[None]:
+    """Temporary files of the run go to ``data_dir/tmp``, not the system's ``/tmp``.
+
+    The embedded ClickHouse (chdb) writes a temporary file for every insert and a scratch
+    directory of its own; both follow ``TMPDIR``/``tempfile.tempdir``, so they must be set
+    before chdb is first imported (when the runtime opens the store). Restored afterwards
+    for an in-process caller (tests), whose data_dir may be gone later.
+    """
+    import os
+    import tempfile
+
+    tmp = data_dir / "tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    saved_env, saved_dir = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(tmp)
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved_dir
+        if saved_env is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved_env
+
+
 def cmd_run(overrides: Sequence[str]) -> int:
     from framework.durations import parse_seconds
     from framework.lint import format_finding, lint
     from framework.metrics import format_table
-    from framework.runtime import Runtime
     from framework.topology.load import load_run
 
     loaded = load_run(overrides)
@@ -183,7 +226,9 @@ def cmd_run(overrides: Sequence[str]) -> int:
         _err(f"the topology has {len(errors)} lint error(s); nothing was started")
         return EXIT_FINDINGS
     data_dir = Path(config.data_dir)
-    with _run_logging(config.log_level, data_dir):
+    with _run_tmpdir(data_dir), _run_logging(config.log_level, data_dir):
+        from framework.runtime import Runtime
+
         runtime = Runtime(
             loaded.topology,
             registry,
@@ -252,6 +297,15 @@ def cmd_plugin(name: str, argv: Sequence[str]) -> int:
     return int(ep.load()(list(argv)) or 0)
 
 
+def _unknown_command(word: str) -> str:
+    import difflib
+
+    commands = sorted([*VERBS, *plugin_commands()])
+    close = difflib.get_close_matches(word, commands, n=1)
+    hint = f"did you mean {close[0]}?" if close else f"commands: {', '.join(commands)}; a run takes key=value overrides"
+    return f"unknown command {word!r}; {hint}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in ("-h", "--help", "help"):
@@ -262,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return VERBS[args[0]](args[1:])
         if args and "=" not in args[0] and not args[0].startswith("-") and args[0] in plugin_commands():
             return cmd_plugin(args[0], args[1:])
+        if args and "=" not in args[0] and not args[0].startswith(("-", "~")):
+            _err(_unknown_command(args[0]))
+            return EXIT_USAGE
         flags = [a for a in args if a.startswith("-")]
         if flags:
             _err(f"unknown option {flags[0]}; overrides are key=value (see fxrun --help)")

@@ -20,6 +20,11 @@ import time
 class Clock(abc.ABC):
     simulated: bool = False
 
+    @property
+    def live(self) -> bool:
+        """True when ``now`` is real time (not simulated, not a paced replay of the past)."""
+        return False
+
     @abc.abstractmethod
     def now_ms(self) -> int:
         """Current time, Unix epoch milliseconds (UTC)."""
@@ -46,6 +51,10 @@ class WallClock(Clock):
         # Live (real time) unless replaying: from ``origin_ms``, or at ``speed`` from now.
         self._live = origin_ms is None and speed == 1.0
         self._origin_ms = int(self._start * 1000) if origin_ms is None else origin_ms
+
+    @property
+    def live(self) -> bool:
+        return self._live
 
     def now_ms(self) -> int:
         if self._live:
@@ -75,6 +84,11 @@ class SimulatedClock(Clock):
         self._now = start_ms or 0
         self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
+        self._asleep: dict[asyncio.Task[object], int] = {}
+
+    def asleep(self, task: asyncio.Task[object] | None) -> bool:
+        """Whether ``task`` is waiting for this clock (only moving event time can wake it)."""
+        return task is not None and self._asleep.get(task, 0) > 0
 
     @property
     def started(self) -> bool:
@@ -91,7 +105,16 @@ class SimulatedClock(Clock):
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (deadline, next(self._seq), future))
-        await future
+        task = asyncio.current_task()
+        if task is not None:
+            self._asleep[task] = self._asleep.get(task, 0) + 1
+        try:
+            await future
+        finally:
+            if task is not None:
+                left = self._asleep.pop(task, 1) - 1
+                if left:
+                    self._asleep[task] = left
 
     async def wait_until(self, ts_ms: int) -> None:
         await self.advance_to(ts_ms)

@@ -17,6 +17,8 @@ import orjson
 
 log = logging.getLogger(__name__)
 SUBJECT_PREFIX = "deadletter"
+TRANSPORT_SERVICE = "transport"
+"""The service name undecodable messages are dead-lettered under (no node could read them)."""
 
 
 def _jsonable(value: Any) -> Any:

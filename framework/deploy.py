@@ -3,9 +3,13 @@
 The servers: a 3-node NATS cluster (JetStream, every node routed to the others), a single
 KRaft Kafka broker, ClickHouse, TimescaleDB and DragonflyDB. Then one container per enabled
 service running ``fxrun topology=live only=[<service>]`` with the service's ``replicas``.
-Containers find the servers through the ``FXFLOW_*`` variables ``topology/live.yaml`` reads;
+Containers find the servers through the ``FXFLOW_*`` variables ``topology/live.yaml`` reads
+(``FXFLOW_NATS_URL`` lists every NATS node, so a container starts while one is down);
 every secret the topology names (``*_env``) is passed as a ``${VAR:?…}`` reference, resolved
 by ``docker compose`` from the deployer's environment, so no value is ever written.
+The broker listens without SASL on the compose network, so ``kafka.auth`` (which
+``topology/live.yaml`` takes from ``FXFLOW_KAFKA_AUTH``) is not given to the containers and
+the deployer's environment does not change the file.
 """
 
 from __future__ import annotations
@@ -136,12 +140,9 @@ class ComposeBuilder:
             if node == NATS_NODES[0]:
                 spec["ports"] = ["127.0.0.1:4222:4222", "127.0.0.1:8222:8222"]
             self._server(node, spec, "/data", healthy=True)
-        self.app_env["FXFLOW_NATS_URL"] = f"nats://{NATS_NODES[0]}:4222"
+        self.app_env["FXFLOW_NATS_URL"] = ",".join(f"nats://{node}:4222" for node in NATS_NODES)
 
     def _kafka(self) -> None:
-        kafka = self.topology.kafka
-        if kafka and kafka.auth:
-            self.app_secrets.update((kafka.auth.username_env, kafka.auth.password_env))
         env = {
             "KAFKA_NODE_ID": "1",
             "KAFKA_PROCESS_ROLES": "broker,controller",

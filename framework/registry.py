@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import logging
+import os
+import traceback
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from framework.node import Node
 
 ENTRY_POINT_GROUP = "fxflow.nodes"
-log = logging.getLogger(__name__)
+_IMPORT_MACHINERY = os.path.dirname(importlib.__file__) + os.sep
 
 
 class NoParams(BaseModel):
@@ -101,22 +102,42 @@ class Registry:
 
     @classmethod
     def discover(cls, group: str = ENTRY_POINT_GROUP) -> Registry:
-        """Every spec the installed distributions declare; broken plugins are recorded, not fatal."""
+        """Every spec the installed distributions declare; a broken plugin is recorded, not fatal.
+
+        A plugin is refused (recorded in ``load_errors``, one line each) when it cannot be
+        imported, is not a :class:`NodeSpec`, is registered under an entry-point name other
+        than its ``NodeSpec.name`` (the topology would have to use a name its ``pyproject.toml``
+        does not show), or declares a node name another plugin already took; the first one
+        found keeps the name.
+        """
         registry = cls()
+        origins: dict[str, str] = {}
         for ep in entry_points(group=group):
+            where = _origin(ep)
             try:
                 spec = ep.load()
             except Exception as exc:  # a broken third-party plugin must not stop the others
-                registry.load_errors[ep.name] = f"{type(exc).__name__}: {exc}"
-                log.warning("node plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
+                registry.load_errors[ep.name] = f"{where}: {_failure(exc)}"
                 continue
             if not isinstance(spec, NodeSpec):
-                registry.load_errors[ep.name] = f"{ep.value} is a {type(spec).__name__}, not a NodeSpec"
-                continue
-            registry.register(spec)
+                registry.load_errors[ep.name] = f"{where} is a {type(spec).__name__}, not a NodeSpec"
+            elif spec.name != ep.name:
+                registry.load_errors[ep.name] = (
+                    f"{where} declares node {spec.name!r}; the entry-point name and NodeSpec.name must be "
+                    "the same, rename one"
+                )
+            elif spec.name in registry.specs and registry.specs[spec.name] is not spec:
+                registry.load_errors[spec.name] = (
+                    f"two plugins declare node {spec.name!r}: {origins[spec.name]} is used, {where} is ignored; "
+                    "uninstall one or rename its node"
+                )
+            else:
+                registry.specs[spec.name] = spec
+                origins[spec.name] = where
         return registry
 
     def register(self, spec: NodeSpec) -> None:
+        """Add a spec built in code (tests, embedding); a second spec under a taken name is a bug, so it raises."""
         if spec.name in self.specs and self.specs[spec.name] is not spec:
             raise ValueError(f"node plugin {spec.name!r} is registered twice")
         self.specs[spec.name] = spec
@@ -135,3 +156,26 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self.specs)
+
+
+def _origin(ep: EntryPoint) -> str:
+    """``entry point NAME = module:attr (distribution version)``, for messages naming a plugin."""
+    dist = getattr(ep, "dist", None)
+    owner = f" ({dist.name} {dist.version})" if dist is not None else ""
+    return f"entry point {ep.name} = {ep.value}{owner}"
+
+
+def _failure(exc: BaseException) -> str:
+    """One line: the exception and, when it arose in the plugin's code, the file:line it arose at.
+
+    The first frame is :meth:`Registry.discover` itself and the import machinery says nothing
+    about the plugin, so both are skipped.
+    """
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)[1:]
+        if not frame.filename.startswith("<") and not frame.filename.startswith(_IMPORT_MACHINERY)
+    ]
+    at = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {text}{at}"

@@ -10,6 +10,7 @@ commits log offsets and closes transports.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import logging
 import time
@@ -23,7 +24,7 @@ import orjson
 from framework.clock import Clock, SimulatedClock, WallClock
 from framework.context import NodeContext, OutputRoute, TableHandle
 from framework.contracts import BoundaryValidator, Contract, ContractRegistry
-from framework.deadletter import DeadLetters
+from framework.deadletter import TRANSPORT_SERVICE, DeadLetters
 from framework.durations import parse_seconds
 from framework.errors import UserError
 from framework.metrics import ServiceMetrics
@@ -48,35 +49,120 @@ from framework.wiring import Endpoint, Wiring, resolve
 
 log = logging.getLogger("fxflow.runtime")
 ANY_CONTRACT = "any"
+_starting: contextvars.ContextVar[tuple[str, asyncio.Task[Any] | None] | None] = contextvars.ContextVar("fxflow_starting", default=None)
+
+
+def _starting_here() -> str | None:
+    """The service whose ``on_start`` is running on this very task (tasks it spawns inherit the context, not the role)."""
+    state = _starting.get()
+    if state is not None and state[1] is asyncio.current_task():
+        return state[0]
+    return None
 
 
 def dependency_order(wiring: Wiring, services: Sequence[str]) -> list[str]:
-    """Publishers before their consumers; cycles (execution ⇄ broker) keep declaration order."""
-    chosen = set(services)
+    """Publishers before their consumers.
+
+    Services on a cycle (execution ⇄ broker) form one strongly connected component; the
+    components are ordered topologically and a component keeps declaration order inside,
+    so a service downstream of a cycle still comes after every member of it.
+    """
     outs: dict[str, list[Endpoint]] = {s: [] for s in services}
     ins: dict[str, list[Endpoint]] = {s: [] for s in services}
     for e in wiring.endpoints:
-        if e.service in chosen and e.kind != "table":
+        if e.service in outs:
             (outs if e.direction == "out" else ins)[e.service].append(e)
-    edges: dict[str, set[str]] = {s: set() for s in services}
+    edges: dict[str, list[str]] = {s: [] for s in services}
     for a in services:
         for b in services:
             if a != b and any(_reaches(o, i) for o in outs[a] for i in ins[b]):
-                edges[a].add(b)
-    indegree = {s: 0 for s in services}
-    for a in services:
+                edges[a].append(b)
+    return order_graph(list(services), edges)
+
+
+def order_graph(nodes: list[str], edges: dict[str, list[str]]) -> list[str]:
+    """Topological order of ``nodes`` with cycles collapsed (Tarjan), stable by position."""
+    position = {n: i for i, n in enumerate(nodes)}
+    component: dict[str, int] = {}
+    components: list[list[str]] = []
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+
+    def visit(root: str) -> None:
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                members = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component[member] = len(components)
+                    members.append(member)
+                    if member == node:
+                        break
+                components.append(sorted(members, key=position.__getitem__))
+
+    for n in nodes:
+        if n not in index:
+            visit(n)
+    successors: dict[int, set[int]] = {c: set() for c in range(len(components))}
+    indegree = dict.fromkeys(range(len(components)), 0)
+    for a in nodes:
         for b in edges[a]:
-            indegree[b] += 1
+            ca, cb = component[a], component[b]
+            if ca != cb and cb not in successors[ca]:
+                successors[ca].add(cb)
+                indegree[cb] += 1
+    first = {c: position[members[0]] for c, members in enumerate(components)}
+    ready = sorted((c for c, d in indegree.items() if d == 0), key=first.__getitem__)
     order: list[str] = []
-    remaining = list(services)
-    while remaining:
-        ready = [s for s in remaining if indegree[s] == 0] or [remaining[0]]
-        node = ready[0]
-        remaining.remove(node)
-        order.append(node)
-        for b in edges[node]:
-            indegree[b] -= 1
+    while ready:
+        c = ready.pop(0)
+        order.extend(components[c])
+        for succ in successors[c]:
+            indegree[succ] -= 1
+            if indegree[succ] == 0:
+                ready.append(succ)
+        ready.sort(key=first.__getitem__)
     return order
+
+
+def _make_clock(settings: Any) -> Clock:
+    if settings.clock == "simulated":
+        return SimulatedClock()
+    from framework.params import utc_ms
+
+    origin = utc_ms(settings.clock_origin) if settings.clock_origin else None
+    return WallClock(settings.clock_speed, origin)
+
+
+def _not_running_reason(host: ServiceHost) -> str:
+    if host.metrics.state == "failed":
+        return f"service {host.name} gave up after repeated failures (see its last_error)"
+    starting = _starting_here()
+    if starting is not None:
+        return f"published by {starting} during its on_start, before {host.name} had started (a start-up cycle)"
+    return f"service {host.name} is stopping"
 
 
 def _reaches(out: Endpoint, inp: Endpoint) -> bool:
@@ -107,7 +193,37 @@ class ServiceHost:
     consecutive_failures: int = 0
     finished: bool = False
     restarting: bool = False
-    _arity: dict[str, int] = field(default_factory=dict)
+    healthy_since: float = 0.0
+    closing: bool = False
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _signal_change(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    @property
+    def gone(self) -> bool:
+        """The node will not run again in this process (stopping, or given up)."""
+        return self.closing or self.runtime.halting or self.metrics.state == "failed"
+
+    async def wait_for_node(self) -> Node | None:
+        """The running node, once it is (re)started; ``None`` if it will not run again.
+
+        A message that arrives while its node starts or restarts waits for it instead of
+        being turned away (a consumer group's backlog at start-up, a JetStream redelivery).
+        Inline in-process delivery from another node's ``on_start`` cannot wait (that
+        start is what the waiting would block), so it gets ``None`` too.
+        """
+        while self.node is None or self.restarting:
+            if self.gone or _starting_here() is not None:
+                return None
+            waiters = [asyncio.ensure_future(self._changed.wait()), asyncio.ensure_future(self.runtime.halt_event.wait())]
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+        return self.node
 
     def handler_for(self, port: str) -> Callable[[str, dict[str, Any], Any], Awaitable[None]]:
         method = self.node_cls.handlers().get(port)
@@ -123,9 +239,12 @@ class ServiceHost:
             metrics.received += 1
             per_port[port] = per_port.get(port, 0) + 1
             node = self.node
-            if node is None:
-                await self.ctx.dead_letter("service is not running (restarting or stopped)", message, origin)
-                return
+            if node is None or self.restarting:
+                node = await self.wait_for_node()
+                if node is None:
+                    reason = _not_running_reason(self)
+                    await self.ctx.dead_letter(reason, message, origin)
+                    return
             started = perf()
             try:
                 fn = getattr(node, method)
@@ -142,16 +261,30 @@ class ServiceHost:
         self.metrics.errors += 1
         self.metrics.last_error = f"{type(exc).__name__}: {exc}"
         self.consecutive_failures += 1
+        first = self.metrics.errors == 1
         log.error(
-            "service %s: handler failed on %s: %s: %s", self.name, origin, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+            "service %s (node %s): handler failed on %s: %s: %s",
+            self.name,
+            self.spec.name,
+            origin,
+            type(exc).__name__,
+            exc,
+            exc_info=exc if first or log.isEnabledFor(logging.DEBUG) else None,
         )
         await self.ctx.dead_letter(f"handler error: {type(exc).__name__}: {exc}", message, origin)
         if self.consecutive_failures >= self.runtime.topology.runtime.restart.failures_before_restart:
             self.schedule_restart(f"{self.consecutive_failures} consecutive handler failures")
 
     async def start(self) -> None:
-        self.node = self.node_cls(self.ctx, self.params)
-        await self.node.on_start()
+        node = self.node_cls(self.ctx, self.params)
+        token = _starting.set((self.name, asyncio.current_task()))
+        try:
+            await node.on_start()
+        finally:
+            _starting.reset(token)
+        self.node = node
+        self.healthy_since = time.monotonic()
+        self._signal_change()
         for method, interval in self.node_cls.timers().items():
             seconds = timer_seconds(interval, self.params)
             self.tasks.append(asyncio.create_task(self._timer(method, seconds), name=f"{self.name}.{method}"))
@@ -181,7 +314,7 @@ class ServiceHost:
         except Exception as exc:
             self.metrics.errors += 1
             self.metrics.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("service %s: run() crashed: %s: %s", self.name, type(exc).__name__, exc)
+            log.error("service %s (node %s): run() crashed: %s: %s", self.name, self.spec.name, type(exc).__name__, exc, exc_info=exc)
             self.schedule_restart(f"run() crashed: {exc}")
             return
         self.finished = True
@@ -191,30 +324,48 @@ class ServiceHost:
     def schedule_restart(self, reason: str) -> None:
         if not self.restarting:
             self.restarting = True
+            self._signal_change()
             self.runtime.spawn(self._restart(reason), f"{self.name}.restart")
 
     async def _restart(self, reason: str) -> None:
         policy = self.runtime.topology.runtime.restart
         self.metrics.state = "restarting"
+        healthy_for = time.monotonic() - self.healthy_since if self.node is not None else 0.0
         await self.stop_node(cancel_current=False)
+        if self.metrics.restarts and healthy_for >= policy.reset_after_s:
+            log.info("service %s: ran %.0fs without failing since its last restart; restart budget reset", self.name, healthy_for)
+            self.metrics.restarts = 0
         if self.metrics.restarts >= policy.max_restarts:
-            self.metrics.state = "failed"
-            log.error("service %s: giving up after %d restarts (%s); the other services keep running", self.name, self.metrics.restarts, reason)
-            self.restarting = False
-            self.finished = True
-            self.runtime.notify_finished()
+            self._give_up(f"giving up after {self.metrics.restarts} restarts ({reason}); the other services keep running")
             return
         delay = min(policy.backoff_initial * (2 ** self.metrics.restarts), policy.backoff_max)
         log.warning("service %s: restarting in %.2fs (%s)", self.name, delay, reason)
-        await asyncio.sleep(delay)
+        try:
+            await asyncio.wait_for(self.runtime.halt_event.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            pass
+        if self.runtime.halting or self.closing:
+            log.warning("service %s: not restarted, the runtime is stopping (%s)", self.name, reason)
+            self.restarting = False
+            self.metrics.state = "stopped"
+            self._signal_change()
+            return
         self.metrics.restarts += 1
         self.consecutive_failures = 0
         self.restarting = False
         try:
             await self.start()
         except Exception as exc:
-            log.error("service %s: on_start failed: %s", self.name, exc)
+            log.error("service %s (node %s): on_start failed: %s: %s", self.name, self.spec.name, type(exc).__name__, exc, exc_info=exc)
             self.schedule_restart(f"on_start failed: {exc}")
+
+    def _give_up(self, message: str) -> None:
+        self.metrics.state = "failed"
+        log.error("service %s: %s", self.name, message)
+        self.restarting = False
+        self.finished = True
+        self._signal_change()
+        self.runtime.notify_finished()
 
     async def stop_node(self, cancel_current: bool = True) -> None:
         current = asyncio.current_task()
@@ -229,6 +380,7 @@ class ServiceHost:
                 except (asyncio.CancelledError, Exception):
                     pass
         node, self.node = self.node, None
+        self._signal_change()
         if node is not None:
             try:
                 await node.on_stop()
@@ -258,7 +410,7 @@ class Runtime:
         self.wiring = resolve(topology, registry, self.pairs)
         self.services = self._select(only)
         settings = topology.runtime
-        self.clock = clock or (SimulatedClock() if settings.clock == "simulated" else WallClock())
+        self.clock = clock or _make_clock(settings)
         self.pubsub = pubsub
         self.log = log_transport
         self.validator = BoundaryValidator(settings.validation, settings.sample_every)
@@ -269,6 +421,7 @@ class Runtime:
         self.dead_letters: DeadLetters | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._stop = asyncio.Event()
+        self._halt = asyncio.Event()
         self._drain = False
         self._started = False
         self.order: list[str] = []
@@ -323,7 +476,7 @@ class Runtime:
             log.error("undecodable message on %s before start: %s", origin, reason)
             return
         self.spawn(
-            self.dead_letters.put("transport", f"undecodable: {reason}", payload, str(origin), self.clock.now_ms()),
+            self.dead_letters.put(TRANSPORT_SERVICE, f"undecodable: {reason}", payload, str(origin), self.clock.now_ms()),
             "dead-letter",
         )
 
@@ -429,29 +582,48 @@ class Runtime:
                 consumer = self.log.consumer(binding.group or host.name, binding.topics)
                 await consumer.start()
                 host.consumers.append(consumer)
-                host.consume_tasks.append(asyncio.create_task(self._consume(consumer, deliver), name=f"{host.name}.{port}"))
+                host.consume_tasks.append(asyncio.create_task(self._consume(host, consumer, deliver), name=f"{host.name}.{port}"))
 
-    async def _consume(self, consumer: LogConsumer, deliver: Callable[..., Awaitable[None]]) -> None:
-        """At-least-once: commit only after every record of the batch was handled (or dead-lettered).
+    async def _consume(self, host: ServiceHost, consumer: LogConsumer, deliver: Callable[..., Awaitable[None]]) -> None:
+        """At-least-once: commit only what was handled (or dead-lettered by its handler).
 
-        On a requested stop the loop ends after the current batch; when the run ends because
-        every source finished, it first drains what is already in the log (nothing is left
-        behind in a backtest, whose log is not persisted).
+        Nothing is fetched before the node runs, and a record whose node is restarting waits
+        for it. If the node will not run again (the process is stopping mid-restart, or the
+        node gave up), the loop commits what was handled and leaves the rest uncommitted, so
+        the group redelivers it to the next run instead of dead-lettering a backlog. On a
+        requested stop the loop ends after the current batch; when the run ends because every
+        source finished, it first drains what is already in the log (nothing is left behind
+        in a backtest, whose log is not persisted).
         """
+        if await host.wait_for_node() is None:
+            return
         while True:
             stopping = self._stop.is_set()
             if stopping and not self._drain:
                 return
             records = await consumer.getmany(timeout_ms=0 if stopping else 200, max_records=500)
+            handled: dict[tuple[str, int], int] = {}
             for record in records:
+                if (host.node is None or host.restarting) and await host.wait_for_node() is None:
+                    await self._commit(consumer, handled)
+                    if host.metrics.state == "failed":
+                        log.error("service %s failed; its records from %s stay uncommitted for the next run", host.name, record.topic)
+                    return
                 await deliver(f"{record.topic}[{record.partition}]@{record.offset}", record.value, record.headers)
+                handled[(record.topic, record.partition)] = record.offset + 1
             if records:
-                try:
-                    await consumer.commit()
-                except TransportError as exc:
-                    log.warning("commit failed (%s); the group will redeliver those records", exc)
+                await self._commit(consumer, handled)
             elif stopping:
                 return
+
+    @staticmethod
+    async def _commit(consumer: LogConsumer, offsets: dict[tuple[str, int], int]) -> None:
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except TransportError as exc:
+            log.warning("commit failed (%s); the group will redeliver those records", exc)
 
     async def start(self) -> None:
         if self._started:
@@ -477,6 +649,8 @@ class Runtime:
             log.info("service %s started (%s)", name, self.hosts[name].spec.name)
         interval = parse_seconds(self.topology.runtime.metrics_interval)
         self.spawn(self._write_metrics_periodically(interval), "metrics")
+        if isinstance(self.clock, SimulatedClock):
+            self.spawn(self._watch_for_stall(), "stall-watch")
         for store in {id(s): s for s in self.stores.values()}.values():
             self.spawn(self._maintain_periodically(store), f"maintain-{store.name}")
         port = self.topology.runtime.metrics_port
@@ -488,15 +662,42 @@ class Runtime:
 
     def notify_finished(self) -> None:
         sources = [h for h in self.hosts.values() if h.node_cls.overrides_run()]
-        if sources and all(h.finished for h in sources):
+        if not sources:
+            return
+        waiting = [h for h in sources if not h.finished]
+        if waiting and self._stalled(waiting):
+            log.warning(
+                "%s wait(s) for simulated time, but no source is left to move it; stopping",
+                ", ".join(h.name for h in waiting),
+            )
+            waiting = []
+        if not waiting:
             log.info("every source has finished; stopping")
             self._drain = True
             for host in self.hosts.values():
                 host.ctx.input_complete = True
             self._stop.set()
 
+    def _stalled(self, waiting: list[ServiceHost]) -> bool:
+        """Every unfinished source sleeps on the simulated clock: nothing can ever wake it."""
+        clock = self.clock
+        if not isinstance(clock, SimulatedClock):
+            return False
+        runs = [next((t for t in h.tasks if t.get_name() == f"{h.name}.run"), None) for h in waiting]
+        return all(clock.asleep(task) for task in runs)
+
     def request_stop(self) -> None:
+        self._halt.set()
         self._stop.set()
+
+    @property
+    def halting(self) -> bool:
+        """A stop was requested (not the drain that follows when every source finished)."""
+        return self._halt.is_set()
+
+    @property
+    def halt_event(self) -> asyncio.Event:
+        return self._halt
 
     async def wait(self, duration: float | None = None) -> None:
         """Until stop is requested, every source finished, or ``duration`` seconds passed."""
@@ -525,6 +726,8 @@ class Runtime:
 
     async def stop(self) -> None:
         """Producers first: each service stops taking input, finishes what it holds, flushes."""
+        if not self._drain:
+            self._halt.set()
         self._stop.set()
         if self.observability is not None:
             await self.observability.close()
@@ -536,6 +739,8 @@ class Runtime:
             await asyncio.gather(*host.consume_tasks, return_exceptions=True)
             for consumer in host.consumers:
                 await consumer.stop()
+            host.closing = True
+            host._signal_change()
             await host.stop_node()
             if host.metrics.state != "failed":
                 host.metrics.state = "stopped"
@@ -583,6 +788,13 @@ class Runtime:
             except Exception as exc:
                 log.error("maintenance of store %s failed (will retry): %s", store.name, exc)
             await asyncio.sleep(every_s)
+
+    async def _watch_for_stall(self, every_s: float = 0.25) -> None:
+        """A source may fall asleep on the simulated clock after the last other one finished."""
+        while not self._stop.is_set():
+            await asyncio.sleep(every_s)
+            if any(h.finished for h in self.hosts.values() if h.node_cls.overrides_run()):
+                self.notify_finished()
 
     async def _write_metrics_periodically(self, interval: float) -> None:
         while True:

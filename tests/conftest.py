@@ -7,7 +7,8 @@ Each fixture yields a started :class:`framework.infra.LocalServer`; use ``.url``
 namespace their subjects, topics, tables and keys. A test that kills or restarts its server
 takes the function-scoped variant (``nats_server_fn``, ``kafka_server_fn``,
 ``postgres_server_fn``, ``redis_server_fn``). When a server's package is not installed the
-test is skipped; any other start-up failure is an error.
+test is skipped, or fails when ``FXFLOW_REQUIRE_SERVERS=1`` (as ``tasks.py test`` sets it);
+any other start-up failure is an error.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from framework.infra import (
     ServerUnavailable,
 )
 
+from transport_helpers import server_unavailable
+
 S = TypeVar("S", bound=LocalServer)
 
 
@@ -33,7 +36,7 @@ def _serve(cls: type[S], factory: pytest.TempPathFactory, **kwargs: Any) -> Iter
     try:
         server = cls(factory.mktemp(cls.name), **kwargs)
     except ServerUnavailable as exc:
-        pytest.skip(f"{cls.name} server unavailable: {exc}")
+        server_unavailable(f"{cls.name} server unavailable: {exc}")
     server.start()
     try:
         yield server

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +129,53 @@ def test_mistake_in_the_yaml_is_reported_with_file_and_line(
     monkeypatch.chdir(tmp_path)
     lines = assert_user_error(*fxrun(capsys, f"data_dir={tmp_path / 'data'}"))
     assert any(f"topology/services.yaml:{line}:" in l and "spread-watch.replicas" in l for l in lines)
+
+
+@pytest.mark.parametrize(("word", "hint"), [("lnt", "did you mean lint?"), ("dcos", "did you mean docs?"), ("xyzzy", "commands: ")])
+def test_unknown_command_is_named(capsys: pytest.CaptureFixture[str], word: str, hint: str) -> None:
+    code, out, err = fxrun(capsys, word)
+    assert code == 2 and out == ""
+    assert err.startswith(f"fxrun: error: unknown command {word!r}; {hint}") and len(err.splitlines()) == 1
+
+
+# Records every file and directory the run creates from Python (chdb's temporary files are
+# created and deleted within the run, so an empty directory afterwards alone proves nothing).
+_CREATIONS = """
+import json, os, sys
+created = []
+def hook(event, args):
+    if event == "open" and isinstance(args[0], (str, bytes)) and isinstance(args[2], int) \\
+            and args[2] & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+        created.append(os.path.abspath(os.fsdecode(args[0])))
+    elif event == "os.mkdir":
+        created.append(os.path.abspath(os.fsdecode(args[0])))
+sys.addaudithook(hook)
+from framework.cli import main
+code = main(sys.argv[1:])
+print("CREATED " + json.dumps(created))
+sys.exit(code)
+"""
+
+
+def test_a_run_writes_only_under_data_dir(tmp_path: Path) -> None:
+    cwd, tmp, data = tmp_path / "cwd", tmp_path / "tmp", tmp_path / "data"
+    cwd.mkdir()
+    tmp.mkdir()
+    env = {**os.environ, "FXFLOW_PROJECT": str(PROJECT), "TMPDIR": str(tmp), "PYTHONPATH": str(PROJECT)}
+    argv = [
+        "topology=demo",
+        "pairs=[EURUSD]",
+        "topology.services.polygon-live-collector.params.simulation.duration=5m",
+        f"data_dir={data}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _CREATIONS, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    created = json.loads(next(l for l in result.stdout.splitlines() if l.startswith("CREATED "))[len("CREATED "):])
+    outside = [p for p in created if Path(p).is_relative_to(cwd) or Path(p).is_relative_to(tmp)]
+    assert outside == []
+    assert any(Path(p).is_relative_to(data / "tmp") for p in created)  # the embedded ClickHouse's temporary files
+    assert list(cwd.iterdir()) == [] and list(tmp.iterdir()) == []
+    assert (data / "metrics.json").is_file() and (data / "logs" / "fxrun.log").is_file()
+    assert (data / "clickhouse").is_dir()

@@ -109,3 +109,117 @@ def test_run_refuses_a_topology_that_fails_lint(
     err = capsys.readouterr().err
     assert "ERROR FX201 spread-watch" in err and "nothing was started" in err
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ---------------------------------------------------------------- lint FILE
+
+
+def test_lint_of_the_projects_own_services_file_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", "topology/services.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert " FX102 " not in out and "${" not in out
+
+
+def test_lint_of_a_file_applies_overrides(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["lint", "topology/services.yaml", "topology.services.spread-watch.enabled=false"]) == 0
+    assert "WARNING FX100 spread-watch: " in capsys.readouterr().out
+    assert main(["lint", "--json", "topology/services.yaml", "pairs=[EURUSD,XAUUDS]"]) == 1
+    (finding,) = [f for f in json.loads(capsys.readouterr().out) if f["code"] == "FX401"]
+    assert finding["service"] == "topology" and "did you mean XAUUSD" in finding["message"]
+
+
+def test_lint_of_a_profile_file_composes_it_from_its_own_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(ROOT / "topology", tmp_path / "topology")
+    demo = tmp_path / "topology" / "demo.yaml"
+    demo.write_text(demo.read_text().replace("  data-bridge:\n", "  data-brigde:\n"))
+    assert main(["lint", str(demo)]) == 1
+    err = capsys.readouterr().err
+    assert f"{demo}:" in err and "'data-brigde' is not declared" in err
+    assert main(["lint", "--quiet", "topology/demo.yaml"]) == 0  # the project's own profile is fine
+
+
+def test_lint_of_a_profile_outside_a_topology_directory_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stray = tmp_path / "demo.yaml"
+    shutil.copy(ROOT / "topology" / "demo.yaml", stray)
+    assert main(["lint", str(stray)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"fxrun: error: {stray}: this is a profile") and "topology/ directory" in err
+
+
+def _with_duplicates(tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A copy of services.yaml with one duplicate service, topic and table key; the lines of the repeats."""
+    text = (ROOT / "topology" / "services.yaml").read_text()
+    text = text.replace("topics:\n", "topics:\n  tick_archive: {partitions: 1, retention: 1d}\n", 1)
+    text = text.replace("tables:\n", "tables:\n  tick_stats: {store: clickhouse, contract: tick_stats.v1, retention: 1d}\n", 1)
+    text += "\n  spread-watch:\n    node: template\n    phase: support\n"
+    path = tmp_path / "services.yaml"
+    path.write_text(text)
+    lines = text.splitlines()
+
+    def second(prefix: str) -> int:
+        return [n for n, line in enumerate(lines, 1) if line.startswith(prefix)][1]
+
+    return path, {name: second(f"  {name}:") for name in ("spread-watch", "tick_archive", "tick_stats")}
+
+
+def test_lint_reports_duplicate_keys_as_fx402_findings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, lines = _with_duplicates(tmp_path)
+    assert main(["lint", str(path)]) == 1
+    out, err = capsys.readouterr()
+    found = sorted(line for line in out.splitlines() if line.startswith("ERROR FX402 "))
+    assert found == sorted(
+        [
+            f"ERROR FX402 spread-watch: duplicate service 'spread-watch' (first defined at line {_first(path, '  spread-watch:')}); "
+            f"YAML keeps only the last one, so rename or merge them ({path}:{lines['spread-watch']})",
+            f"ERROR FX402 tick_archive: duplicate topic 'tick_archive' (first defined at line {_first(path, '  tick_archive:')}); "
+            f"YAML keeps only the last one, so rename or merge them ({path}:{lines['tick_archive']})",
+            f"ERROR FX402 tick_stats: duplicate table 'tick_stats' (first defined at line {_first(path, '  tick_stats:')}); "
+            f"YAML keeps only the last one, so rename or merge them ({path}:{lines['tick_stats']})",
+        ]
+    )
+    assert "fxrun: error" not in err and "3 error(s)" in err
+
+
+def _first(path: Path, prefix: str) -> int:
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if line.startswith(prefix))
+
+
+def test_lint_json_reports_duplicate_keys_as_findings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, lines = _with_duplicates(tmp_path)
+    assert main(["lint", "--json", str(path)]) == 1
+    findings = json.loads(capsys.readouterr().out)
+    got = {(f["code"], f["level"], f["service"], f["file"], f["line"]) for f in findings}
+    assert got == {("FX402", "error", name, str(path), line) for name, line in lines.items()}
+
+
+def test_lint_json_reports_any_other_load_error_as_a_finding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: \xff\xfe bad\n")
+    assert main(["lint", "--json", str(path)]) == 1
+    (finding,) = json.loads(capsys.readouterr().out)
+    assert (finding["code"], finding["level"], finding["file"], finding["line"]) == ("FX000", "error", str(path), 1)
+    assert "not UTF-8" in finding["message"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"name: \xff\xfe bad\n", ":1: not UTF-8 text: byte 0xff at offset 6"),
+        (b"a:" + b" [" * 2000 + b"\n", ":1: YAML nested more than"),
+        (b"a: 1\n" + bytes(range(256)) * 4, ":3: not UTF-8 text: byte 0x80 at offset 133"),
+        (b"a: 1\nb: \x00\x00\x00\n", ":2: not a YAML text file: character U+0000"),
+    ],
+)
+def test_lint_of_an_unreadable_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expected: str
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    assert main(["lint", str(path)]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err
+    assert len(err.splitlines()) == 1 and err.startswith(f"fxrun: error: {path}{expected}")

@@ -273,8 +273,18 @@ def test_containers_get_the_urls_live_yaml_reads() -> None:
     given = {k for k in env if k.startswith("FXFLOW_")} - {"FXFLOW_METRICS_HOST"}
     assert {"FXFLOW_NATS_URL", "FXFLOW_KAFKA_BOOTSTRAP", "FXFLOW_POSTGRES_URL", "FXFLOW_REDIS_URL"} <= given
     assert given <= reads
-    assert env["FXFLOW_NATS_URL"].startswith("nats://nats-")
     assert env["FXFLOW_KAFKA_BOOTSTRAP"] == "kafka:9092"
+
+
+def test_every_container_is_given_every_nats_node() -> None:
+    _, document = _document(*BIGGER)
+    nodes = sorted(name for name, spec in document["services"].items() if spec["image"].startswith("nats:"))
+    apps = {name: spec for name, spec in document["services"].items() if spec["image"] == "fxflow:latest"}
+    assert len(nodes) == 3 and len(apps) >= 4
+    for spec in apps.values():
+        urls = spec["environment"]["FXFLOW_NATS_URL"].split(",")
+        assert urls == [f"nats://{node}:4222" for node in nodes]
+        assert set(nodes) <= set(spec["depends_on"])
 
 
 def test_the_nats_cluster_has_three_routed_nodes() -> None:
@@ -310,6 +320,7 @@ def test_no_secret_value_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_output_is_deterministic(monkeypatch: pytest.MonkeyPatch) -> None:
     first = render(compose(_topology(*BIGGER)))
     monkeypatch.setenv("FXFLOW_NATS_URL", "nats://elsewhere:4222")
+    monkeypatch.setenv("FXFLOW_KAFKA_AUTH", "{mechanism: PLAIN, username_env: KAFKA_USERNAME, password_env: KAFKA_PASSWORD}")
     monkeypatch.setenv("FXFLOW_POSTGRES_URL", "postgresql://u:p@elsewhere/db")
     assert render(compose(_topology(*BIGGER))) == first
 

@@ -274,8 +274,33 @@ def test_fx101_plugin_that_failed_to_load(tmp_path: Path) -> None:
     assert len(found) == 1 and "failed to load" in found[0].message and "xgboost" in found[0].message
 
 
+def test_fx101_a_node_name_two_installed_plugins_claim(tmp_path: Path) -> None:
+    shadowed = "two plugins declare node 'monitor': entry point monitor = a:SPEC (a 1.0) is used, entry point monitor = b:SPEC (b 2.0) is ignored"
+    registry = make_registry(load_errors={"monitor": shadowed})
+    found = only(run(tmp_path, registry=registry), "FX101")
+    assert [f.service for f in found] == ["monitor"]
+    assert found[0].level == "error" and "ambiguous" in found[0].message and "(b 2.0) is ignored" in found[0].message
+
+
 def test_fx101_not_for_known_plugins(tmp_path: Path) -> None:
     assert not only(run(tmp_path), "FX101")
+
+
+def test_fx101_misspelt_node_of_a_disabled_service(tmp_path: Path) -> None:
+    found = run(tmp_path, services(monitor={"node": "monitr", "enabled": False}))
+    fx101 = only(found, "FX101")
+    assert len(fx101) == 1 and fx101[0].level == "error" and fx101[0].service == "monitor"
+    assert "did you mean 'monitor'?" in fx101[0].message
+    assert fx101[0].line == line_of(tmp_path, "node: monitr")
+    fx100 = only(found, "FX100")
+    assert len(fx100) == 1 and "not built" not in fx100[0].message
+
+
+def test_fx101_not_for_a_disabled_service_whose_node_is_not_built(tmp_path: Path) -> None:
+    """``rl_trainer`` is close to nothing registered (``bar_aggregator`` is far): only FX100."""
+    found = run(tmp_path, services(finrl={"node": "rl_trainer", "phase": "training", "enabled": False}))
+    assert [f.code for f in found] == ["FX100"]
+    assert "not built yet" in found[0].message
 
 
 # ---------------------------------------------------------------- FX102
@@ -293,6 +318,17 @@ def test_fx102_params_rejected_by_schema(tmp_path: Path) -> None:
     assert ("aggregator", line_of(tmp_path, "window: 0")) in by_service
     unknown = next(f for f in found if "pairz" in f.message)
     assert "did you mean 'pairs'" in unknown.message
+
+
+def test_fx102_warns_when_a_params_model_ignores_unknown_keys(tmp_path: Path) -> None:
+    class Loose(BaseModel):
+        window: int = 5
+
+    registry = make_registry(_spec("loose", "sink", params=Loose, inputs={"events": Port("any")}))
+    patch = services(loose={"node": "loose", "phase": "support", "params": {"windw": 3}, "inputs": {"events": {"nats": "orders.>"}}})
+    found = only(run(tmp_path, patch, registry=registry), "FX102")
+    assert [(f.level, f.service) for f in found] == [("warning", "loose")]
+    assert "extra='forbid'" in found[0].message
 
 
 def test_fx102_valid_params(tmp_path: Path) -> None:
@@ -429,6 +465,16 @@ def test_fx202_ignores_deadletters_and_kafka_archives(tmp_path: Path) -> None:
         "services": {"risk": {"outputs": {"decisions": {"nats": "deadletter.risk", "kafka": "risk_events_archive"}}}},
     }
     assert not only(run(tmp_path, patch), "FX202")
+
+
+def test_fx202_a_catch_all_subscription_is_no_consumer(tmp_path: Path) -> None:
+    patch = services(monitor={"inputs": {"events": {"nats": ["*.>", "orders.>"]}}})
+    found = run(tmp_path, patch)
+    assert not only(found, "FX202")
+    patch = services(monitor={"inputs": {"events": {"nats": "*.>"}}})
+    found = only(run(tmp_path, patch), "FX202")
+    assert [f.service for f in found] == ["execution"]
+    assert "only the catch-all subscription '*.>' of monitor matches 'orders.{status}.{symbol}'" in found[0].message
 
 
 # ---------------------------------------------------------------- FX203
@@ -620,6 +666,57 @@ def test_fx302_columns_without_contract_are_fine(tmp_path: Path) -> None:
     assert not only(run(tmp_path, patch), "FX302")
 
 
+KV_STORES = {
+    "dragonfly": {"kind": "redis", "url": "redis://localhost:6379/0"},
+    "local": {"kind": "memory", "url": "memory://"},
+}
+
+
+def test_fx302_key_value_tables_need_a_finite_retention(tmp_path: Path) -> None:
+    patch = {
+        "stores": KV_STORES,
+        "tables": {
+            "dedup_keys": {"store": "dragonfly", "engine": "kv", "columns": {"key": "str"}},
+            "latest_quotes": {"store": "local", "engine": "kv", "columns": {"key": "str"}, "retention": "forever"},
+            "live_bars": {"store": "clickhouse", "contract": "bar.v1", "retention": "forever"},
+        },
+    }
+    found = only(run(tmp_path, patch), "FX302")
+    by_table = {f.service: f for f in found}
+    assert set(by_table) == {"dedup_keys", "latest_quotes", "live_bars"} and len(found) == 3
+    assert "no retention" in by_table["dedup_keys"].message and "(redis)" in by_table["dedup_keys"].message
+    assert "keeps its data forever" in by_table["latest_quotes"].message and "(memory)" in by_table["latest_quotes"].message
+    assert "live_*" in by_table["live_bars"].message
+    assert all(f.level == "error" for f in found)
+    assert by_table["latest_quotes"].line == line_of(tmp_path, "retention: forever", after="latest_quotes:")
+
+
+def test_fx302_table_engine_must_fit_the_store(tmp_path: Path) -> None:
+    patch = {
+        "stores": KV_STORES,
+        "tables": {
+            "quotes": {"store": "dragonfly", "contract": "tick.v1", "retention": "1d"},
+            "claims": {"store": "clickhouse", "engine": "kv", "columns": {"key": "str"}, "retention": "1d"},
+        },
+    }
+    found = only(run(tmp_path, patch), "FX302")
+    by_table = {f.service: f.message for f in found}
+    assert "holds only `engine: kv` tables" in by_table["quotes"]
+    assert "cannot provide" in by_table["claims"]
+    assert len(found) == 2
+
+
+def test_fx302_key_value_tables_with_a_ttl_are_fine(tmp_path: Path) -> None:
+    patch = {
+        "stores": KV_STORES,
+        "tables": {
+            "dedup_keys": {"store": "dragonfly", "engine": "kv", "columns": {"key": "str"}, "retention": "2d"},
+            "latest_quotes": {"store": "local", "engine": "kv", "columns": {"key": "str"}, "retention": "1h"},
+        },
+    }
+    assert not only(run(tmp_path, patch), "FX302")
+
+
 # ---------------------------------------------------------------- FX401
 
 
@@ -762,6 +859,41 @@ def test_fx501_gated_pipeline_is_fine(tmp_path: Path) -> None:
     assert not only(run(tmp_path), "FX501")
 
 
+SIGNAL_TABLES = {
+    "trading_signals": {"store": "clickhouse", "contract": "signal.v1"},
+    "risk_decisions": {"store": "clickhouse", "contract": "risk_decision.v1"},
+}
+
+
+def test_fx501_execution_reads_a_table_the_signal_source_writes(tmp_path: Path) -> None:
+    patch = {
+        "tables": SIGNAL_TABLES,
+        **services(
+            inference={"outputs": {"signals": {"nats": "signals.{symbol}", "tables": "trading_signals"}}},
+            execution={"reads": ["trading_signals"]},
+        ),
+    }
+    found = only(run(tmp_path, patch), "FX501")
+    assert len(found) == 1 and found[0].level == "error" and found[0].service == "execution"
+    assert "inference → execution" in found[0].message
+    assert "reads table 'trading_signals', which inference's output 'signals' writes" in found[0].message
+    assert found[0].line == line_of(tmp_path, "- trading_signals", after="execution:")
+
+
+def test_fx501_tables_behind_the_gate_are_fine(tmp_path: Path) -> None:
+    """The gate reads the raw signals' table; execution reads only what the gate writes."""
+    patch = {
+        "tables": SIGNAL_TABLES,
+        **services(
+            inference={"outputs": {"signals": {"nats": "signals.{symbol}", "tables": "trading_signals"}}},
+            risk={"reads": ["trading_signals"], "outputs": {"decisions": {"tables": "risk_decisions"}}},
+            execution={"reads": ["risk_decisions"]},
+            monitor={"reads": ["trading_signals"]},
+        ),
+    }
+    assert not only(run(tmp_path, patch), "FX501")
+
+
 # ---------------------------------------------------------------- a seed-sized topology
 
 SEED_SPECS = [
@@ -783,17 +915,27 @@ def seed_topology() -> dict[str, Any]:
 
 
 def test_seed_sized_topology_lints_clean_and_fast(tmp_path: Path) -> None:
-    """14 pairs x 7 timeframes, 17 services: no errors (only the disabled-service warnings)."""
+    """14 pairs x 7 timeframes, 17 services: no errors; warnings for the disabled services, and
+    for the publications only the dashboard's catch-all ``*.>`` matches (it consumes nothing in particular)."""
     registry = make_registry(*SEED_SPECS)
     found = run(tmp_path, base=seed_topology(), registry=registry)
     assert [f for f in found if f.level == "error"] == []
-    assert codes(found) == {"FX100"}
-    assert {f.service for f in found} == {
+    assert codes(found) == {"FX100", "FX202"}
+    assert {f.service for f in only(found, "FX100")} == {
         "polygon-historical-downloader",
         "dukascopy-historical-downloader",
         "external-data-collector",
         "finrl-training-service",
     }
+    fx202 = only(found, "FX202")
+    assert {f.service for f in fx202} == {
+        "supervised-training-service",
+        "finrl-training-service",
+        "mt5-connector",
+        "backtesting-engine",
+    }
+    assert all("only the catch-all subscription '*.>' of dashboard-service" in f.message for f in fx202)
+
 
 
 def test_seed_sized_topology_finds_the_seed_mistakes(tmp_path: Path) -> None:

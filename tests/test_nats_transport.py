@@ -36,6 +36,7 @@ from framework.transport.nats import (
     message_id,
     plan_streams,
     redact_url,
+    server_urls,
     stream_name,
 )
 
@@ -193,6 +194,33 @@ async def test_unreachable_server_is_one_line_user_error() -> None:
     assert "s3cr3t-pw" not in message and "bob" not in message
     assert time.monotonic() - started < TIMEOUT
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_one_servers_entry_may_list_several_urls() -> None:
+    assert server_urls(["nats://a:4222, nats://b:4222,,nats://c:4222", "nats://d:4222", "nats://a:4222"]) == [
+        "nats://a:4222",
+        "nats://b:4222",
+        "nats://c:4222",
+        "nats://d:4222",
+    ]
+    for empty in ([","], [" , "]):
+        with pytest.raises(UserError, match="FXFLOW_NATS_URL"):
+            NatsPubSub(NatsConfig(servers=empty))
+
+
+@pytest.mark.parametrize("form", ["one entry, commas", "list"])
+async def test_a_dead_first_server_is_skipped_for_a_live_one(
+    nats_server: NatsServer, transports: list[NatsPubSub], uid: str, form: str
+) -> None:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    servers = [f"{dead},{nats_server.url}"] if form == "one entry, commas" else [dead, nats_server.url]
+    bus = await open_nats(transports, NatsConfig(servers=servers), service="cluster-client")
+    assert bus.servers == [dead, nats_server.url]
+    assert bus.connected
+    inbox = Inbox()
+    await bus.subscribe(f"{uid}.x", inbox)
+    await bus.publish(f"{uid}.x", {"ok": True})
+    await eventually(inbox.has(1), "a message through the live server of the list")
 
 
 async def test_credentials_from_environment(

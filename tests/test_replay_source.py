@@ -121,3 +121,33 @@ async def test_wall_clock_replay_is_paced_at_n_times_the_recorded_speed(tmp_path
     assert [t["ts"] for t in got] == ts
     # recorded gaps of 1 s and 10 s, replayed 10x faster: 0.1 s then 1 s of waiting (nothing for the tie)
     assert fake.waits == pytest.approx([0.1, 1.0])
+
+
+async def test_the_runtime_replay_clock_paces_the_source_and_every_timer_alike(tmp_path: Path) -> None:
+    """``runtime.clock_speed`` / ``clock_origin``: one wall clock at N× from a past time, shared
+    by the replay and the aggregator's timers, so bars close on replayed time, not on today."""
+    frame = recorded()
+    frame = frame[frame["ts"] < T0 + 3 * 60_000]
+    path = tmp_path / "ticks.csv"
+    frame.to_csv(path, index=False)
+    rt, got = await run_replay(
+        tmp_path / "run", "topology.runtime.clock=wall", "++topology.runtime.clock_speed=100",
+        "++topology.runtime.clock_origin=2026-11-02T00:00:00Z", "topology.services.tick-aggregator.params.lateness=30s",
+        f"topology.services.{SERVICE}.params.source=csv", f"+topology.services.{SERVICE}.params.path={path}",
+    )  # fmt: skip
+    assert not rt.clock.live and T0 + 3 * 60_000 <= rt.clock.now_ms() < T0 + 24 * 3_600_000
+    assert [t["ts"] for t in got] == sorted(frame["ts"].tolist())
+    assert not (tmp_path / "run" / "deadletter" / "tick-aggregator.jsonl").exists()  # nothing closed early
+    bars = await query_df(tmp_path / "run", "SELECT symbol, timeframe, ts, open, close, tick_count FROM historical_aggregates FINAL")
+    expected = aggregate_frame(frame, rt.topology.timeframes)
+    key = ["symbol", "timeframe", "ts"]
+    assert bars.sort_values(key)[["open", "close", "tick_count"]].values.tolist() == (
+        expected.sort_values(key)[["open", "close", "tick_count"]].values.tolist()
+    )
+
+
+def test_a_bad_clock_origin_is_a_user_error(tmp_path: Path) -> None:
+    from framework.errors import UserError
+
+    with pytest.raises(UserError, match="clock_origin"):
+        load(tmp_path, "++topology.runtime.clock_origin=yesterday", profile="backtest")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from framework.contracts import ContractRegistry
 from framework.errors import UserError
 from framework.node import Node, every, handles
 from framework.registry import NodeSpec, Port, Registry
-from framework.runtime import Runtime
+from framework.runtime import Runtime, order_graph
 from framework.stores.clickhouse import ClickHouseStore
 from framework.topology.load import load_topology_file
 from framework.topology.model import Topology
@@ -152,6 +153,15 @@ class Ticker(Node[Strict]):
             await self.ctx.clock.sleep(0.005)
 
 
+class ClockSleeper(Node[Strict]):
+    """A source that only ever waits for event time (a poller on the simulated clock)."""
+
+    async def run(self) -> None:
+        while True:
+            await self.ctx.clock.sleep(3600)
+            SEEN[self.ctx.service].append(self.ctx.clock.now_ms())
+
+
 class TimerParams(Strict):
     period: str = "1m"
 
@@ -191,6 +201,7 @@ for _s in (
     _spec("crasher", Crasher, CrasherParams, outputs=["ticks"], role="source"),
     _spec("ticker", Ticker, Strict, outputs=["ticks"], role="source"),
     _spec("periodic", Periodic, TimerParams, inputs=["ticks"]),
+    _spec("clock_sleeper", ClockSleeper, Strict, role="source"),
 ):
     REGISTRY.register(_s)
 
@@ -308,6 +319,29 @@ async def test_invalid_message_is_dead_lettered_and_the_node_goes_on(tmp_path: P
     m = metrics(rt)["source"]
     assert (m["out"], m["dead_lettered"], m["restarts"], m["state"]) == (5, 1, 0, "stopped")
     assert dead_letters(data, "sink") == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "delivered", "rejected"),
+    [
+        ("strict", [3, 5, 6, 8, 9], [1, 2, 4, 7]),
+        ("sampled", [2, 3, 5, 6, 8, 9], [1, 4, 7]),  # every 3rd tick.v1 message is checked: #1, #4, #7
+        ("off", list(range(1, 10)), []),
+    ],
+)
+async def test_the_topology_validation_mode_governs_the_publish_boundary(
+    tmp_path: Path, mode: str, delivered: list[int], rejected: list[int]
+) -> None:
+    services = {
+        "source": svc("source", params={"count": 9, "bad": [1, 2, 4, 7]}, outputs={"ticks": {"nats": "ticks.{symbol}"}}),
+        "sink": svc("sink", inputs={"ticks": {"nats": "ticks.>"}}),
+    }
+    data = tmp_path / "data"
+    rt = runtime(topology(tmp_path, services, runtime={"validation": mode, "sample_every": 3}), data)
+    await run(rt)
+    assert SEEN["sink"] == delivered
+    assert [d["payload"]["seq"] for d in dead_letters(data, "source")] == rejected
+    assert metrics(rt)["source"]["dead_lettered"] == len(rejected)
 
 
 async def test_handler_error_dead_letters_that_message_only(tmp_path: Path) -> None:
@@ -543,3 +577,190 @@ async def test_metrics_json_is_written(tmp_path: Path) -> None:
     assert [s["service"] for s in doc["services"]] == rt.order
     assert (by_name["source"]["out"], by_name["source"]["dead_lettered"]) == (6, 1)
     assert by_name["sink"]["in"] == 6 and by_name["sink"]["ports"] == {"ticks": 6}
+
+
+# --------------------------------------------------------------------------- start order with cycles
+
+
+def test_order_graph_puts_a_cycle_after_its_publishers_and_before_its_consumers() -> None:
+    # a → b, b ⇄ c, c → d, declared in an order that a naive "take the first" tie-break breaks
+    edges = {"d": [], "b": ["c"], "c": ["b", "d"], "a": ["b"]}
+    assert order_graph(["d", "b", "c", "a"], edges) == ["a", "b", "c", "d"]
+
+
+def test_order_graph_is_stable_for_independent_services_and_orders_a_dag() -> None:
+    edges = {"x": [], "y": [], "src": ["mid"], "mid": ["out"], "out": []}
+    assert order_graph(["x", "out", "y", "mid", "src"], edges) == ["x", "y", "src", "mid", "out"]
+
+
+def test_order_graph_keeps_declaration_order_inside_a_cycle() -> None:
+    edges = {"exec": ["broker"], "broker": ["exec", "monitor"], "risk": ["exec"], "monitor": []}
+    assert order_graph(["monitor", "exec", "broker", "risk"], edges) == ["risk", "exec", "broker", "monitor"]
+
+
+# --------------------------------------------------------------------------- backlog and restarts
+
+
+async def test_a_group_backlog_waiting_at_start_is_handled_not_dead_lettered(tmp_path: Path) -> None:
+    """A consumer started after its producer (its own process, or a restart) gets the backlog."""
+    data = tmp_path / "data"
+    topo = _log_topology(tmp_path, first=1, count=5)
+    await run(runtime(topo, data, only=["source"]))
+    assert SEEN["archiver"] == []
+
+    await run(runtime(topo, data, only=["archiver"]), duration=1.0)
+    assert SEEN["archiver"] == [1, 2, 3, 4, 5]
+    assert dead_letters(data, "archiver") == []
+
+    SEEN.clear()
+    await run(runtime(topo, data, only=["archiver"]), duration=0.3)
+    assert SEEN["archiver"] == []  # committed once handled
+
+
+async def test_records_wait_for_a_restarting_node_instead_of_being_dead_lettered(tmp_path: Path) -> None:
+    services = {
+        "source": svc("source", params={"count": 12}, outputs={"ticks": {"kafka": "tick_log"}}),
+        "archiver": svc("sink", params={"fail_on": [3]}, inputs={"ticks": {"kafka": "tick_log", "group": "g"}}),
+    }
+    topo = topology(
+        tmp_path,
+        services,
+        topics={"tick_log": {"partitions": 1, "key": "symbol"}},
+        runtime={"restart": {**FAST_RESTART, "failures_before_restart": 1}},
+    )
+    data = tmp_path / "data"
+    rt = runtime(topo, data)
+    await run(rt)
+    assert metrics(rt)["archiver"]["restarts"] == 1
+    assert SEEN["archiver"] == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]  # the rest waited for the new instance
+    assert [d["reason"] for d in dead_letters(data, "archiver")] == ["handler error: ValueError: cannot take seq 3"]
+
+
+async def test_a_failed_consumer_leaves_its_records_uncommitted_for_the_next_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    failing = {
+        "source": svc("source", params={"count": 6}, outputs={"ticks": {"kafka": "tick_log"}}),
+        "archiver": svc("sink", params={"fail_on": [1, 2, 3, 4, 5, 6]}, inputs={"ticks": {"kafka": "tick_log", "group": "g"}}),
+    }
+    log_topic = {"tick_log": {"partitions": 1, "key": "symbol"}}
+    restart = {"restart": {**FAST_RESTART, "failures_before_restart": 1, "max_restarts": 1}}
+    rt = runtime(topology(tmp_path, failing, topics=log_topic, runtime=restart), data)
+    await run(rt)
+    assert metrics(rt)["archiver"]["state"] == "failed"
+    failed_on = [d["payload"]["seq"] for d in dead_letters(data, "archiver")]
+    assert failed_on == [1, 2]  # one failure, a restart, a second failure: then it gave up
+
+    fixed = copy.deepcopy(failing)
+    fixed["archiver"]["params"] = {}
+    SEEN.clear()
+    await run(runtime(topology(tmp_path, fixed, topics=log_topic), data, only=["archiver"]), duration=1.0)
+    assert SEEN["archiver"] == [3, 4, 5, 6]  # what it never handled was redelivered, nothing lost
+
+
+async def test_restart_budget_is_given_back_after_a_healthy_period(tmp_path: Path) -> None:
+    services = {"flaky": svc("sink", params={"fail_on": [1, 2, 3]}, inputs={"ticks": {"nats": "ticks.>"}})}
+    policy = {**FAST_RESTART, "failures_before_restart": 1, "max_restarts": 1, "reset_after_s": 0.2}
+    topo = topology(tmp_path, services, runtime={"restart": policy})
+    bus = InProcessPubSub()
+    await bus.connect()
+    rt = runtime(topo, tmp_path / "data", pubsub=bus)
+    await rt.start()
+    try:
+        await bus.publish("ticks.EURUSD", tick(1))
+        await until(lambda: metrics(rt)["flaky"]["restarts"] == 1 and metrics(rt)["flaky"]["state"] == "running")
+        await asyncio.sleep(0.3)  # healthy for longer than reset_after_s
+        await bus.publish("ticks.EURUSD", tick(2))
+        await until(lambda: metrics(rt)["flaky"]["state"] == "running" and rt.hosts["flaky"].node is not None)
+        assert metrics(rt)["flaky"]["state"] != "failed"
+        await bus.publish("ticks.EURUSD", tick(3))  # fails again at once: the budget of 1 is used up now
+        await until(lambda: metrics(rt)["flaky"]["state"] == "failed")
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+
+
+async def test_handler_failure_is_logged_with_service_node_origin_and_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    services = {"flaky": svc("sink", params={"fail_on": [1]}, inputs={"ticks": {"nats": "ticks.>"}})}
+    bus = InProcessPubSub()
+    await bus.connect()
+    rt = runtime(topology(tmp_path, services), tmp_path / "data", pubsub=bus)
+    await rt.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="fxflow.runtime"):
+            await bus.publish("ticks.EURUSD", tick(1))
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    record = next(r for r in caplog.records if "handler failed" in r.getMessage())
+    message = record.getMessage()
+    assert "flaky" in message and "node sink" in message and "ticks.EURUSD" in message
+    assert "ValueError: cannot take seq 1" in message
+    assert record.exc_info is not None  # the first failure of a service carries its traceback
+
+
+async def test_stop_during_restart_backoff_does_not_start_the_node_again(tmp_path: Path) -> None:
+    services = {"flaky": svc("sink", params={"fail_on": [1]}, inputs={"ticks": {"nats": "ticks.>"}})}
+    policy = {"backoff_initial": 5.0, "backoff_max": 5.0, "failures_before_restart": 1}
+    bus = InProcessPubSub()
+    await bus.connect()
+    rt = runtime(topology(tmp_path, services, runtime={"restart": policy}), tmp_path / "data", pubsub=bus)
+    await rt.start()
+    await bus.publish("ticks.EURUSD", tick(1))
+    await until(lambda: metrics(rt)["flaky"]["state"] == "restarting")
+    started = time.monotonic()
+    await asyncio.wait_for(rt.stop(), TIMEOUT)
+    assert time.monotonic() - started < 4.0  # the 5 s backoff was cut short by the stop
+    assert EVENTS.count(("start", "flaky")) == 1
+    assert rt.hosts["flaky"].node is None
+    assert metrics(rt)["flaky"]["state"] == "stopped"
+
+
+async def test_counters_are_readable_over_http_and_in_metrics_json_while_running(tmp_path: Path) -> None:
+    import aiohttp
+
+    services = {"sink": svc("sink", inputs={"ticks": {"nats": "ticks.>"}})}
+    topo = topology(tmp_path, services, runtime={"metrics_port": 0, "metrics_interval": "50ms"})
+    bus = InProcessPubSub()
+    await bus.connect()
+    data = tmp_path / "data"
+    rt = runtime(topo, data, pubsub=bus)
+    await rt.start()
+
+    def from_json() -> int:
+        path = data / "metrics.json"
+        if not path.exists():
+            return -1
+        return {s["service"]: s for s in orjson.loads(path.read_bytes())["services"]}["sink"]["in"]
+
+    async def from_http(session: aiohttp.ClientSession) -> int:
+        async with session.get(f"http://127.0.0.1:{rt.observability.port}/metrics") as response:
+            text = await response.text()
+        line = next(ln for ln in text.splitlines() if ln.startswith('fxflow_messages_received_total{service="sink"}'))
+        return int(float(line.rsplit(" ", 1)[1]))
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for seq in range(1, 4):
+                await bus.publish("ticks.EURUSD", tick(seq))
+            await until(lambda: from_json() == 3)
+            assert await from_http(session) == 3
+            for seq in range(4, 11):
+                await bus.publish("ticks.EURUSD", tick(seq))
+            await until(lambda: from_json() == 10)
+            assert await from_http(session) == 10
+            async with session.get(f"http://127.0.0.1:{rt.observability.port}/health") as response:
+                assert response.status == 200
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+
+
+async def test_a_source_asleep_on_simulated_time_nothing_can_move_ends_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    services = {
+        "source": svc("source", params={"count": 3}, outputs={"ticks": {"nats": "ticks.{symbol}"}}),
+        "poller": svc("clock_sleeper"),
+        "sink": svc("sink", inputs={"ticks": {"nats": "ticks.>"}}),
+    }
+    rt = runtime(topology(tmp_path, services), tmp_path / "data")
+    with caplog.at_level(logging.WARNING, logger="fxflow.runtime"):
+        await run(rt, duration=None)  # would wait forever: nothing moves event time past T0+2s
+    assert SEEN["sink"] == [1, 2, 3] and SEEN["poller"] == []
+    assert any("poller wait(s) for simulated time" in r.getMessage() for r in caplog.records)
+    assert metrics(rt)["poller"]["state"] == "stopped"

@@ -1,10 +1,11 @@
 """The seed's wiring defects stay visible in its literal transcription, and the fixed topology is clean.
 
-docs/decisions.md records each finding (D1…D9) and how topology/services.yaml fixes it.
+docs/decisions.md records each finding (D1…D12) and how topology/services.yaml fixes it.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,26 @@ def test_literal_seed_defects_are_found(contracts, registry):
     assert ("FX301", "external_data_archive") in errors  # D7: no retention, no partitions
     assert ("FX203", "risk-management") in errors  # D8: risk decisions into trading_signals
     assert ("FX202", "backtesting-engine") in warnings  # D9
+    fx501 = [f for f in findings if f.code == "FX501"]
+    assert [(f.level, f.service) for f in fx501] == [("error", "execution-service")]  # D10
+    assert "reads table 'trading_signals'" in fx501[0].message and "inference-service" in fx501[0].message
+    assert ("FX302", "dedup_cache") in errors  # D11: the DragonflyDB cache has no TTL
+    fx103 = sorted(f.service for f in findings if f.code == "FX103")
+    assert fx103 == ["data-bridge"] * 3 + ["external-data-collector"]  # D12: the cards' port names
+    catch_all = [f for f in findings if f.code == "FX202" and f.service == "mt5-connector"]
+    assert catch_all and all("'*.>' of dashboard-service" in f.message for f in catch_all)  # the card's *.> hides nothing
     located = [f for f in findings if f.code == "FX201"]
     assert located[0].file.endswith("seed_literal/services.yaml") and located[0].line
+
+
+def test_decisions_cite_exactly_the_codes_the_literal_lint_reports(contracts, registry):
+    """Every finding row of docs/decisions.md names codes the lint reports, and every code reported has a row."""
+    topology, source = load_topology_file(ROOT / "tests/fixtures/seed_literal/services.yaml")
+    reported = {f.code for f in lint(topology, source, registry, contracts) if f.code != "FX100"}
+    rows = re.findall(r"^\| D\d+ \| \*\*([A-Z0-9/]+)\*\*", (ROOT / "docs/decisions.md").read_text(), re.MULTILINE)
+    cited = {code for row in rows for code in row.split("/")}
+    assert len(rows) == 12
+    assert cited == reported
 
 
 @pytest.mark.parametrize("profile", ["demo", "live", "backtest"])

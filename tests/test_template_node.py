@@ -89,6 +89,11 @@ async def test_wide_spread_alert_respects_limits_and_cooldown(tmp_path: Path) ->
         ):
             await rt.clock.wait_until(tick["ts"])  # as a source on the simulated clock does
             await bus.publish(f"ticks.{tick['symbol']}", tick)
+        node = rt.hosts["spread-watch"].node
+        await node.write_stats()
+        await rt.writers[("spread-watch", "tick_stats")].flush()
+        assert await node.busiest(limit=2) == [{"symbol": "EURUSD", "ticks": 4}, {"symbol": "XAUUSD", "ticks": 2}]
+        assert await node.busiest(limit=1) == [{"symbol": "EURUSD", "ticks": 4}]
     finally:
         await asyncio.wait_for(rt.stop(), TIMEOUT)
 

@@ -12,7 +12,8 @@ import pytest
 
 from framework.durations import parse_ms, parse_seconds
 from framework.errors import UserError
-from framework.topology.load import load_run, load_topology_file
+from framework.topology.load import load_file, load_run, load_topology_file
+from framework.topology.source import MAX_NESTING, read_yaml
 from framework.topology.templates import as_pattern, compile_renderer, expand, is_template, placeholders
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,7 @@ def test_duplicate_service_key_names_both_lines(project: Path) -> None:
     text = str(user_error("topology=demo", project=project))
     assert f"topology/services.yaml:{second}:" in text
     assert f"line {first}" in text
-    assert "duplicate key 'spread-watch'" in text
+    assert "FX402 duplicate service 'spread-watch'" in text
 
 
 def test_load_topology_file_validates_a_self_contained_file(project: Path) -> None:
@@ -267,6 +268,196 @@ def test_load_topology_file_on_a_profile_says_to_use_topology_name(project: Path
     assert "topology=<name>" in str(err)
     assert err.file == "topology/demo.yaml"
     assert err.line == line_of(demo, "defaults:")
+
+
+# --------------------------------------------------------------------------- interpolation and file mode
+
+
+def test_a_single_file_resolves_its_interpolations_against_the_run_defaults(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FXFLOW_SIMULATE_FEEDS", raising=False)
+    topology, _ = load_topology_file(project / "topology" / "services.yaml")
+    assert topology.services["polygon-live-collector"].params["simulate"] is False
+    assert topology.stores["clickhouse"].url == f"chdb://{project / '.fxrun'}/clickhouse"
+    as_written, _ = load_topology_file(project / "topology" / "services.yaml", resolve=False)
+    assert as_written.services["polygon-live-collector"].params["simulate"] == "${simulate_feeds}"
+
+
+def test_a_single_file_applies_overrides(project: Path) -> None:
+    loaded = load_file(project / "topology" / "services.yaml", ["simulate_feeds=true", "pairs=[EURUSD]"])
+    assert loaded.topology.services["polygon-live-collector"].params["simulate"] is True
+    assert loaded.config.pairs == ["EURUSD"]
+
+
+def test_a_single_file_refuses_a_profile_choice(project: Path) -> None:
+    with pytest.raises(UserError) as info:
+        load_file(project / "topology" / "services.yaml", ["topology=demo"])
+    assert "topology=demo cannot be combined with a file" in str(info.value)
+
+
+def test_unknown_interpolation_in_a_file_names_file_and_line(project: Path) -> None:
+    services = project / "topology" / "services.yaml"
+    edit(services, 'simulate: "${simulate_feeds}"}', 'simulate: "${nope}"}')
+    line = line_of(services, "    params: {api_key_env: POLYGON_API_KEY, url:")
+    with pytest.raises(UserError) as info:
+        load_topology_file(services)
+    text = str(info.value)
+    assert f"topology/services.yaml:{line}: services.polygon-live-collector.params.simulate: cannot resolve '${{nope}}'" in text
+    with pytest.raises(UserError):
+        load_topology_file(services, resolve=False)
+
+
+def test_unknown_interpolation_in_a_profile_names_the_profile_line(project: Path) -> None:
+    demo = project / "topology" / "demo.yaml"
+    edit(demo, "  clock: simulated\n", "  clock: ${nope}\n")
+    line = line_of(demo, "  clock:")
+    text = str(user_error("topology=demo", project=project))
+    assert f"topology/demo.yaml:{line}: runtime.clock: cannot resolve '${{nope}}'" in text
+
+
+def test_unknown_interpolation_in_an_override_names_the_command_line() -> None:
+    text = str(user_error("topology.stores.clickhouse.url=${nope}"))
+    assert text.startswith("<command line>: stores.clickhouse.url: cannot resolve '${nope}'")
+
+
+def test_a_bad_environment_default_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXFLOW_SIMULATE_FEEDS", "maybe")
+    text = str(user_error())
+    assert "environment variable FXFLOW_SIMULATE_FEEDS" in text and "'maybe'" in text
+    monkeypatch.setenv("FXFLOW_SIMULATE_FEEDS", "true")
+    assert run().config.simulate_feeds is True
+
+
+# --------------------------------------------------------------------------- misspelt services
+
+
+def test_a_misspelt_service_in_an_override_is_blamed_on_the_command_line() -> None:
+    text = str(user_error("+topology.services.tick-aggregatr.enabled=true"))
+    assert text.startswith("<command line>: services.tick-aggregatr: ")
+    assert "service 'tick-aggregatr' is not declared in topology/services.yaml; did you mean tick-aggregator" in text
+    assert "demo.yaml" not in text and "missing required key" not in text
+
+
+def test_a_misspelt_service_in_a_profile_is_blamed_on_the_profile(project: Path) -> None:
+    demo = project / "topology" / "demo.yaml"
+    edit(demo, "  data-bridge:\n", "  data-brigde:\n")
+    line = line_of(demo, "  data-brigde:")
+    text = str(user_error("topology=demo", project=project))
+    assert text.startswith(f"topology/demo.yaml:{line}: services.data-brigde: ")
+    assert "service 'data-brigde' is not declared in topology/services.yaml; did you mean data-bridge?" in text
+    assert "missing required key" not in text
+
+
+def test_a_profile_or_override_may_declare_a_whole_new_service() -> None:
+    topo = run("+topology.services.extra-watch={node: template, phase: support, enabled: false}").topology
+    assert topo.services["extra-watch"].node == "template"
+
+
+# --------------------------------------------------------------------------- run options
+
+
+def test_empty_data_dir_is_refused() -> None:
+    for value in ("data_dir=", "data_dir=''", "data_dir=null"):
+        text = str(user_error(value))
+        assert text.startswith("<command line>: data_dir: must name a directory"), text
+
+
+def test_relative_data_dir_is_made_absolute_before_interpolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    loaded = run("data_dir=runs/a")
+    assert loaded.config.data_dir == str(tmp_path / "runs" / "a")
+    assert loaded.topology.stores["clickhouse"].url == f"chdb://{tmp_path}/runs/a/clickhouse"
+    assert run().config.data_dir == str(tmp_path / ".fxrun")
+
+
+@pytest.mark.parametrize("key", ["pairs", "only"])
+def test_an_empty_selection_is_refused(key: str) -> None:
+    text = str(user_error(f"{key}=[]"))
+    assert text.startswith(f"<command line>: {key}: [] selects nothing; leave {key} out")
+
+
+def test_a_repeated_timeframe_is_reported_with_file_and_line(project: Path) -> None:
+    services = project / "topology" / "services.yaml"
+    edit(services, "timeframes: [1m, 5m,", "timeframes: [1m, 5m, 5m,")
+    line = line_of(services, "timeframes:")
+    text = str(user_error("topology=demo", project=project))
+    assert f"topology/services.yaml:{line}: timeframes: timeframe '5m' listed more than once" in text
+
+
+def test_an_empty_nats_server_url_is_reported_where_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXFLOW_NATS_URL", "")
+    line = line_of(PROJECT / "topology" / "live.yaml", "    - ${oc.env:FXFLOW_NATS_URL")
+    text = str(user_error("topology=live"))
+    assert f"topology/live.yaml:{line}: nats.servers.0: empty address" in text
+
+
+@pytest.mark.parametrize("url", ["redis://cache:6379/0", "rediss://cache:6380/0", "unix:///run/redis.sock"])
+def test_a_redis_store_accepts_redis_urls(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXFLOW_REDIS_URL", url)
+    assert run("topology=live").topology.stores["dragonfly"].url == url
+
+
+def test_a_redis_store_with_another_scheme_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXFLOW_REDIS_URL", "http://cache:6379")
+    line = line_of(PROJECT / "topology" / "live.yaml", "  dragonfly:")
+    text = str(user_error("topology=live"))
+    assert f"topology/live.yaml:{line}: stores.dragonfly.url: a redis store needs a redis://, rediss://, unix:// URL" in text
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("value: flaot", "unknown column type 'flaot' for ClickHouse; did you mean float?"),
+        ("value: Float64; DROP TABLE x", "unknown column type 'Float64; DROP TABLE x'"),
+    ],
+)
+def test_an_unknown_column_type_is_reported_with_file_and_line(project: Path, written: str, expected: str) -> None:
+    services = project / "topology" / "services.yaml"
+    edit(services, "name: str, value: float, step: int}", f"name: str, {written}, step: int}}")
+    line = line_of(services, "  training_metrics:")
+    text = str(user_error("topology=demo", project=project))
+    assert f"topology/services.yaml:{line}: tables.training_metrics.columns.value: {expected}" in text
+
+
+def test_native_and_nullable_column_types_are_accepted(project: Path) -> None:
+    services = project / "topology" / "services.yaml"
+    edit(services, "name: str, value: float, step: int}", "name: LowCardinality(String), value: 'float?', step: int}")
+    assert run("topology=demo", project=project).topology.tables["training_metrics"].columns == {
+        "run_id": "str", "ts": "timestamp_ms", "name": "LowCardinality(String)", "value": "float?", "step": "int",
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- unreadable files
+
+
+def test_a_file_that_is_not_utf8_is_one_error_with_line_and_offset(tmp_path: Path) -> None:
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: ok\nwho: caf\xe9\n")
+    with pytest.raises(UserError) as info:
+        read_yaml(path)
+    assert info.value.line == 2
+    assert "not UTF-8 text: byte 0xe9 at offset 17" in str(info.value)
+
+
+def test_deeply_nested_yaml_is_one_error(tmp_path: Path) -> None:
+    path = tmp_path / "deep.yaml"
+    path.write_text("name: x\na:" + " [" * 2000 + "\n")
+    with pytest.raises(UserError) as info:
+        read_yaml(path)
+    assert info.value.line == 2
+    assert f"nested more than {MAX_NESTING} levels" in str(info.value)
+    shallow = tmp_path / "shallow.yaml"
+    shallow.write_text("a: " + "[" * (MAX_NESTING + 5) + "]" * (MAX_NESTING + 5) + "\n")
+    with pytest.raises(UserError, match="nested more than"):
+        read_yaml(shallow)
+
+
+def test_control_characters_are_one_error_with_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "binary.yaml"
+    path.write_bytes(b"a: 1\nb: \x00\x01\x02\n")
+    with pytest.raises(UserError) as info:
+        read_yaml(path)
+    assert info.value.line == 2
+    assert "U+0000" in str(info.value)
 
 
 # --------------------------------------------------------------------------- templates

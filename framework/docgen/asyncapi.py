@@ -4,6 +4,10 @@ Channels: one per NATS subject template (parameters enumerate the declared value
 per Kafka topic. A subscription that is not itself a published template (``bars.>``) gets one
 ``receive`` operation per channel it matches, the pattern kept in ``x-fxflow.subscription``;
 a subscription nothing publishes to gets a channel of its own so it is still documented.
+The runtime's own ``deadletter.{service}`` is a channel with a ``send`` operation of the framework.
+
+Channel, operation and message keys use ``[A-Za-z0-9_-]`` only (``nats_ticks_symbol``,
+``tick_v1``): the specification also allows dots, but some AsyncAPI libraries do not.
 """
 
 from __future__ import annotations
@@ -19,50 +23,64 @@ import yaml
 from framework.contracts import Contract
 from framework.docgen.flow import (
     ANY_CONTRACT,
+    DEADLETTER_TEMPLATE,
+    DEADLETTER_VARIABLE,
+    FRAMEWORK,
+    TRANSPORT,
     Flow,
     generated_note,
     host_of,
     scheme_of,
-    unique,
 )
+from framework.docgen.payload import SCHEMA_FORMAT, draft07_payload
 from framework.topology.model import PHASE_TITLES, Topic
 from framework.topology.templates import placeholders
 from framework.wiring import SYMBOL, TIMEFRAME, Endpoint
 
 ASYNCAPI_VERSION = "3.0.0"
-SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
 NATS_BINDING_VERSION = "0.1.0"
 KAFKA_BINDING_VERSION = "0.5.0"
 _PARAM_DESCRIPTIONS = {
     SYMBOL: "Instrument symbol (topology `instruments`).",
     TIMEFRAME: "Bar timeframe (topology `timeframes`).",
 }
+_DEADLETTER_PARAM = f"Service whose message was dead-lettered (`{TRANSPORT}`: a message no codec could decode)."
 
 
 ChannelIds = dict[tuple[str, str], str]
 
 
-def channel_id(kind: str, name: str) -> str:
-    """``nats`` + ``bars.{symbol}.{timeframe}`` → ``nats.bars.symbol.timeframe`` (a valid component key)."""
-    text = name.replace(">", "all").replace("*", "any")
+def key(*parts: str) -> str:
+    """A component key: ``[A-Za-z0-9_-]`` only, the parts joined by ``_``."""
+    text = "_".join(parts).replace(">", "all").replace("*", "any")
     text = re.sub(r"[{}]", "", text)
-    return f"{kind}.{re.sub(r'[^A-Za-z0-9_.-]+', '_', text)}"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "x"
+
+
+def channel_id(kind: str, name: str) -> str:
+    """``nats`` + ``bars.{symbol}.{timeframe}`` → ``nats_bars_symbol_timeframe``."""
+    return key(kind, name)
+
+
+def message_key(ref: str) -> str:
+    """``tick.v1`` → ``tick_v1``."""
+    return key(ref)
+
+
+def _unique(base: str, taken: set[str]) -> str:
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}-{n}", n + 1
+    taken.add(candidate)
+    return candidate
 
 
 def channel_ids(flow: Flow) -> ChannelIds:
     """(kind, subject template or topic) → channel id, unique (``-2``… on collision), in document order."""
-    ids: ChannelIds = {}
     taken: set[str] = set()
     names = [("nats", n.template) for n in flow.subjects.values() if n.published or not n.sources]
     names += [("kafka", t) for t in flow.topics]
-    for kind, name in names:
-        base = candidate = channel_id(kind, name)
-        n = 2
-        while candidate in taken:
-            candidate, n = f"{base}-{n}", n + 1
-        taken.add(candidate)
-        ids[(kind, name)] = candidate
-    return ids
+    return {(kind, name): _unique(channel_id(kind, name), taken) for kind, name in names}
 
 
 def _ref(*parts: str) -> dict[str, str]:
@@ -109,7 +127,7 @@ def _server_refs(all_servers: dict[str, Any], protocol_prefix: str) -> list[dict
 
 
 def _messages(refs: Iterable[str]) -> dict[str, dict[str, str]]:
-    return {ref: _ref("components", "messages", ref) for ref in refs}
+    return {message_key(ref): _ref("components", "messages", message_key(ref)) for ref in refs}
 
 
 def _parameters(flow: Flow, template: str, refs: list[str]) -> dict[str, dict[str, Any]]:
@@ -123,7 +141,10 @@ def _parameters(flow: Flow, template: str, refs: list[str]) -> dict[str, dict[st
         elif value == "*":
             param["description"] = _PARAM_DESCRIPTIONS.get(name, f"`{name}`: any value, known at run time.")
         else:
-            param["description"] = _PARAM_DESCRIPTIONS.get(name, f"Template variable `{name}`.")
+            if template == DEADLETTER_TEMPLATE and name == DEADLETTER_VARIABLE:
+                param["description"] = _DEADLETTER_PARAM
+            else:
+                param["description"] = _PARAM_DESCRIPTIONS.get(name, f"Template variable `{name}`.")
             param["enum"] = list(value)
         if refs and all(name in flow.contracts.resolve(r).properties() for r in refs):
             param["location"] = f"$message.payload#/{name}"
@@ -211,7 +232,7 @@ def _targets(flow: Flow, ids: ChannelIds, e: Endpoint) -> list[str]:
 
 def _operation_messages(flow: Flow, e: Endpoint, channel: dict[str, Any], cid: str) -> list[dict[str, str]]:
     offered = list(channel.get("messages", {}))
-    wanted = flow.known_contracts(e.contracts)
+    wanted = [message_key(r) for r in flow.known_contracts(e.contracts)]
     if e.direction == "in" and (not e.contracts or ANY_CONTRACT in e.contracts):
         wanted = offered
     return [_ref("channels", cid, "messages", m) for m in wanted if m in offered]
@@ -239,63 +260,52 @@ def _summary(flow: Flow, e: Endpoint) -> str:
     return text or f"{e.service} {verb} {e.port}."
 
 
+def _operation(flow: Flow, e: Endpoint, cid: str, channels: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "action": "send" if e.direction == "out" else "receive",
+        "channel": _ref("channels", cid),
+        "summary": _summary(flow, e),
+    }
+    messages = _operation_messages(flow, e, channels[cid], cid)
+    if messages:
+        op["messages"] = messages
+    if e.service == FRAMEWORK:
+        op["x-fxflow"] = {"publisher": FRAMEWORK, "source": "framework/deadletter.py"}
+        return op
+    bindings = _operation_bindings(flow, e)
+    if bindings:
+        op["bindings"] = bindings
+    svc = flow.topology.services[e.service]
+    meta: dict[str, Any] = {
+        "service": e.service,
+        "node": svc.node,
+        "port": e.port,
+        "phase": PHASE_TITLES[svc.phase],
+        "enabled": svc.enabled,
+    }
+    if e.kind == "nats" and channels[cid]["address"] != e.name:
+        meta["subscription"] = e.name
+    op["x-fxflow"] = meta
+    return op
+
+
 def operations(flow: Flow, ids: ChannelIds, channels: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every service's sends and receives, then the framework's; the first of duplicate (endpoint, channel) wins."""
+    endpoints = [e for s in flow.services for e in flow.endpoints(s) if e.kind != "table"] + flow.framework
+    seen: set[tuple[str, str, str, str]] = set()
+    taken: set[str] = set()
     ops: dict[str, dict[str, Any]] = {}
-    for service in flow.services:
-        svc = flow.topology.services[service]
-        for e in flow.endpoints(service):
-            if e.kind == "table":
+    for e in endpoints:
+        word = "to" if e.direction == "out" else "from"
+        for cid in _targets(flow, ids, e):
+            if (e.service, e.port, word, cid) in seen:
                 continue
-            for cid in _targets(flow, ids, e):
-                op: dict[str, Any] = {
-                    "action": "send" if e.direction == "out" else "receive",
-                    "channel": _ref("channels", cid),
-                    "summary": _summary(flow, e),
-                }
-                messages = _operation_messages(flow, e, channels[cid], cid)
-                if messages:
-                    op["messages"] = messages
-                bindings = _operation_bindings(flow, e)
-                if bindings:
-                    op["bindings"] = bindings
-                meta: dict[str, Any] = {
-                    "service": service,
-                    "node": svc.node,
-                    "port": e.port,
-                    "phase": PHASE_TITLES[svc.phase],
-                    "enabled": svc.enabled,
-                }
-                if e.kind == "nats" and channels[cid]["address"] != e.name:
-                    meta["subscription"] = e.name
-                op["x-fxflow"] = meta
-                word = "to" if e.direction == "out" else "from"
-                ops.setdefault(f"{service}.{e.port}.{word}.{cid}", op)
+            seen.add((e.service, e.port, word, cid))
+            ops[_unique(key(e.service, e.port, word, cid), taken)] = _operation(flow, e, cid, channels)
     return ops
 
 
 # ---------------------------------------------------------------- messages
-
-
-def payload_schema(contract: Contract) -> dict[str, Any]:
-    """The contract's schema with cross-file ``$ref`` inlined, keeping the keywords written beside a ``$ref``.
-
-    The dereferenced schema alone loses them (a property's own ``description`` next to
-    ``$ref: common.v1#/$defs/name`` would become the shared one), and the raw schema alone
-    has ``urn:`` references AsyncAPI tools cannot follow.
-    """
-    return _merge_refs(contract.schema, contract.resolved if contract.resolved is not None else contract.schema)
-
-
-def _merge_refs(raw: Any, resolved: Any) -> Any:
-    if isinstance(raw, dict) and isinstance(resolved, dict):
-        if "$ref" in raw:
-            merged = dict(resolved)
-            merged.update({k: _merge_refs(v, resolved.get(k, v)) for k, v in raw.items() if k != "$ref"})
-            return merged
-        return {k: _merge_refs(v, resolved.get(k, v)) for k, v in raw.items()}
-    if isinstance(raw, list) and isinstance(resolved, list) and len(raw) == len(resolved):
-        return [_merge_refs(a, b) for a, b in zip(raw, resolved)]
-    return raw
 
 
 def message(contract: Contract) -> dict[str, Any]:
@@ -303,7 +313,7 @@ def message(contract: Contract) -> dict[str, Any]:
     if contract.schema.get("description"):
         msg["summary"] = str(contract.schema["description"])
     msg["contentType"] = "application/json"
-    msg["payload"] = {"schemaFormat": SCHEMA_FORMAT, "schema": payload_schema(contract)}
+    msg["payload"] = {"schemaFormat": SCHEMA_FORMAT, "schema": draft07_payload(contract)}
     meta: dict[str, Any] = {"contract": contract.ref, "key": contract.key_field, "time": contract.time_field}
     if contract.file is not None:
         meta["file"] = f"contracts/{contract.file.name}"
@@ -323,8 +333,9 @@ def asyncapi_document(flow: Flow) -> dict[str, Any]:
             "version": _package_version(),
             "description": (
                 f"Messages between the {len(topo.services)} services of {topo.name}: NATS subjects (real-time) "
-                "and Kafka topics (archive). Generated from the topology; payloads are the JSON Schema contracts "
-                "in `contracts/`."
+                "and Kafka topics (archive), and the dead letters the framework publishes. Generated from the "
+                "topology; payloads are the JSON Schema 2020-12 contracts of `contracts/`, given as draft-07 "
+                "(they use only keywords both drafts share, so the rules are the same)."
             ),
         },
         "defaultContentType": "application/json",
@@ -333,9 +344,8 @@ def asyncapi_document(flow: Flow) -> dict[str, Any]:
         doc["servers"] = all_servers
     doc["channels"] = channels
     doc["operations"] = operations(flow, ids, channels)
-    used = unique(m for c in channels.values() for m in c.get("messages", {}))
-    refs = sorted(set(used) | set(flow.used_contracts()))
-    doc["components"] = {"messages": {ref: message(flow.contracts.resolve(ref)) for ref in refs}}
+    refs = flow.used_contracts()  # every channel's messages come from these
+    doc["components"] = {"messages": {message_key(ref): message(flow.contracts.resolve(ref)) for ref in refs}}
     return doc
 
 

@@ -11,14 +11,22 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from framework.contracts import ContractRegistry
+from framework.deadletter import SUBJECT_PREFIX as DEADLETTER
+from framework.deadletter import TRANSPORT_SERVICE
 from framework.registry import NodeSpec, Registry
-from framework.subjects import SubjectError, intersects
-from framework.topology.model import PHASES, Table, Topic, Topology
+from framework.subjects import SubjectError, check_subject, intersects
+from framework.topology.model import PHASES, Binding, Table, Topic, Topology
 from framework.topology.templates import ANY_TOKEN, as_pattern, placeholders
 from framework.wiring import Endpoint, Wiring, resolve
 
 SOURCE = "topology/services.yaml"
 ANY_CONTRACT = "any"
+FRAMEWORK = "framework"
+"""The publisher of what the runtime sends on its own (dead letters), shown beside the services."""
+DEADLETTER_VARIABLE = "service"
+DEADLETTER_TEMPLATE = f"{DEADLETTER}.{{{DEADLETTER_VARIABLE}}}"
+DEADLETTER_CONTRACT = "dead_letter.v1"
+TRANSPORT = TRANSPORT_SERVICE
 
 
 def generated_note(source: str = SOURCE) -> str:
@@ -68,6 +76,8 @@ class Flow:
     subjects: dict[str, SubjectNode]
     topics: dict[str, TopicNode]
     tables: dict[str, TableNode]
+    framework: list[Endpoint] = field(default_factory=list)
+    """What the runtime itself publishes for every service (``deadletter.{service}``)."""
 
     def spec(self, service: str) -> NodeSpec | None:
         return self.wiring.specs.get(service)
@@ -87,7 +97,7 @@ class Flow:
 
     def used_contracts(self) -> list[str]:
         """Refs of loaded contracts that a port, topic or table of the topology carries, sorted."""
-        refs = [r for e in self.wiring.endpoints for r in e.contracts]
+        refs = [r for e in (*self.wiring.endpoints, *self.framework) for r in e.contracts]
         refs += [r for t in self.topology.topics.values() for r in t.contracts]
         refs += [t.contract for t in self.topology.tables.values() if t.contract]
         return sorted(self.known_contracts(refs))
@@ -161,11 +171,31 @@ def _link_sources(subjects: dict[str, SubjectNode]) -> None:
             node.sources = tuple(p.template for p in published if _any_intersect(node.concrete, p.concrete))
 
 
+def deadletter_endpoint(services: Sequence[str]) -> Endpoint:
+    """``deadletter.{service}``: the runtime publishes a ``dead_letter.v1`` there for every service."""
+    names = [n for n in unique([*services, TRANSPORT]) if check_subject(f"{DEADLETTER}.{n}") is None]
+    description = (
+        "The framework publishes every message a service could not process (invalid, or its handler failed), "
+        f"with the reason, on {DEADLETTER}.<service>; `{TRANSPORT}` carries messages no codec could decode."
+    )
+    return Endpoint(
+        service=FRAMEWORK,
+        port="dead_letters",
+        direction="out",
+        kind="nats",
+        name=DEADLETTER_TEMPLATE,
+        subjects=tuple(f"{DEADLETTER}.{n}" for n in names),
+        contracts=(DEADLETTER_CONTRACT,),
+        binding=Binding(values={DEADLETTER_VARIABLE: names}, description=description),
+    )
+
+
 def build_flow(topology: Topology, registry: Registry, contracts: ContractRegistry) -> Flow:
     wiring = resolve(topology, registry)
     services = phase_order(topology)
     rank = {name: i for i, name in enumerate(services)}
-    endpoints = sorted(wiring.endpoints, key=lambda e: rank[e.service])
+    framework = [deadletter_endpoint(services)]
+    endpoints = [*sorted(wiring.endpoints, key=lambda e: rank[e.service]), *framework]
     subjects: dict[str, SubjectNode] = {}
     topics = {name: TopicNode(name, topic) for name, topic in topology.topics.items()}
     tables = {name: TableNode(name, table) for name, table in topology.tables.items()}
@@ -181,7 +211,7 @@ def build_flow(topology: Topology, registry: Registry, contracts: ContractRegist
             (table_node.writers if e.direction == "out" else table_node.readers).append(e)
     subjects = dict(sorted(subjects.items(), key=lambda kv: not kv[1].published))
     _link_sources(subjects)
-    return Flow(topology, registry, contracts, wiring, services, subjects, topics, tables)
+    return Flow(topology, registry, contracts, wiring, services, subjects, topics, tables, framework)
 
 
 # ---------------------------------------------------------------- secrets

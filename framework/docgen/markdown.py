@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import types
 import typing
-
-import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pydantic.fields import FieldInfo
+from pydantic_core import to_jsonable_python
 
 from framework.contracts import Contract
 from framework.docgen.flow import (
     ANY_CONTRACT,
+    DEADLETTER_CONTRACT,
+    DEADLETTER_TEMPLATE,
+    FRAMEWORK,
     Flow,
     generated_note,
     host_of,
@@ -63,14 +66,16 @@ def _masked(value: Any) -> Any:
 
 
 def value_text(value: Any) -> str:
-    """A param value for the docs: URLs without credentials, secret-looking keys of mappings hidden."""
+    """A param value as JSON (models and their lists as their JSON form): no credentials, secret keys hidden."""
     if isinstance(value, str):
         return redact(value)
-    return redact(json.dumps(_masked(value), ensure_ascii=False, default=str))
+    data = to_jsonable_python(value, fallback=str)
+    return redact(json.dumps(_masked(data), ensure_ascii=False, default=str))
 
 
 def who(endpoints: Iterable[Endpoint]) -> str:
-    return ", ".join(unique(e.service for e in endpoints)) or NONE
+    names = (f"{FRAMEWORK} (for every service)" if e.service == FRAMEWORK else e.service for e in endpoints)
+    return ", ".join(unique(names)) or NONE
 
 
 # ---------------------------------------------------------------- summary
@@ -446,7 +451,8 @@ def intro(flow: Flow) -> list[str]:
         "NATS subjects carry real-time messages between services; Kafka topics keep the replayable archive; "
         "tables are what services write to and read from the stores. In the diagram, a subscription that is not "
         "itself a published subject (`bars.>`) is a dashed node fed by dotted edges from the subjects it matches; "
-        "disabled services are dashed.",
+        f"disabled services are dashed. The framework publishes `{DEADLETTER_TEMPLATE}` (`{DEADLETTER_CONTRACT}`) for "
+        "every service: one node, without an edge from each service.",
     ]
 
 

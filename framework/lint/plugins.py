@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,12 +14,27 @@ from framework.registry import NodeSpec, Port, UnknownNode
 from framework.topology.model import Binding, Service
 
 
+TYPO_CUTOFF = 0.8
+"""How close a disabled service's unknown node must be to a registered one to be taken for a misspelling.
+
+Stricter than the suggestions for enabled services: a disabled service may name a node that is
+simply not built yet, and ``polygon_rest`` next to ``polygon_live`` (0.75) is not a typo.
+"""
+
+
+def misspelt(ctx: LintContext, node: str) -> list[str]:
+    """Registered nodes ``node`` is probably a misspelling of (empty when it is known or nothing is close)."""
+    if node in ctx.registry or node in ctx.registry.load_errors:
+        return []
+    return difflib.get_close_matches(node, sorted(ctx.registry.specs), n=3, cutoff=TYPO_CUTOFF)
+
+
 def disabled_services(ctx: LintContext) -> Iterator[Finding]:
     """FX100: a disabled service does not run; say why if its plugin does not exist yet."""
     for name, service in ctx.topology.services.items():
         if service.enabled:
             continue
-        if service.node in ctx.registry:
+        if service.node in ctx.registry or misspelt(ctx, service.node):
             message = "service is disabled (enabled: false) and will not run; remove `enabled: false` to run it"
         else:
             message = (
@@ -28,10 +44,34 @@ def disabled_services(ctx: LintContext) -> Iterator[Finding]:
         yield ctx.warning("FX100", name, message, ("services", name, "enabled"))
 
 
+def _misspelt_disabled(ctx: LintContext, name: str, service: Service) -> Finding | None:
+    close = misspelt(ctx, service.node)
+    if not close:
+        return None
+    message = (
+        f"unknown node plugin {service.node!r}{suggestion(close)}; the service is disabled, but it would not "
+        "start once enabled — fix `node:`"
+    )
+    return ctx.error("FX101", name, message, ("services", name, "node"))
+
+
 def unknown_plugins(ctx: LintContext) -> Iterator[Finding]:
-    """FX101: an enabled service whose node plugin is not installed (or failed to load)."""
+    """FX101: a service whose node plugin is not installed (or failed to load).
+
+    A disabled service is only reported when its node is close to a registered one (a typo);
+    otherwise FX100 says the node is not built yet.
+    """
     for name, service in ctx.topology.services.items():
-        if not service.enabled or service.node in ctx.registry:
+        if service.node in ctx.registry:
+            shadowed = ctx.registry.load_errors.get(service.node)
+            if shadowed and service.enabled:
+                # two installed plugins claim this node name: which one runs depends on the install order
+                yield ctx.error("FX101", name, f"node plugin {service.node!r} is ambiguous: {shadowed}", ("services", name, "node"))
+            continue
+        if not service.enabled:
+            typo = _misspelt_disabled(ctx, name, service)
+            if typo is not None:
+                yield typo
             continue
         failure = ctx.registry.load_errors.get(service.node)
         if failure:
@@ -66,8 +106,19 @@ def _param_message(node: str, spec: NodeSpec, err: Any, dotted: str) -> str:
 
 
 def params(ctx: LintContext) -> Iterator[Finding]:
-    """FX102: each error of the node's params schema, at the line of the offending param."""
+    """FX102: each error of the node's params schema, at the line of the offending param.
+
+    A schema that ignores unknown keys is a warning: a misspelt param would be dropped silently.
+    """
     for name, service, spec in _specs(ctx):
+        if spec.params.model_config.get("extra") != "forbid":
+            yield ctx.warning(
+                "FX102",
+                name,
+                f"node {service.node!r}: its params model accepts unknown keys, so a misspelt param is ignored "
+                "silently; the plugin should set model_config = ConfigDict(extra='forbid')",
+                ("services", name, "node"),
+            )
         try:
             spec.params.model_validate(service.params)
         except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""FX501: every path from a raw signal to order execution passes a risk gate."""
+"""FX501: every path from a raw signal to order execution passes a risk gate (through messages or tables)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,23 @@ def is_target(ctx: LintContext, service: str) -> bool:
     return _publishes(ctx, service, ORDER)
 
 
+def table_links(ctx: LintContext) -> list[Link]:
+    """Writer → reader of the same table: a service that writes a table reaches every service reading it."""
+    readers: dict[str, list[Endpoint]] = {}
+    for ep in ctx.wiring.select(direction="in", kind="table"):
+        readers.setdefault(ep.name, []).append(ep)
+    return [Link(w, r) for w in ctx.wiring.select(direction="out", kind="table") for r in readers.get(w.name, [])]
+
+
 def service_graph(ctx: LintContext) -> Graph:
-    """Edge A→B (with one example link) when an output of A reaches an input of B."""
+    """Edge A→B (with one example link) when an output of A reaches an input of B.
+
+    Messages and tables both carry data: a signal written to a table and read back by an
+    execution node bypasses the gate as surely as a subscription does. A messaging link is
+    preferred as the example when both exist.
+    """
     graph: Graph = {name: {} for name in sorted(ctx.topology.services)}
-    for link in ctx.links:
+    for link in (*ctx.links, *table_links(ctx)):
         a, b = link.publisher.service, link.subscriber.service
         if a != b:
             graph[a].setdefault(b, link)
@@ -82,6 +95,9 @@ def _longest(paths: list[list[str]]) -> list[list[str]]:
 
 def _hop(link: Link) -> str:
     pub, sub = link.publisher, link.subscriber
+    if sub.kind == "table":
+        reads = "reads" if sub.binding is None else f"input {sub.port!r} reads"
+        return f"{sub.service} {reads} table {sub.name!r}, which {pub.service}'s output {pub.port!r} writes"
     if sub.kind == "kafka":
         return f"{sub.service} input {sub.port!r} consumes topic {sub.name!r} that {pub.service} produces"
     return f"{sub.service} input {sub.port!r} subscribes {sub.name!r}, matching {pub.service}'s {pub.name!r}"

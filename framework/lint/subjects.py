@@ -64,16 +64,50 @@ def _is_deadletter(wire: Wire) -> bool:
     return all(p.split(".", 1)[0] == DEADLETTER for p in wire.patterns)
 
 
+def _catch_all(ctx: LintContext, wire: Wire) -> bool:
+    """A subscription that starts with a wildcard and matches every declared domain (``*.>``, ``>``)."""
+    roots = _domain_patterns(ctx)
+    return bool(roots) and any(
+        p.split(".", 1)[0] in ("*", ">") and all(covers(p, r) for r in roots) for p in wire.patterns
+    )
+
+
+def _consumers(ctx: LintContext) -> dict[int, list[Wire]]:
+    """Subscriber wires per publishing endpoint (by identity)."""
+    wire_of = {id(w.endpoint): w for w in ctx.wires}
+    out: dict[int, list[Wire]] = {}
+    for link in ctx.nats_links:
+        out.setdefault(id(link.publisher), []).append(wire_of[id(link.subscriber)])
+    return out
+
+
 def unconsumed(ctx: LintContext) -> Iterator[Finding]:
-    """FX202: a NATS publication nobody subscribes to (dead letters and Kafka archives are exempt)."""
+    """FX202: a NATS publication nobody subscribes to (dead letters and Kafka archives are exempt).
+
+    A catch-all subscription (``*.>``) does not count as a consumer: it matches every
+    publication, so counting it would silence this rule for the whole topology.
+    """
+    consumers = _consumers(ctx)
     for wire in ctx.wires:
         ep = wire.endpoint
-        if ep.direction != "out" or not wire.patterns or ctx.reached(ep) or _is_deadletter(wire):
+        if ep.direction != "out" or not wire.patterns or _is_deadletter(wire):
             continue
-        message = (
-            f"nobody subscribes to {ep.name!r} (output {ep.port!r}); add a subscriber, "
-            "fix the subject, or remove the binding"
-        )
+        subs = consumers.get(id(ep), [])
+        wide = [s for s in subs if _catch_all(ctx, s)]
+        if len(wide) < len(subs):
+            continue
+        if wide:
+            names = ", ".join(sorted({f"{s.endpoint.name!r} of {s.endpoint.service}" for s in wide}))
+            message = (
+                f"only the catch-all subscription {names} matches {ep.name!r} (output {ep.port!r}), and a "
+                "catch-all consumes nothing in particular; add a subscriber that needs it, fix the subject, "
+                "or remove the binding"
+            )
+        else:
+            message = (
+                f"nobody subscribes to {ep.name!r} (output {ep.port!r}); add a subscriber, "
+                "fix the subject, or remove the binding"
+            )
         yield ctx.warning("FX202", ep.service, message, ctx.where(ep))
 
 

@@ -23,21 +23,37 @@ from typing import Any
 from pydantic import ValidationError
 
 from framework.errors import UserError, UserErrors
+from framework.topology.checks import (
+    check_columns,
+    check_declared_services,
+    check_duplicates,
+    check_selection,
+    in_document,
+)
+from framework.topology.compose import (
+    DEFAULT_PROFILE,
+    ENV_DEFAULTS,
+    OVERRIDE_FILE,
+    PROFILE_GROUP,
+    RUN_DEFAULTS,
+    compose_file,
+    compose_profile,
+)
 from framework.topology.model import RunConfig, Topology
 from framework.topology.source import Location, SourceMap, display_path, read_yaml
 
-PROFILE_GROUP = "topology"
-DEFAULT_PROFILE = "demo"
-PRIMARY_NAME = "fxrun"
-RUN_DEFAULTS: dict[str, Any] = {
-    "pairs": None,
-    "only": None,
-    "data_dir": ".fxrun",
-    "duration": None,
-    "log_level": "INFO",
-    "simulate_feeds": "${oc.decode:${oc.env:FXFLOW_SIMULATE_FEEDS,false}}",
-}
-OVERRIDE_FILE = "<command line>"
+__all__ = [
+    "DEFAULT_PROFILE",
+    "OVERRIDE_FILE",
+    "PROFILE_GROUP",
+    "RUN_DEFAULTS",
+    "LoadedRun",
+    "find_project",
+    "load_file",
+    "load_run",
+    "load_topology_file",
+    "validation_errors",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,52 +118,26 @@ def _profile_files(topology_dir: Path, profile: str) -> list[Path]:
     return files
 
 
-def _source_map(files: Iterable[Path], overrides: Sequence[str]) -> SourceMap:
+def _source_map(parts: Iterable[SourceMap], overrides: Sequence[str]) -> SourceMap:
+    """The files' maps under ``topology``, then every override path (and each new prefix of it)
+    as ``<command line>``, then the run options whose value comes from the environment."""
     smap = SourceMap()
-    for file in files:
-        _, part = read_yaml(file)
+    for part in parts:
         part.locations.pop(("defaults",), None)
         smap.merge(part, (PROFILE_GROUP,))
     for item in overrides:
         key, sep, _ = item.partition("=")
-        if sep and key.lstrip("+~") != PROFILE_GROUP:
-            smap.locations[tuple(key.lstrip("+~").split("."))] = Location(OVERRIDE_FILE, 0)
+        key = key.lstrip("+~")
+        if not sep or key == PROFILE_GROUP:
+            continue
+        path = tuple(key.split("."))
+        for end in range(1, len(path)):
+            smap.locations.setdefault(path[:end], Location(OVERRIDE_FILE, 0))
+        smap.locations[path] = Location(OVERRIDE_FILE, 0)
+    for key, env in ENV_DEFAULTS.items():
+        if (key,) not in smap.locations and env in os.environ:
+            smap.locations[(key,)] = Location(f"environment variable {env}", 0)
     return smap
-
-
-def _register_primary() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    node = {"defaults": [{PROFILE_GROUP: DEFAULT_PROFILE}, "_self_"], **RUN_DEFAULTS}
-    ConfigStore.instance().store(name=PRIMARY_NAME, node=node)
-
-
-def _compose(project: Path, overrides: Sequence[str]) -> dict[str, Any]:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    _register_primary()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(project), version_base=None, job_name="fxrun"):
-            cfg = compose(config_name=PRIMARY_NAME, overrides=list(overrides))
-        data = OmegaConf.to_container(cfg, resolve=True)
-    except HydraException as exc:
-        raise UserError(f"cannot compose the run: {_first_line(exc)}", file=OVERRIDE_FILE) from None
-    except OmegaConfBaseException as exc:
-        raise UserError(f"cannot compose the run: {_first_line(exc)}") from None
-    finally:
-        GlobalHydra.instance().clear()
-    assert isinstance(data, dict)
-    return data
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return " ".join(line.strip() for line in text.splitlines()[:3] if line.strip())
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
@@ -173,15 +163,17 @@ def _data_path(data: Any, loc: Sequence[Any]) -> list[str]:
 
 
 def validation_errors(exc: ValidationError, data: Any, smap: SourceMap) -> UserErrors:
-    """One UserError per distinct pydantic error, with file, line and dotted path."""
+    """One UserError per distinct pydantic error, with file, line and the dotted path inside the document."""
     errors: list[UserError] = []
     seen: set[tuple[str, str]] = set()
     for err in exc.errors():
         path = _data_path(data, err["loc"])
-        dotted = ".".join(path)
+        dotted = ".".join(in_document(path))
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = f"unknown key {path[-1]!r}" if path else "unknown key"
+        elif err["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         elif err["type"] == "missing":
             message = f"missing required key {str(err['loc'][-1])!r}"
         elif "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], (dict, list)):
@@ -201,14 +193,23 @@ def validation_errors(exc: ValidationError, data: Any, smap: SourceMap) -> UserE
     return UserErrors(errors)
 
 
-def _check_duplicates(smap: SourceMap) -> None:
-    if smap.duplicates:
-        raise UserErrors(
-            [
-                UserError(f"FX402 duplicate key {path[-1]!r} (first defined at line {first.line})", file=dup.file, line=dup.line, path=".".join(path))
-                for path, first, dup in smap.duplicates
-            ]
-        )
+def _validate(data: dict[str, Any], smap: SourceMap) -> RunConfig:
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise validation_errors(exc, data, smap) from None
+    check_selection(config, smap)
+    check_columns(config, smap)
+    return config
+
+
+def _declared_services(parts: Iterable[SourceMap]) -> set[str]:
+    return {path[1] for part in parts for path in part.locations if len(path) == 2 and path[0] == "services"}
+
+
+def _services(data: dict[str, Any]) -> Any:
+    topology = data.get(PROFILE_GROUP)
+    return topology.get("services") if isinstance(topology, dict) else None
 
 
 def load_run(overrides: Sequence[str] = (), project: Path | None = None) -> LoadedRun:
@@ -216,48 +217,88 @@ def load_run(overrides: Sequence[str] = (), project: Path | None = None) -> Load
     project = project or find_project()
     profile = _profile_choice(overrides)
     files = _profile_files(project / PROFILE_GROUP, profile)
-    smap = _source_map(files, overrides)
-    _check_duplicates(smap)
-    data = _compose(project, overrides)
-    try:
-        config = RunConfig.model_validate(data)
-    except ValidationError as exc:
-        raise validation_errors(exc, data, smap) from None
-    _check_selection(config, smap)
+    parts = [read_yaml(file)[1] for file in files]
+    smap = _source_map(parts, overrides)
+    check_duplicates(smap)
+    data = compose_profile(project, overrides, smap)
+    profile_file = project / PROFILE_GROUP / f"{profile}.yaml"
+    bases = [(file, part) for file, part in zip(files, parts) if file != profile_file] or list(zip(files, parts))
+    names = ", ".join(display_path(file) for file, _ in bases)
+    check_declared_services(_services(data), _declared_services(part for _, part in bases), names, smap)
+    config = _validate(data, smap)
     return LoadedRun(config=config, source=smap, project=project, profile=profile, files=tuple(files))
 
 
-def load_topology_file(path: Path) -> tuple[Topology, SourceMap]:
-    """Validate one self-contained topology document (what ``fxrun lint FILE`` reads)."""
-    data, smap = read_yaml(path)
-    _check_duplicates(smap)
-    if not isinstance(data, dict):
-        raise UserError("a topology must be a mapping at the top level", file=display_path(path), line=1)
-    if "defaults" in data:
+def load_file(path: Path, overrides: Sequence[str] = ()) -> LoadedRun:
+    """What ``fxrun lint FILE [overrides]`` checks: a self-contained topology document, or a profile.
+
+    A profile is composed from its own ``topology/`` directory (which must hold the
+    ``services.yaml`` it builds on), never from another project's profile of the same name.
+    A document is checked against the current project (its contracts and plugins).
+    """
+    data, part = read_yaml(path)
+    if _is_profile(data):
+        topology_dir = path.resolve().parent
+        if topology_dir.name != PROFILE_GROUP or not (topology_dir / "services.yaml").is_file():
+            raise UserError(
+                f"this is a profile (it has a defaults list), so it composes with the {PROFILE_GROUP}/services.yaml "
+                f"beside it; put it in a {PROFILE_GROUP}/ directory next to services.yaml",
+                file=display_path(path),
+            )
+        _refuse_profile_choice(path, overrides)
+        return load_run([f"{PROFILE_GROUP}={path.stem}", *overrides], topology_dir.parent)
+    return _load_document(path, data, part, overrides, resolve=True, project=find_project())
+
+
+def load_topology_file(path: Path, *, resolve: bool = True) -> tuple[Topology, SourceMap]:
+    """Validate one self-contained topology document, its interpolations resolved against the run defaults.
+
+    ``resolve=False`` checks the interpolations but keeps them as written where the model allows.
+    """
+    data, part = read_yaml(path)
+    if _is_profile(data):
+        line = part.locations.get(("defaults",))
         raise UserError(
             "this is a profile (it has a defaults list); lint it as `fxrun lint topology=<name>`",
             file=display_path(path),
-            line=smap.find(["defaults"]).line if smap.find(["defaults"]) else 1,
+            line=line.line if line else 1,
         )
+    loaded = _load_document(path, data, part, (), resolve=resolve, project=path.resolve().parent)
+    return loaded.topology, part
+
+
+def _is_profile(data: Any) -> bool:
+    return isinstance(data, dict) and "defaults" in data
+
+
+def _refuse_profile_choice(path: Path, overrides: Sequence[str]) -> None:
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if sep and key.lstrip("+~") == PROFILE_GROUP:
+            raise UserError(f"{item} cannot be combined with a file ({display_path(path)}); give one or the other", file=OVERRIDE_FILE)
+
+
+def _load_document(
+    path: Path, data: Any, part: SourceMap, overrides: Sequence[str], *, resolve: bool, project: Path
+) -> LoadedRun:
+    file = display_path(path)
+    if not isinstance(data, dict):
+        raise UserError("a topology must be a mapping at the top level", file=file, line=1)
+    _refuse_profile_choice(path, overrides)
+    smap = _source_map([part], overrides)
+    check_duplicates(smap)
+    composed = compose_file(path, overrides, smap, resolve=resolve)
+    check_declared_services(_services(composed), _declared_services([part]), file, smap)
+    if resolve:
+        config = _validate(composed, smap)
+    else:
+        config = _as_written(composed, smap) or _validate(compose_file(path, overrides, smap), smap)
+    return LoadedRun(config=config, source=smap, project=project, profile=file, files=(path,))
+
+
+def _as_written(composed: dict[str, Any], smap: SourceMap) -> RunConfig | None:
+    """The topology with its interpolations unresolved, unless a typed field is interpolated."""
     try:
-        topology = Topology.model_validate(data)
-    except ValidationError as exc:
-        raise validation_errors(exc, data, smap) from None
-    return topology, smap
-
-
-def _check_selection(config: RunConfig, smap: SourceMap) -> None:
-    """``pairs`` and ``only`` must name declared instruments and services."""
-    import difflib
-
-    errors: list[UserError] = []
-    checks = (("pairs", config.pairs, config.topology.instruments), ("only", config.only, config.topology.services))
-    for key, chosen, declared in checks:
-        for name in chosen or []:
-            if name not in declared:
-                close = difflib.get_close_matches(name, list(declared), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else f"; declared: {', '.join(declared)}"
-                loc = smap.find([key])
-                errors.append(UserError(f"{name!r} is not declared{hint}", file=loc.file if loc else OVERRIDE_FILE, path=key))
-    if errors:
-        raise UserErrors(errors)
+        return _validate(composed, smap)
+    except UserError:
+        return None

@@ -7,9 +7,11 @@ a topic that exists, a risk gate on every path to execution) is the lint's job
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from framework.durations import parse_ms
 
@@ -37,6 +39,34 @@ def _as_list(value: str | list[str] | None) -> list[str]:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("empty address")
+    return value
+
+
+Address = Annotated[str, AfterValidator(_non_empty)]
+
+PORTABLE_TYPES = ("bool", "float", "int", "json", "str", "timestamp_ms")
+_NATIVE_TYPE = re.compile(r"^[A-Za-z][\w (),'.]*$")
+
+
+def _column_type(value: str) -> str:
+    """A portable type (``str``, ``int?``…) or a store's own type name, as the stores accept them."""
+    if value.rstrip("?") in PORTABLE_TYPES:
+        return value
+    if not _NATIVE_TYPE.match(value) or "--" in value:
+        raise ValueError(
+            f"unknown column type {value!r}: use {', '.join(PORTABLE_TYPES)} (add ? for nullable) "
+            "or a type name of the table's store"
+        )
+    return value
+
+
+ColumnType = Annotated[str, AfterValidator(_column_type)]
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
 class Instrument(Strict):
@@ -67,7 +97,7 @@ class NatsAuth(Strict):
 
 
 class NatsConfig(Strict):
-    servers: list[str] = Field(min_length=1)
+    servers: list[Address] = Field(min_length=1)
     auth: NatsAuth | None = None
     tls: TLSConfig | None = None
     reconnect_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=0)
@@ -81,7 +111,7 @@ class KafkaAuth(Strict):
 
 
 class KafkaConfig(Strict):
-    bootstrap: list[str] = Field(min_length=1)
+    bootstrap: list[Address] = Field(min_length=1)
     auth: KafkaAuth | None = None
     tls: TLSConfig | None = None
     client_id: str = "fxflow"
@@ -92,6 +122,16 @@ class StoreConfig(Strict):
     url: str
     password_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if not value.strip():
+            raise ValueError("empty URL")
+        if info.data.get("kind") == "redis" and urlsplit(value).scheme not in REDIS_SCHEMES:
+            schemes = ", ".join(f"{s}://" for s in REDIS_SCHEMES)
+            raise ValueError(f"a redis store needs a {schemes} URL (got {value!r})")
+        return value
 
 
 class Topic(Strict):
@@ -121,7 +161,7 @@ class Table(Strict):
 
     store: str
     contract: str | None = None
-    columns: dict[str, str] | None = None
+    columns: dict[str, ColumnType] | None = None
     order_by: list[str] = Field(default_factory=list)
     retention: str | None = None
     engine: Literal["MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "hypertable", "kv"] | None = None
@@ -192,6 +232,7 @@ class RestartPolicy(Strict):
     backoff_initial: float = Field(default=0.5, gt=0)
     backoff_max: float = Field(default=30.0, gt=0)
     failures_before_restart: int = Field(default=20, ge=1)
+    reset_after_s: float = Field(default=600.0, gt=0, description="a node running this long without failing gets its restart budget back")
 
 
 class RuntimeConfig(Strict):
@@ -202,6 +243,19 @@ class RuntimeConfig(Strict):
     validation: Literal["strict", "sampled", "off"] = "strict"
     sample_every: int = Field(default=100, ge=1)
     clock: Literal["wall", "simulated"] = "wall"
+    clock_speed: float = Field(default=1.0, gt=0, description="wall clock only: time runs this many times faster (a paced replay)")
+    clock_origin: str | None = Field(
+        default=None, description="wall clock only: ISO-8601 UTC time the clock reads at start (a replay of the past); null: now"
+    )
+
+    @field_validator("clock_origin")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is not None:
+            from framework.params import utc_ms
+
+            utc_ms(value)
+        return value
     persist_log: bool = True
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     batch_size: int = Field(default=1000, ge=1)
@@ -234,6 +288,9 @@ class Topology(Strict):
     @field_validator("timeframes")
     @classmethod
     def _timeframes(cls, value: list[str]) -> list[str]:
+        repeated = sorted({tf for tf in value if value.count(tf) > 1}, key=value.index)
+        if repeated:
+            raise ValueError(f"timeframe {', '.join(map(repr, repeated))} listed more than once")
         for tf in value:
             ms = parse_ms(tf)
             if ms is None or ms < 60_000:

@@ -50,7 +50,13 @@ class SourceMap:
         return self.locations.get(())
 
 
+MAX_NESTING = 40
+"""Deeper documents are refused: no topology needs it, and composing them would exhaust the stack."""
+
+
 def _walk(node: yaml.Node, path: KeyPath, file: str, out: SourceMap) -> None:
+    if len(path) > MAX_NESTING:
+        raise _too_deep(file, node.start_mark.line + 1)
     out.locations.setdefault(path, Location(file, node.start_mark.line + 1))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, Location] = {}
@@ -68,6 +74,39 @@ def _walk(node: yaml.Node, path: KeyPath, file: str, out: SourceMap) -> None:
             _walk(item, path + (str(index),), file, out)
 
 
+def _too_deep(file: str, line: int | None) -> UserError:
+    return UserError(f"YAML nested more than {MAX_NESTING} levels deep", file=file, line=line)
+
+
+def _deep_line(text: str) -> int | None:
+    """Line where nesting first exceeds MAX_NESTING, found from the (non-recursive) event stream."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_NESTING:
+                    return event.start_mark.line + 1
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+    except yaml.YAMLError:
+        pass
+    return None
+
+
+def _decode(raw: bytes, file: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start : exc.start + 1].hex()
+        raise UserError(
+            f"not UTF-8 text: byte 0x{byte} at offset {exc.start} ({exc.reason}); save the file as UTF-8",
+            file=file,
+            line=line,
+        ) from None
+
+
 def display_path(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
@@ -76,24 +115,43 @@ def display_path(path: Path) -> str:
 
 
 def read_yaml(path: Path) -> tuple[Any, SourceMap]:
-    """Parse ``path``; returns the data and its source map. Syntax errors become UserError with the line."""
+    """Parse ``path``; returns the data and its source map. Any unreadable input becomes a UserError with the line."""
     file = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read: {exc.strerror}", file=file) from None
+    text = _decode(raw, file)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        return _parse(text, file)
+    except RecursionError:
+        raise _too_deep(file, _deep_line(text)) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         problem = exc.problem or str(exc)
         context = f" ({exc.context})" if exc.context else ""
         raise UserError(f"YAML syntax error: {problem}{context}", file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[: exc.position].count("\n") + 1
+        raise UserError(
+            f"not a YAML text file: character U+{exc.character:04X} at offset {exc.position} is not allowed",
+            file=file,
+            line=line,
+        ) from None
     except yaml.YAMLError as exc:
         raise UserError(f"YAML error: {exc}", file=file) from None
-    smap = SourceMap()
-    if node is not None:
+
+
+def _parse(text: str, file: str) -> tuple[Any, SourceMap]:
+    """One pass: compose the node tree (for lines), then construct the data from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        smap = SourceMap()
+        if node is None:
+            return None, smap
         _walk(node, (), file, smap)
-    return data, smap
+        return loader.construct_document(node), smap
+    finally:
+        loader.dispose()

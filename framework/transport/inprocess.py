@@ -114,7 +114,48 @@ class _QueueGroup:
         await member.target(subject, payload, headers)
 
 
-_Entry = _Subscription | _QueueGroup
+class _QueueUnion:
+    """Queue groups of one queue name on different patterns that all match a subject.
+
+    NATS picks one member per queue *name* among every matching subscription, whatever
+    pattern each member subscribed with; this joins those groups for one routed subject.
+    """
+
+    def __init__(self, groups: list[_QueueGroup]) -> None:
+        self.groups = groups
+        self.pattern = "|".join(g.pattern for g in groups)
+        self.queue = groups[0].queue
+        self.target: Handler = self._deliver
+        self.isolated = False
+        self._next = 0
+
+    async def _deliver(self, subject: str, payload: Message, headers: Headers | None) -> None:
+        members = [m for g in self.groups for m in g.members]
+        member = members[self._next % len(members)]
+        self._next += 1
+        await member.target(subject, payload, headers)
+
+
+_Entry = _Subscription | _QueueGroup | _QueueUnion
+
+
+def _join_queues(entries: tuple[_Entry, ...]) -> tuple[_Entry, ...]:
+    by_queue: dict[str, list[_QueueGroup]] = {}
+    for entry in entries:
+        if isinstance(entry, _QueueGroup):
+            by_queue.setdefault(entry.queue, []).append(entry)
+    if all(len(groups) == 1 for groups in by_queue.values()):
+        return entries
+    joined: list[_Entry] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if isinstance(entry, _QueueGroup) and len(by_queue[entry.queue]) > 1:
+            if entry.queue not in seen:
+                seen.add(entry.queue)
+                joined.append(_QueueUnion(by_queue[entry.queue]))
+        else:
+            joined.append(entry)
+    return tuple(joined)
 _ROUTE_CACHE_SIZE = 100_000
 
 
@@ -188,7 +229,7 @@ class InProcessPubSub(PubSubTransport):
         """
         if not self._open:
             raise TransportClosedError(f"publish to {subject!r} on a closed in-process pub/sub")
-        entries = self._index.lookup(subject)
+        entries = _join_queues(self._index.lookup(subject))
         if len(self._routes) >= _ROUTE_CACHE_SIZE:
             self._routes.clear()
         self._routes[subject] = entries

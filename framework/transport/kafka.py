@@ -82,7 +82,7 @@ from framework.transport.base import (
 )
 from framework.transport.inprocess import DEFAULT_MAX_RECORDS
 
-__all__ = ["KafkaConsumer", "KafkaLog", "OnUndecodable"]
+__all__ = ["KafkaConsumer", "KafkaLog", "OnUndecodable", "bootstrap_servers"]
 
 logger = logging.getLogger(__name__)
 
@@ -185,10 +185,14 @@ class KafkaLog(LogTransport):
 
     # connection
 
+    def client_options(self) -> dict[str, Any]:
+        """The keyword arguments every aiokafka client of this log is given (credentials read now)."""
+        return _client_kwargs(self.config, self.client_id, self.request_timeout_ms)
+
     async def connect(self) -> None:
         if self._open:
             return
-        self._client_kwargs = _client_kwargs(self.config, self.client_id, self.request_timeout_ms)
+        self._client_kwargs = self.client_options()
         admin = AIOKafkaAdminClient(**self._client_kwargs)
         try:
             await self._reach(admin.start())
@@ -834,6 +838,16 @@ def _topic_configs(spec: TopicSpec) -> dict[str, str]:
     }
 
 
+def bootstrap_servers(bootstrap: Iterable[str]) -> list[str]:
+    """``kafka.bootstrap``, where one entry may hold several ``host:port`` separated by commas
+    (``FXFLOW_KAFKA_BOOTSTRAP`` fills a single entry in ``topology/live.yaml``)."""
+    servers = [server.strip() for entry in bootstrap for server in entry.split(",")]
+    servers = list(dict.fromkeys(server for server in servers if server))
+    if not servers:
+        raise UserError("no bootstrap server (is FXFLOW_KAFKA_BOOTSTRAP empty?)", path="kafka.bootstrap")
+    return servers
+
+
 def _client_kwargs(config: KafkaConfig, client_id: str, request_timeout_ms: int) -> dict[str, Any]:
     """aiokafka connection settings: bootstrap, client id, SASL from env vars, TLS.
 
@@ -841,7 +855,7 @@ def _client_kwargs(config: KafkaConfig, client_id: str, request_timeout_ms: int)
     but the client; errors name the variable, never its value.
     """
     kwargs: dict[str, Any] = {
-        "bootstrap_servers": list(config.bootstrap),
+        "bootstrap_servers": bootstrap_servers(config.bootstrap),
         "client_id": client_id,
         "request_timeout_ms": request_timeout_ms,
     }

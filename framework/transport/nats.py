@@ -90,6 +90,7 @@ __all__ = [
     "message_id",
     "plan_streams",
     "redact_url",
+    "server_urls",
     "stream_name",
 ]
 
@@ -160,6 +161,19 @@ def redact_url(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+def server_urls(servers: Iterable[str]) -> list[str]:
+    """The server URLs of ``nats.servers``, where one entry may hold several separated by commas.
+
+    ``FXFLOW_NATS_URL`` fills a single entry in ``topology/live.yaml``, so a cluster's nodes
+    arrive as ``nats://a:4222,nats://b:4222``; nats-py wants one URL per list item.
+    """
+    urls = [url.strip() for entry in servers for url in entry.split(",")]
+    urls = list(dict.fromkeys(url for url in urls if url))
+    if not urls:
+        raise UserError("no server URL (is FXFLOW_NATS_URL empty?)", path="nats.servers")
+    return urls
 
 
 def stream_name(pattern: str, prefix: str = "FXFLOW") -> str:
@@ -445,7 +459,7 @@ async def _settle(action: Callable[[], Any]) -> None:
 
 
 class NatsPubSub(PubSubTransport):
-    """NATS pub/sub for one process (``service``), connected to ``config.servers``.
+    """NATS pub/sub for one process (``service``), connected to ``config.servers`` (see :func:`server_urls`).
 
     ``name`` labels the connection in the server's monitoring. ``service`` names the process in
     errors and, with the subscribed pattern (and queue group), the durable JetStream consumers,
@@ -499,7 +513,8 @@ class NatsPubSub(PubSubTransport):
         self._durable_index: SubjectIndex[DurableStream] = SubjectIndex()
         for stream in self.streams:
             self._durable_index.add(stream.pattern, stream)
-        self._urls = ", ".join(redact_url(u) for u in config.servers)
+        self.servers = server_urls(config.servers)
+        self._urls = ", ".join(redact_url(u) for u in self.servers)
 
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
@@ -577,7 +592,7 @@ class NatsPubSub(PubSubTransport):
         try:
             await self._connect_or_fail_fast(
                 nc,
-                servers=list(self.config.servers),
+                servers=list(self.servers),
                 name=self.name,
                 tls=tls,
                 allow_reconnect=True,

@@ -18,10 +18,12 @@ quote after the reconnect, just before that quote is published.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from framework.durations import parse_ms, parse_seconds
 from framework.errors import UserError
@@ -87,6 +89,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         self.max_age_ms = parse_ms(params.max_quote_age) if params.max_quote_age else None
         self.seq = self._load_seq()
         self.last_ts: dict[str, int] = {}
+        self.resumed: dict[str, int] = {}
         self.reconnected = False
         self.ignored: dict[str, int] = {}
         if params.simulate:
@@ -96,6 +99,37 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
 
     def _seq_file(self) -> Path:
         return Path(self.ctx.data_dir) / "seq"
+
+    def _position_file(self) -> Path:
+        return Path(self.ctx.data_dir) / "simulation-position.json"
+
+    def _window(self) -> dict[str, Any]:
+        sim = self.params.simulation
+        return {"start": sim.start, "seed": sim.seed, "mean_interval_ms": sim.mean_interval_ms}
+
+    def _load_position(self) -> dict[str, int]:
+        """Where an earlier run of the same fixed simulation window stopped, per symbol.
+
+        The synthetic feed is reproducible, so a restarted demo continues after the last
+        quote it published instead of publishing the window again.
+        """
+        try:
+            saved = json.loads(self._position_file().read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(saved, dict) or saved.get("window") != self._window():
+            return {}
+        last = saved.get("last_ts", {})
+        return {s: int(ts) for s, ts in last.items() if s in self.wanted and isinstance(ts, int)}
+
+    def _save_position(self) -> None:
+        if not (self.params.simulate and self.params.simulation.start is not None and self.last_ts):
+            return
+        path = self._position_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"window": self._window(), "last_ts": {**self.resumed, **self.last_ts}}))
+        tmp.replace(path)
 
     def _load_seq(self) -> int:
         """Where the previous run (or the instance before a restart) stopped, so ``seq`` only grows:
@@ -123,6 +157,9 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         pace = sim.pace if sim.pace != "auto" else ("fast" if clock.simulated else "realtime")
         if sim.start is not None:
             start = _iso_ms(sim.start)
+            self.resumed = self._load_position()
+            if self.resumed:
+                start = max(start, min(self.resumed.get(s, start - 1) for s in self.symbols) + 1)
         elif pace == "realtime":
             start = clock.now_ms()
         else:
@@ -131,11 +168,22 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
                 "as fast as possible (a simulated clock); e.g. start: '2026-11-02T00:00:00Z'"
             )
         span = parse_ms(sim.duration) if sim.duration else None
+        end = None if span is None else (_iso_ms(sim.start) if sim.start is not None else start) + span
+        if self.resumed:
+            done = end is not None and start >= end
+            self.ctx.log.info(
+                "%s: resuming the simulated feed after %s (an earlier run in this data_dir got that far)%s",
+                self.ctx.service,
+                datetime.fromtimestamp((start - 1) / 1000, timezone.utc).isoformat(),
+                "; the window is complete, nothing left to send (use another data_dir for a fresh run)" if done else "",
+            )
+            if done:
+                start = end
         symbols = self.symbols
         return PolygonSimulator(
             symbols,
             start_ms=start,
-            end_ms=None if span is None else start + span,
+            end_ms=end,
             seed=sim.seed,
             mean_interval_ms=sim.mean_interval_ms,
             digits={s: self.ctx.instrument(s).digits for s in symbols},
@@ -148,6 +196,10 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
     async def run(self) -> None:
         params = self.params
         simulator = self.simulator
+        if simulator is not None and simulator.end_ms is not None and simulator.start_ms >= simulator.end_ms:
+            if self.ctx.clock.simulated:
+                await self.ctx.clock.wait_until(simulator.end_ms)  # the feed's time is over: say so to the timers
+            return
         self.client = client = PolygonForexSocket(
             simulator.url if simulator is not None else params.url,
             self.api_key,
@@ -193,6 +245,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         if self.seq:
             self._seq_file().parent.mkdir(parents=True, exist_ok=True)
             self._seq_file().write_text(str(self.seq))
+        self._save_position()
         if self.simulator is not None:
             await self.simulator.close()
             self.simulator = None
@@ -216,6 +269,8 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             return
         if ctx.clock.simulated:
             await ctx.clock.wait_until(ts)
+        if self.resumed and ts <= self.resumed.get(symbol, -1):
+            return  # published by the run this one resumes
         problem = quote_problem(quote.bid, quote.ask, ts, now_ms=ctx.clock.now_ms(), max_age_ms=self.max_age_ms)
         if problem is not None:
             await ctx.dead_letter(problem, quote.raw, origin=f"polygon:{quote.pair}")

@@ -17,7 +17,6 @@ from typing import Any
 
 import pandas as pd
 
-from framework.clock import SimulatedClock
 from framework.durations import parse_ms
 from framework.node import Node
 from nodes.marketdata.quotes import quote_problem
@@ -71,10 +70,14 @@ class Replay(Node[ReplayParams]):
         await self.ctx.publish("ticks", tick)
 
     async def _pace(self, ts: int) -> None:
+        """Event time drives the clock when it is not live (simulated, or the runtime's paced
+        replay clock: ``runtime.clock_speed`` / ``clock_origin``, which every node's timers
+        share); on a live wall clock ``params.speed`` paces this source alone."""
         clock = self.ctx.clock
-        if isinstance(clock, SimulatedClock) or self.params.speed <= 0:
-            if isinstance(clock, SimulatedClock):
-                await clock.wait_until(ts)
+        if not clock.live:
+            await clock.wait_until(ts)
+            return
+        if self.params.speed <= 0:
             return
         if self._wall_start is None or self._event_start is None:
             self._wall_start, self._event_start = time.monotonic(), ts

@@ -30,6 +30,7 @@ import pytest
 
 from framework.transport.base import LogConsumer, LogTransport, PubSubTransport
 from framework.transport.inprocess import InProcessLog, InProcessPubSub
+from transport_helpers import server_unavailable
 
 T = TypeVar("T", PubSubTransport, LogTransport)
 
@@ -80,7 +81,7 @@ def kafka_log(tmp_path: Path) -> AbstractAsyncContextManager[LogTransport]:
             try:
                 bootstrap = KafkaServer(tmp_path / "kafka-server").start().url
             except ServerUnavailable as exc:
-                pytest.skip(f"kafka server unavailable: {exc}")
+                server_unavailable(f"kafka server unavailable: {exc}")
         _KAFKA_SERVER.append(bootstrap)
     config = KafkaConfig(bootstrap=_KAFKA_SERVER[0].split(","))
     return _connected(KafkaLog(config, session_timeout_ms=2_000, heartbeat_interval_ms=250, fetch_max_wait_ms=100))
@@ -103,7 +104,7 @@ def nats_pubsub(tmp_path: Path) -> AbstractAsyncContextManager[PubSubTransport]:
             try:
                 url = NatsServer(tmp_path / "nats-server").start().url
             except ServerUnavailable as exc:
-                pytest.skip(f"nats server unavailable: {exc}")
+                server_unavailable(f"nats server unavailable: {exc}")
         _NATS_SERVER.append(url)
     return _connected(NatsPubSub(NatsConfig(servers=_NATS_SERVER[0].split(",")), name="fxflow-conformance"))
 

@@ -75,6 +75,39 @@ async def test_queue_group_delivers_each_message_to_one_member(pubsub: PubSubTra
     assert [p["i"] for p in plain.payloads] == list(range(n))
 
 
+async def test_queue_group_spans_patterns_by_queue_name(pubsub: PubSubTransport, uid: str) -> None:
+    """NATS groups queue subscribers by queue name, whatever pattern each member used."""
+    n = 40
+    star, tail = Inbox(), Inbox()
+    await pubsub.subscribe(f"{uid}.qg.*", star, queue="q")
+    await pubsub.subscribe(f"{uid}.qg.>", tail, queue="q")
+    marker = Inbox()
+    await pubsub.subscribe(f"{uid}.qg.*", marker)
+    for i in range(n):
+        await pubsub.publish(f"{uid}.qg.x", {"i": i})
+    await eventually(marker.has(n), "every message on the plain subscriber")
+    await eventually(lambda: len(star.received) + len(tail.received) >= n, "every message in the group")
+    await pubsub.publish(f"{uid}.qg.end", {"i": -1})
+    await eventually(marker.got_subject(f"{uid}.qg.end"), "the marker")
+    await eventually(lambda: len(star.received) + len(tail.received) >= n + 1, "the marker in the group")
+    got = sorted(p["i"] for inbox in (star, tail) for p in inbox.payloads)
+    assert got == [-1, *range(n)], "each message reaches exactly one member of queue 'q'"
+
+
+async def test_each_queue_name_gets_every_message(pubsub: PubSubTransport, uid: str) -> None:
+    n = 30
+    a1, a2, b1 = Inbox(), Inbox(), Inbox()
+    await pubsub.subscribe(f"{uid}.jobs", a1, queue="a")
+    await pubsub.subscribe(f"{uid}.jobs", a2, queue="a")
+    await pubsub.subscribe(f"{uid}.>", b1, queue="b")
+    for i in range(n):
+        await pubsub.publish(f"{uid}.jobs", {"i": i})
+    await eventually(b1.has(n), "every message in queue 'b'")
+    await eventually(lambda: len(a1.received) + len(a2.received) >= n, "every message in queue 'a'")
+    assert sorted(p["i"] for m in (a1, a2) for p in m.payloads) == list(range(n))
+    assert [p["i"] for p in b1.payloads] == list(range(n))
+
+
 async def test_order_per_subject_from_one_publisher(pubsub: PubSubTransport, uid: str) -> None:
     inbox = Inbox()
     await pubsub.subscribe(f"{uid}.>", inbox)
