@@ -226,6 +226,11 @@ def cmd_run(overrides: Sequence[str]) -> int:
         _err(f"the topology has {len(errors)} lint error(s); nothing was started")
         return EXIT_FINDINGS
     data_dir = Path(config.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = "it is a file" if data_dir.exists() and not data_dir.is_dir() else (exc.strerror or str(exc))
+        raise UserError(f"data_dir: cannot keep the run's files in {data_dir}: {problem}", file="<command line>") from None
     with _run_tmpdir(data_dir), _run_logging(config.log_level, data_dir):
         from framework.runtime import Runtime
 

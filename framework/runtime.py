@@ -356,6 +356,8 @@ class ServiceHost:
         try:
             await self.start()
         except Exception as exc:
+            self.metrics.errors += 1
+            self.metrics.last_error = f"{type(exc).__name__}: {exc}"
             log.error("service %s (node %s): on_start failed: %s: %s", self.name, self.spec.name, type(exc).__name__, exc, exc_info=exc)
             self.schedule_restart(f"on_start failed: {exc}")
 
@@ -643,22 +645,39 @@ class Runtime:
         for name in self.services:
             self.hosts[name] = self._build_host(name)
         self.order = dependency_order(self.wiring, self.services)
+        port = self.topology.runtime.metrics_port
+        if port is not None:
+            from framework.observability import start_observability
+
+            try:
+                self.observability = await start_observability(self.metrics, port=port)
+            except OSError as exc:
+                raise UserError(
+                    f"cannot serve metrics on port {port}: {exc.strerror or exc}; pick another port, or 0 for any free one",
+                    path="runtime.metrics_port",
+                ) from None
+            log.info("metrics on http://127.0.0.1:%d/metrics, health on /health", self.observability.port)
         await asyncio.gather(*(self._wire_inputs(self.hosts[name]) for name in self.order))
         for name in reversed(self.order):
-            await self.hosts[name].start()
-            log.info("service %s started (%s)", name, self.hosts[name].spec.name)
+            host = self.hosts[name]
+            try:
+                await host.start()
+            except UserError:
+                raise
+            except Exception as exc:
+                # isolated like a failure after start: the others run, this one retries with backoff
+                host.metrics.errors += 1
+                host.metrics.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("service %s (node %s): on_start failed: %s: %s", name, host.spec.name, type(exc).__name__, exc, exc_info=exc)
+                host.schedule_restart(f"on_start failed: {exc}")
+                continue
+            log.info("service %s started (%s)", name, host.spec.name)
         interval = parse_seconds(self.topology.runtime.metrics_interval)
         self.spawn(self._write_metrics_periodically(interval), "metrics")
         if isinstance(self.clock, SimulatedClock):
             self.spawn(self._watch_for_stall(), "stall-watch")
         for store in {id(s): s for s in self.stores.values()}.values():
             self.spawn(self._maintain_periodically(store), f"maintain-{store.name}")
-        port = self.topology.runtime.metrics_port
-        if port is not None:
-            from framework.observability import start_observability
-
-            self.observability = await start_observability(self.metrics, port=port)
-            log.info("metrics on http://127.0.0.1:%d/metrics, health on /health", self.observability.port)
 
     def notify_finished(self) -> None:
         sources = [h for h in self.hosts.values() if h.node_cls.overrides_run()]

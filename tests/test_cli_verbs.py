@@ -223,3 +223,13 @@ def test_lint_of_an_unreadable_file_is_one_line(
     out, err = capsys.readouterr()
     assert out == "" and "Traceback" not in err
     assert len(err.splitlines()) == 1 and err.startswith(f"fxrun: error: {path}{expected}")
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    taken = tmp_path / "notes.txt"
+    taken.write_text("not a directory")
+    assert main(["topology=demo", f"data_dir={taken}", "pairs=[EURUSD]"]) == 1
+    err = capsys.readouterr().err
+    assert f"<command line>: data_dir: cannot keep the run's files in {taken}: it is a file" in err
+    assert "Traceback" not in err
+    assert taken.read_text() == "not a directory"

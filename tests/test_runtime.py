@@ -162,6 +162,24 @@ class ClockSleeper(Node[Strict]):
             SEEN[self.ctx.service].append(self.ctx.clock.now_ms())
 
 
+class BadStartParams(Strict):
+    user_error: bool = False
+
+
+class BadStart(Node[BadStartParams]):
+    """A node whose ``on_start`` always fails: a bug (RuntimeError) or a user mistake (UserError)."""
+
+    async def on_start(self) -> None:
+        SEEN[f"{self.ctx.service}:starts"].append(1)
+        if self.params.user_error:
+            raise UserError("params.key_env: environment variable KEY is not set")
+        raise RuntimeError("cannot reach the model registry")
+
+    @handles("ticks")
+    async def on_tick(self, message: dict) -> None:
+        SEEN[self.ctx.service].append(message["seq"])
+
+
 class TimerParams(Strict):
     period: str = "1m"
 
@@ -202,6 +220,7 @@ for _s in (
     _spec("ticker", Ticker, Strict, outputs=["ticks"], role="source"),
     _spec("periodic", Periodic, TimerParams, inputs=["ticks"]),
     _spec("clock_sleeper", ClockSleeper, Strict, role="source"),
+    _spec("bad_start", BadStart, BadStartParams, inputs=["ticks"]),
 ):
     REGISTRY.register(_s)
 
@@ -764,3 +783,45 @@ async def test_a_source_asleep_on_simulated_time_nothing_can_move_ends_the_run(t
     assert SEEN["sink"] == [1, 2, 3] and SEEN["poller"] == []
     assert any("poller wait(s) for simulated time" in r.getMessage() for r in caplog.records)
     assert metrics(rt)["poller"]["state"] == "stopped"
+
+
+async def test_a_node_failing_in_on_start_is_isolated_and_retried_the_others_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    services = {**copy.deepcopy(PIPELINE), "broken": svc("bad_start", inputs={"ticks": {"nats": "ticks.>"}})}
+    policy = {**FAST_RESTART, "max_restarts": 2}
+    rt = runtime(topology(tmp_path, services, runtime={"restart": policy}), tmp_path / "data")
+    with caplog.at_level(logging.ERROR, logger="fxflow.runtime"):
+        await run(rt)
+    assert SEEN["sink"] == list(range(1, 51))  # the pipeline beside it ran in full
+    assert len(SEEN["broken:starts"]) == 3  # the first start and two retries
+    m = metrics(rt)["broken"]
+    assert (m["state"], m["restarts"], m["errors"]) == ("failed", 2, 3)
+    assert "cannot reach the model registry" in m["last_error"]
+    failed = [r for r in caplog.records if "on_start failed" in r.getMessage()]
+    assert failed and "broken (node bad_start)" in failed[0].getMessage() and failed[0].exc_info is not None
+    letters = dead_letters(tmp_path / "data", "broken")  # what it never could take is kept, with the reason
+    assert sorted(d["payload"]["seq"] for d in letters) == list(range(1, 51))
+    assert {d["reason"] for d in letters} == {"service broken gave up after repeated failures (see its last_error)"}
+
+
+async def test_a_user_mistake_in_on_start_stops_the_run_before_it_goes_on(tmp_path: Path) -> None:
+    services = {**copy.deepcopy(PIPELINE), "broken": svc("bad_start", params={"user_error": True}, inputs={"ticks": {"nats": "ticks.>"}})}
+    rt = runtime(topology(tmp_path, services), tmp_path / "data")
+    with pytest.raises(UserError, match="KEY is not set"):
+        await run(rt)
+    assert SEEN["sink"] == []
+
+
+async def test_a_metrics_port_in_use_is_one_user_error_before_any_node_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rt = runtime(topology(tmp_path, copy.deepcopy(PIPELINE), runtime={"metrics_port": port}), tmp_path / "data")
+        with pytest.raises(UserError, match=f"cannot serve metrics on port {port}") as info:
+            await run(rt)
+    assert info.value.path == "runtime.metrics_port"
+    assert not any(event == "start" for event, _ in EVENTS)

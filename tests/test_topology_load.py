@@ -383,6 +383,48 @@ def test_a_repeated_timeframe_is_reported_with_file_and_line(project: Path) -> N
     assert f"topology/services.yaml:{line}: timeframes: timeframe '5m' listed more than once" in text
 
 
+@pytest.mark.parametrize(
+    ("timeframe", "problem"),
+    [
+        ("7m", "timeframe '7m' does not divide a day evenly"),
+        ("2d", "timeframe '2d': only 1d and 1w are supported"),
+        ("11m", "timeframe '11m' does not divide a day evenly"),
+        ("30s", "timeframe '30s' must be at least one minute"),
+        ("1y", "timeframe '1y' is not a timeframe"),
+    ],
+)
+def test_a_timeframe_bars_cannot_be_built_for_is_reported_with_file_and_line(project: Path, timeframe: str, problem: str) -> None:
+    services = project / "topology" / "services.yaml"
+    edit(services, "timeframes: [1m, 5m,", f"timeframes: [1m, {timeframe}, 5m,")
+    line = line_of(services, "timeframes:")
+    text = str(user_error("topology=demo", project=project))
+    assert f"topology/services.yaml:{line}: timeframes: {problem}" in text
+
+
+@pytest.mark.parametrize("timeframes", ["[1m,10m,1w]", "[5m,1h,1d]"])
+def test_timeframes_that_divide_a_day_or_are_calendar_days_load(timeframes: str) -> None:
+    from framework.topology.load import load_run
+
+    loaded = load_run(["topology=demo", f"topology.timeframes={timeframes}"], PROJECT)
+    assert loaded.topology.timeframes == timeframes.strip("[]").split(",")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("stores:\n", "stores: clickhouse\nunused_stores:\n", "stores: should be a mapping, not a string"),
+        ("services:\n", "services: [data-bridge, tick-aggregator]\nunused_services:\n", "services: should be a mapping, not a list"),
+        ("timeframes: [1m, 5m,", "timeframes: {a: 1m}\nunused: [1m, 5m,", "timeframes: should be a list, not a mapping"),
+    ],
+)
+def test_a_section_of_the_wrong_shape_is_blamed_on_its_file_and_line(project: Path, old: str, new: str, message: str) -> None:
+    services = project / "topology" / "services.yaml"
+    edit(services, old, new)
+    line = line_of(services, new.split("\n")[0])
+    text = str(user_error("topology=demo", project=project))
+    assert text.startswith(f"topology/services.yaml:{line}: {message}"), text
+
+
 def test_an_empty_nats_server_url_is_reported_where_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FXFLOW_NATS_URL", "")
     line = line_of(PROJECT / "topology" / "live.yaml", "    - ${oc.env:FXFLOW_NATS_URL")

@@ -127,3 +127,57 @@ def check_columns(config: RunConfig, smap: SourceMap) -> None:
             errors.append(UserError(message, path=".".join(path[1:]), **_where(smap, path)))
     if errors:
         raise UserErrors(errors)
+
+
+_LIST_SECTIONS = frozenset({"timeframes", "domains", "defaults"})
+
+
+def check_section_types(documents: Sequence[tuple[Any, SourceMap]]) -> None:
+    """Each file's top level and sections have the shape the model needs, before Hydra merges them.
+
+    Merging a list into a mapping fails inside Hydra with no file or line, and a scalar where a
+    mapping belongs is silently replaced by the profile's mapping; both are reported here instead.
+    """
+    from framework.topology.model import Topology
+
+    mapping_sections = {name for name, f in Topology.model_fields.items() if _is_mapping(f.annotation)}
+    errors: list[UserError] = []
+    for data, part in documents:
+        top = part.find(())
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            errors.append(UserError(f"the document must be a mapping of sections, not a {_kind(data)}", file=top.file if top else None, line=top.line if top else None))
+            continue
+        for key, value in data.items():
+            expected = "list" if key in _LIST_SECTIONS else "mapping" if key in mapping_sections else None
+            if expected is None or value is None:
+                continue
+            if (expected == "list") != isinstance(value, list) or (expected == "mapping" and not isinstance(value, dict)):
+                loc = part.find((str(key),))
+                errors.append(
+                    UserError(f"should be a {expected}, not a {_kind(value)}", file=loc.file if loc else None, line=loc.line if loc else None, path=str(key))
+                )
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise UserErrors(errors)
+
+
+def _is_mapping(annotation: Any) -> bool:
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is dict:
+        return True
+    return any(typing.get_origin(a) is dict or _is_model(a) for a in typing.get_args(annotation)) or _is_model(annotation)
+
+
+def _is_model(annotation: Any) -> bool:
+    from pydantic import BaseModel
+
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "mapping", list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), type(value).__name__)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from framework.errors import UserError, UserErrors
 from framework.topology.checks import (
     check_columns,
+    check_section_types,
     check_declared_services,
     check_duplicates,
     check_selection,
@@ -217,7 +218,9 @@ def load_run(overrides: Sequence[str] = (), project: Path | None = None) -> Load
     project = project or find_project()
     profile = _profile_choice(overrides)
     files = _profile_files(project / PROFILE_GROUP, profile)
-    parts = [read_yaml(file)[1] for file in files]
+    documents = [read_yaml(file) for file in files]
+    check_section_types(documents)
+    parts = [part for _, part in documents]
     smap = _source_map(parts, overrides)
     check_duplicates(smap)
     data = compose_profile(project, overrides, smap)

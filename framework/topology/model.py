@@ -291,9 +291,14 @@ class Topology(Strict):
         repeated = sorted({tf for tf in value if value.count(tf) > 1}, key=value.index)
         if repeated:
             raise ValueError(f"timeframe {', '.join(map(repr, repeated))} listed more than once")
+        from framework.timeframes import MINUTE_MS, parse_timeframe
+
         for tf in value:
-            ms = parse_ms(tf)
-            if ms is None or ms < 60_000:
+            try:
+                spec = parse_timeframe(tf)
+            except ValueError as exc:
+                raise ValueError(f"timeframe {exc}") from None
+            if spec.ms < MINUTE_MS:
                 raise ValueError(f"timeframe {tf!r} must be at least one minute (1m, 5m, 1h, 1d…)")
         return value
 

@@ -22,14 +22,14 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from framework.timeframes import parse_timeframe
+
 if TYPE_CHECKING:
     import numpy as np
 
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-_TIMEFRAME = re.compile(r"^(\d+)(s|m|h|d|w)$")
-_UNIT_MS = {"s": 1_000, "m": MINUTE_MS, "h": HOUR_MS, "d": DAY_MS, "w": 7 * DAY_MS}
 _ROLL = re.compile(r"^\s*(\d{1,2}):(\d{2})(?:\s+(\S+))?\s*$")
 
 
@@ -96,19 +96,8 @@ class Timeframe:
 
     @classmethod
     def parse(cls, name: str) -> Timeframe:
-        match = _TIMEFRAME.match(name)
-        if not match or int(match.group(1)) == 0:
-            raise ValueError(f"{name!r} is not a timeframe (use e.g. 1m, 5m, 1h, 4h, 1d, 1w)")
-        count, unit = int(match.group(1)), match.group(2)
-        ms = count * _UNIT_MS[unit]
-        if unit in ("d", "w"):
-            days = count * (7 if unit == "w" else 1)
-            if unit == "d" and count != 1 or unit == "w" and count != 1:
-                raise ValueError(f"{name!r}: only 1d and 1w are supported among calendar timeframes")
-            return cls(name, ms, True, days)
-        if DAY_MS % ms:
-            raise ValueError(f"{name!r} does not divide a day evenly, so its bars could not align to midnight")
-        return cls(name, ms, False)
+        spec = parse_timeframe(name)
+        return cls(name, spec.ms, spec.calendar, spec.days)
 
 
 @lru_cache(maxsize=64)
