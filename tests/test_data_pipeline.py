@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from framework.runtime import Runtime
+from framework.testing import load, make_runtime, query_df
 from framework.transport.inprocess import InProcessPubSub
 from nodes.marketdata.bars import aggregate_frame
-from tests.node_harness import load, make_runtime, query_df
 from tests.transport_helpers import eventually
 
 TIMEOUT = 60.0

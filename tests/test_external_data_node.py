@@ -18,12 +18,14 @@ import pytest
 
 from framework.clock import SimulatedClock
 from framework.errors import UserError
+from framework.testing import contracts, load, make_runtime, query, recording_bus
 from framework.topology.load import LoadedRun
 from nodes.external_data.fred import DAY_MS, date_ms, ms_date
 from nodes.external_data.node import ExternalDataCollector
 from nodes.external_data.simulator import FredSeriesGenerator, calendar_week, week_start
-from tests.node_harness import CONTRACTS, load, make_runtime, query, recording_bus
 from tests.transport_helpers import eventually
+
+CONTRACTS = contracts()
 
 TIMEOUT = 30.0
 SERVICE = "external-data-collector"

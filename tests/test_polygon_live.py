@@ -21,13 +21,19 @@ from framework.clock import WallClock
 from framework.contracts import ContractRegistry
 from framework.registry import Registry
 from framework.runtime import Runtime
+from framework.testing import query
 from framework.topology.load import LoadedRun, load_run
 from framework.transport.inprocess import InProcessPubSub
 from nodes.marketdata.synthetic import Quote, SyntheticQuotes, market_closed
 from nodes.polygon_live.node import MissingApiKey
-from nodes.polygon_live.simulator import Disconnect, Faults, PolygonSimulator, frame, status
+from nodes.polygon_live.simulator import (
+    Disconnect,
+    Faults,
+    PolygonSimulator,
+    frame,
+    status,
+)
 from nodes.polygon_live.spec import SPEC
-from tests.node_harness import query
 from tests.transport_helpers import eventually
 
 PROJECT = Path(__file__).resolve().parents[1]

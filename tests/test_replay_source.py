@@ -13,13 +13,15 @@ from pydantic import ValidationError
 
 from framework.runtime import Runtime
 from framework.stores.clickhouse import ClickHouseStore
+from framework.testing import contracts, load, make_runtime, query_df, recording_bus
 from nodes.marketdata.bars import aggregate_frame
 from nodes.marketdata.synthetic import SyntheticQuotes
 from nodes.replay.spec import ReplayParams
-from tests.node_harness import CONTRACTS, load, make_runtime, query_df, recording_bus
 
 T0 = 1_793_577_600_000  # 2026-11-02 00:00 UTC
 SERVICE = "tick-replay"
+
+CONTRACTS = contracts()
 
 
 def recorded() -> pd.DataFrame:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
+from framework.testing import load, make_runtime, query, recording_bus
 from nodes.marketdata.bars import aggregate_frame
-from tests.node_harness import load, make_runtime, query, recording_bus
 
 TIMEOUT = 60.0
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.node_harness import query
+from framework.testing import query
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,11 +14,11 @@ import pytest
 from pydantic import ValidationError
 
 from framework.clock import SimulatedClock
+from framework.testing import contracts, load, make_runtime, query, recording_bus
 from framework.topology.model import Instrument
 from nodes.synthetic_ticks.node import SyntheticTicks, in_weekend, weekend_end
 from nodes.synthetic_ticks.spec import SyntheticTicksParams
 from nodes.template.spec import SpreadWatchParams
-from tests.node_harness import CONTRACTS, load, make_runtime, query, recording_bus
 
 PROJECT = Path(__file__).resolve().parents[1]
 TIMEOUT = 30.0
@@ -26,6 +26,8 @@ START = "2026-11-02T00:00:00Z"  # a Monday
 T0 = 1_793_577_600_000
 MINUTE = 60_000
 HOUR = 60 * MINUTE
+
+CONTRACTS = contracts()
 
 
 def ms(text: str) -> int:
