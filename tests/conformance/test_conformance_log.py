@@ -144,6 +144,30 @@ async def test_group_members_split_partitions(log: LogTransport, join: JoinGroup
         assert {(r.topic, r.partition) for r in mine} <= member.assignment()
 
 
+async def test_a_member_that_leaves_hands_its_uncommitted_records_to_the_rest(log: LogTransport, join: JoinGroup, uid: str) -> None:
+    topic = await topic_with(log, f"{uid}.jobs", partitions=2)
+    group = f"{uid}-g"
+    stays, leaves = await join(group, [topic]), await join(group, [topic])
+    await settle([stays, leaves], partitions=2)
+    for i in range(20):
+        await log.produce(topic, {"i": i}, key=f"k{i}")
+    kept, dropped = await drain_all([stays, leaves], 20)
+    assert kept and dropped
+    await stays.commit()
+    await leaves.stop()  # handled its records but never committed them
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TIMEOUT
+    redelivered: list[Record] = []
+    while len(stays.assignment()) < 2 or len(redelivered) < len(dropped):
+        if loop.time() > deadline:
+            raise AssertionError(f"after the leave: {sorted(stays.assignment())}, {len(redelivered)} of {len(dropped)} records")
+        redelivered += await stays.getmany(timeout_ms=50)
+    redelivered += await stays.getmany(timeout_ms=100)
+    assert sorted(r.value["i"] for r in redelivered) == sorted(r.value["i"] for r in dropped)  # all of it, once
+    assert {r.partition for r in redelivered} == {r.partition for r in dropped}
+
+
 async def test_commit_then_new_member_resumes(log: LogTransport, join: JoinGroup, uid: str) -> None:
     topic = await topic_with(log, f"{uid}.q", records=10)
     group, tp = f"{uid}-g", (topic, 0)
