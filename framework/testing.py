@@ -22,6 +22,8 @@ it (``$FXFLOW_PROJECT``, else the working directory or a parent), or passed expl
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,25 +78,25 @@ async def recording_bus(*patterns: str) -> tuple[InProcessPubSub, list[tuple[str
     return bus, got
 
 
-async def query(data_dir: Path, sql: str) -> list[dict[str, Any]]:
-    """Rows of a run's embedded ClickHouse (``<data_dir>/clickhouse``), after the run has stopped."""
+@asynccontextmanager
+async def _embedded_clickhouse(data_dir: Path) -> AsyncIterator[Any]:
     from framework.stores.clickhouse import ClickHouseStore
 
     store = ClickHouseStore("check", f"chdb://{data_dir}/clickhouse")
     await store.connect()
     try:
-        return await store.query(sql)
+        yield store
     finally:
         await store.close()
+
+
+async def query(data_dir: Path, sql: str) -> list[dict[str, Any]]:
+    """Rows of a run's embedded ClickHouse (``<data_dir>/clickhouse``), after the run has stopped."""
+    async with _embedded_clickhouse(data_dir) as store:
+        return await store.query(sql)
 
 
 async def query_df(data_dir: Path, sql: str) -> pd.DataFrame:
     """:func:`query` as a pandas DataFrame."""
-    from framework.stores.clickhouse import ClickHouseStore
-
-    store = ClickHouseStore("check", f"chdb://{data_dir}/clickhouse")
-    await store.connect()
-    try:
+    async with _embedded_clickhouse(data_dir) as store:
         return await store.query_df(sql)
-    finally:
-        await store.close()

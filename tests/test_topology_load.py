@@ -14,7 +14,13 @@ from framework.durations import parse_ms, parse_seconds
 from framework.errors import UserError
 from framework.topology.load import load_file, load_run, load_topology_file
 from framework.topology.source import MAX_NESTING, read_yaml
-from framework.topology.templates import as_pattern, compile_renderer, expand, is_template, placeholders
+from framework.topology.templates import (
+    as_pattern,
+    compile_renderer,
+    expand,
+    is_template,
+    placeholders,
+)
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -375,14 +381,6 @@ def test_an_empty_selection_is_refused(key: str) -> None:
     assert text.startswith(f"<command line>: {key}: [] selects nothing; leave {key} out")
 
 
-def test_a_repeated_timeframe_is_reported_with_file_and_line(project: Path) -> None:
-    services = project / "topology" / "services.yaml"
-    edit(services, "timeframes: [1m, 5m,", "timeframes: [1m, 5m, 5m,")
-    line = line_of(services, "timeframes:")
-    text = str(user_error("topology=demo", project=project))
-    assert f"topology/services.yaml:{line}: timeframes: timeframe '5m' listed more than once" in text
-
-
 @pytest.mark.parametrize(
     ("timeframe", "problem"),
     [
@@ -391,6 +389,7 @@ def test_a_repeated_timeframe_is_reported_with_file_and_line(project: Path) -> N
         ("11m", "timeframe '11m' does not divide a day evenly"),
         ("30s", "timeframe '30s' must be at least one minute"),
         ("1y", "timeframe '1y' is not a timeframe"),
+        ("5m", "timeframe '5m' listed more than once"),
     ],
 )
 def test_a_timeframe_bars_cannot_be_built_for_is_reported_with_file_and_line(project: Path, timeframe: str, problem: str) -> None:
@@ -403,8 +402,6 @@ def test_a_timeframe_bars_cannot_be_built_for_is_reported_with_file_and_line(pro
 
 @pytest.mark.parametrize("timeframes", ["[1m,10m,1w]", "[5m,1h,1d]"])
 def test_timeframes_that_divide_a_day_or_are_calendar_days_load(timeframes: str) -> None:
-    from framework.topology.load import load_run
-
     loaded = load_run(["topology=demo", f"topology.timeframes={timeframes}"], PROJECT)
     assert loaded.topology.timeframes == timeframes.strip("[]").split(",")
 
