@@ -9,7 +9,9 @@ Prints, in one run:
    else) as the baseline, with their ratio;
 2. batch: ``aggregate_frame`` (all 7 timeframes) on N ticks against pandas
    ``resample().ohlc()`` + count + spread mean/min/max per timeframe on the same frame, and the
-   speed-up (target >= 1x, aim 3x).
+   speed-up (target >= 1x, aim 3x);
+3. ``frame_of`` on the streaming run's closed bars (one ``ClosedBar`` each, as they close live)
+   against building one DataFrame per bar and concatenating them (what it did before).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from nodes.marketdata.bars import StreamingAggregator, aggregate_frame  # noqa: E402
+from nodes.marketdata.bars import ClosedBar, StreamingAggregator, aggregate_frame, bars_frame, frame_of  # noqa: E402
 
 PAIRS = ["EURUSD", "GBPUSD", "USDJPY", "USDCHF", "AUDUSD", "USDCAD", "NZDUSD", "EURGBP", "EURJPY", "GBPJPY",
          "AUDJPY", "EURCHF", "EURAUD", "XAUUSD"]
@@ -59,15 +61,34 @@ def bench_streaming(frame: pd.DataFrame) -> None:
     start = time.perf_counter()
     bars = 0
     add = agg.add
+    kept: list[ClosedBar] = []
     for symbol, ts, bid, ask in rows:
         closed = add(symbol, ts, bid, ask)
         if closed:
             bars += sum(len(c.bars) for c in closed)
-    bars += sum(len(c.bars) for c in agg.drain())
+            kept.extend(closed)
+    drained = agg.drain()
+    bars += sum(len(c.bars) for c in drained)
     ours = len(rows) / (time.perf_counter() - start)
     print(f"streaming, {len(rows):,} ticks, 14 pairs x 7 timeframes ({bars:,} bars)")
     print(f"  bare per-tick loop      {bare:14,.0f} ticks/s")
     print(f"  StreamingAggregator     {ours:14,.0f} ticks/s   ratio {ours / bare:.3f}")
+    bench_frame_of(kept + drained)
+
+
+def bench_frame_of(closed: list[ClosedBar]) -> None:
+    singles = [ClosedBar(c.symbol, c.timeframe, c.bars.take(slice(i, i + 1))) for c in closed for i in range(len(c.bars))]
+    sample = singles[: min(len(singles), 2_000)]  # the old way is slow: time a sample, scale it
+    start = time.perf_counter()
+    pd.concat([bars_frame(c.bars, c.symbol, c.timeframe) for c in sample], ignore_index=True)
+    old = (time.perf_counter() - start) * len(singles) / len(sample)
+    start = time.perf_counter()
+    frame = frame_of(singles)
+    new = time.perf_counter() - start
+    assert len(frame) == len(singles)
+    print(f"frame_of, {len(singles):,} closed bars")
+    print(f"  a frame per bar         {old:8.2f} s (from {len(sample):,} bars)")
+    print(f"  column-wise             {new:8.2f} s   speed-up {old / new:.0f}x")
 
 
 def pandas_resample(frame: pd.DataFrame) -> int:

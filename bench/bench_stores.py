@@ -9,7 +9,10 @@ Prints, in one run (best of 3 repeats, rows of the tick.v1 shape):
    ``BatchWriter`` (add → written), and the baseline of one insert per row;
 2. PostgreSQL, started with ``framework.infra.servers.PostgresServer`` in a temporary directory,
    on a daily-partitioned table: ``store.insert`` (binary COPY) in batches, through a
-   ``BatchWriter``, and the baseline of asyncpg ``executemany`` INSERT of the same batches.
+   ``BatchWriter``, and the baseline of asyncpg ``executemany`` INSERT of the same batches;
+   then the same batches into a table with a unique ``key`` (as ``live_ticks``), once new (a
+   plain COPY) and once again (every row a repeat, as a retried batch: the COPY fails, the batch
+   goes through a staging table and ``INSERT … ON CONFLICT DO NOTHING``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from framework.stores.postgres import DAY_MS, PostgresStore  # noqa: E402
 from framework.topology.model import Table  # noqa: E402
 
 COLUMNS = {"symbol": "str", "ts": "timestamp_ms", "bid": "float", "ask": "float", "seq": "int?", "source": "str"}
+KEY = ["symbol", "ts", "source", "seq", "bid", "ask"]
 REPEATS = 3
 SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"]
 
@@ -118,10 +122,11 @@ async def bench_postgres(n: int, batch: int, workdir: Path) -> None:
         table = Table(store="bench", engine="hypertable", order_by=["symbol", "ts"], retention="7d")
         start = int(time.time() * 1000) - 2 * DAY_MS
         rows = ticks(n, start)
-        names = [f"pg_{uuid.uuid4().hex[:6]}_{i}" for i in range(3 * REPEATS)]
+        names = [f"pg_{uuid.uuid4().hex[:6]}_{i}" for i in range(4 * REPEATS)]
+        keyed = table.model_copy(update={"key": KEY})
         try:
-            for name in names:
-                await store.ensure_table(name, table, COLUMNS, "ts")
+            for i, name in enumerate(names):
+                await store.ensure_table(name, keyed if i >= 3 * REPEATS else table, COLUMNS, "ts")
             for name in names:  # partitions exist before timing: the figures are about rows
                 await store.insert(name, [rows[0], rows[-1]])
                 await store.execute(f"TRUNCATE {name}")
@@ -140,13 +145,21 @@ async def bench_postgres(n: int, batch: int, workdir: Path) -> None:
             async def writer(repeat: int) -> None:
                 await through_writer(store, names[2 * REPEATS + repeat], rows, batch)
 
+            async def keyed_copy(repeat: int) -> None:
+                for part in chunks(rows, batch):
+                    await store.insert(names[3 * REPEATS + repeat], part)
+
             base = await best_rate(n, executemany)
             mode = store.table_mode(names[0])
             print(f"PostgreSQL ({mode} table, timescaledb {'present' if store.timescale_available else 'absent'}), {n:,} rows, batches of {batch:,}:")
             line("executemany INSERT (baseline)", base)
             line("store.insert (binary COPY)", await best_rate(n, copy), base)
             line("BatchWriter (add → written, COPY)", await best_rate(n, writer), base)
+            line("store.insert, keyed table (new rows)", await best_rate(n, keyed_copy), base)
+            line("store.insert, keyed table (every row a repeat)", await best_rate(n, keyed_copy), base)
             counts = [r["c"] for r in await store.query(f"SELECT count(*) AS c FROM {names[REPEATS]}")]
+            assert counts == [n], counts
+            counts = [r["c"] for r in await store.query(f"SELECT count(*) AS c FROM {names[3 * REPEATS]}")]
             assert counts == [n], counts
         finally:
             await store.close()

@@ -5,6 +5,7 @@
     fxrun topology=live only=[data-bridge]     run one service in this process
     fxrun lint [FILE] [--json] [overrides…]    lint a topology (exit 1 on any error)
     fxrun docs [--check]                       (re)generate docs/architecture.md and docs/asyncapi.yaml
+    fxrun contracts publish [NAME…] | check    record released contract versions / compare with them (FX105)
     fxrun status [DATA_DIR]                    per-service counters of a running or finished run
     fxrun infra up|status|down [--data-dir D]  local NATS, Kafka, PostgreSQL, Redis (prints export lines)
     fxrun deploy [--out FILE] [--check]        generate deploy/docker-compose.yml from topology=live
@@ -56,7 +57,10 @@ def cmd_lint(argv: Sequence[str]) -> int:
     from framework.topology.checks import LOAD_ERROR
 
     parser = argparse.ArgumentParser(prog="fxrun lint", description="Lint a topology; exit 1 on any error.")
-    parser.add_argument("file", nargs="?", help="a topology file or a profile (default: the composed profile)")
+    parser.add_argument(
+        "file", nargs="?", help="a topology file or a profile (default: the composed profile); with topology=NAME, "
+        "that profile composed over the file in place of services.yaml"
+    )
     parser.add_argument("--json", action="store_true", help="print findings as a JSON array")
     parser.add_argument("--quiet", action="store_true", help="print errors only")
     args, overrides = _split(parser, argv)
@@ -144,8 +148,14 @@ def cmd_status(argv: Sequence[str]) -> int:
         raise UserError(f"no metrics in {path}: has `fxrun … data_dir={args.data_dir}` run yet?")
     snapshot = json.loads(path.read_text())
     age = time.time() - snapshot["ts"] / 1000
-    print(f"{path} ({age:.0f}s ago)")
-    print(format_table(snapshot["services"]))
+    try:
+        print(f"{path} ({age:.0f}s ago)")
+        print(format_table(snapshot["services"]))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `fxrun status | head -1`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return EXIT_OK
 
 
@@ -269,6 +279,12 @@ def cmd_infra(argv: Sequence[str]) -> int:
     return infra_main(argv)
 
 
+def cmd_contracts(argv: Sequence[str]) -> int:
+    from framework.lint.evolution import main as contracts_main
+
+    return contracts_main(argv)
+
+
 def cmd_deploy(argv: Sequence[str]) -> int:
     from framework.deploy import main as deploy_main
 
@@ -283,7 +299,7 @@ def _is_environment_error(exc: Exception) -> bool:
     return isinstance(exc, (StoreError, TransportError))
 
 
-VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy}
+VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy, "contracts": cmd_contracts}
 COMMAND_GROUP = "fxflow.commands"
 
 

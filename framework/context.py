@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,10 @@ from framework.topology.model import Instrument
 from framework.transport.base import LogTransport, PubSubTransport, Record
 
 # StoreError is what a table operation raises when its store fails; nodes catch it from here.
-__all__ = ["NodeContext", "OutputRoute", "StoreError", "TableHandle"]
+__all__ = ["PRODUCER_HEADER", "NodeContext", "OutputRoute", "StoreError", "TableHandle"]
+
+PRODUCER_HEADER = "fxflow-service"
+"""Header naming the service that archived a record (a refill takes back only its own records)."""
 
 
 @dataclass(slots=True)
@@ -39,6 +42,64 @@ class OutputRoute:
     writers: list[BatchWriter] = field(default_factory=list)
     time_field: str | None = None
     """The contract's event-time field: Kafka records are stamped with it, so replay by time is by event time."""
+
+
+class _Outbox:
+    """One output port's messages between their archive send and their real-time delivery.
+
+    Messages leave in the order they were published: each waits for its log
+    acknowledgement, at most until ``archive_wait`` after it was sent, then goes to its
+    subjects and tables. A record the log refuses is dead-lettered and still delivered in
+    real time (the dead letter keeps it for the archive); one still unacknowledged at the
+    deadline is delivered and dead-lettered later if its delivery then fails.
+    """
+
+    __slots__ = ("ctx", "route", "entries", "task")
+
+    def __init__(self, ctx: NodeContext, route: OutputRoute) -> None:
+        self.ctx = ctx
+        self.route = route
+        self.entries: deque[tuple[list[tuple[str, asyncio.Future[Any]]], float, list[str], dict[str, Any]]] = deque()
+        self.task: asyncio.Future[None] | None = None
+
+    async def put(self, items: list[tuple[list[tuple[str, asyncio.Future[Any]]], list[str], dict[str, Any]]]) -> None:
+        """Deliver ``(sends, subjects, message)`` items in order once archived (at once when they already are)."""
+        if not self.entries and all(sent.done() for sends, _, _ in items for _, sent in sends):
+            for sends, _, message in items:
+                self._settle(sends, message)
+            await self.ctx._deliver_many(self.route, [(subjects, message) for _, subjects, message in items])
+            return
+        deadline = asyncio.get_running_loop().time() + self.ctx._archive_wait
+        self.entries.extend((sends, deadline, subjects, message) for sends, subjects, message in items)
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+
+    def _settle(self, sends: list[tuple[str, asyncio.Future[Any]]], message: dict[str, Any]) -> None:
+        for topic, sent in sends:
+            if sent.done():
+                self.ctx._archive_failed(topic, message, sent)
+            else:
+                sent.add_done_callback(functools.partial(self.ctx._archive_failed, topic, message))
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        entries = self.entries
+        while entries:
+            sends, deadline, subjects, message = entries[0]
+            waiting = [sent for _, sent in sends if not sent.done()]
+            if waiting and (left := deadline - loop.time()) > 0:
+                await asyncio.wait(waiting, timeout=left)
+            entries.popleft()
+            self._settle(sends, message)
+            try:
+                await self.ctx._deliver_many(self.route, [(subjects, message)])
+            except Exception as exc:
+                reason = f"delivery after archiving failed: {type(exc).__name__}: {exc}"
+                await self.ctx.dead_letter(reason, message, origin=f"publish:{self.route.port}")
+
+    async def drain(self) -> None:
+        while self.task is not None and not self.task.done():
+            await asyncio.shield(self.task)
 
 
 class TableHandle:
@@ -72,6 +133,10 @@ class TableHandle:
         """Mark ``keys`` seen; True for each key that was new (the table's retention is the TTL)."""
         return await self._kv().claim(self.name, keys, ttl_ms)
 
+    async def seen(self, keys: Sequence[str]) -> list[bool]:
+        """For each key, whether it was claimed (within the TTL); claims nothing."""
+        return await self._kv().seen(self.name, keys)
+
     async def put_latest(self, key: str, value: Any, ttl_ms: int | None = None) -> None:
         await self._kv().put_latest(self.name, key, value, ttl_ms)
 
@@ -97,6 +162,7 @@ class NodeContext:
         instruments: Mapping[str, Instrument],
         data_dir: Any,
         replay_topics: Mapping[str, tuple[str, ...]] | None = None,
+        archive_wait: float = 2.0,
     ) -> None:
         self.service = service
         self.clock = clock
@@ -115,6 +181,9 @@ class NodeContext:
         self._pending_dead_letters: set[asyncio.Task[None]] = set()
         self._tables = tables
         self._replay_topics = dict(replay_topics or {})
+        self._archive_wait = archive_wait
+        self._outboxes: dict[str, _Outbox] = {}
+        self._headers = {PRODUCER_HEADER: service}
         self.input_complete = False
         """True once every source of a bounded run has finished: a node may then close what
         it holds open (an aggregator its last buckets), as a batch job would at end of input."""
@@ -125,18 +194,29 @@ class NodeContext:
         ``values`` fill subject placeholders the message itself does not carry. Returns
         False when the message was dead-lettered instead (invalid, or a subject could not
         be rendered); the node keeps running either way.
+
+        A port with a Kafka archive commits there first: the message goes to its subjects
+        and tables once the log has acknowledged it (or ``archive_wait`` has passed), so a
+        crash can never leave something on NATS or in a table that the archive lacks, and
+        tables can be refilled from the archive after a crash (see :mod:`framework.refill`).
+        Messages of one port keep their order; the handler does not wait for the
+        acknowledgement (the in-process log acknowledges at once, so nothing changes there).
         """
-        route = self._routes.get(port)
-        if route is None:
-            raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
+        route = self._route(port)
         if route.contracts and self._validating:
             reason = self._check(route.contracts, message)
             if reason is not None:
                 await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
                 return False
-        if (route.subjects or route.topics) and not await self._send(route, message, values):
+        subjects = await self._subjects(route, message, values)
+        if subjects is None:
             return False
         self.metrics.published += 1
+        if route.topics:
+            await self._archive(route, [(subjects, message)], values)
+            return True
+        for subject in subjects:
+            await self._pubsub.publish(subject, message)
         for writer in route.writers:
             await writer.add(message)
         return True
@@ -144,49 +224,92 @@ class NodeContext:
     async def publish_many(self, port: str, messages: Sequence[dict[str, Any]], **values: Any) -> int:
         """:meth:`publish` for a batch (a downloaded file, a backfill page); returns how many were published.
 
-        Each message is validated, routed to the port's subjects and topics as one
-        :meth:`publish` would; the table writers take the valid ones in one step, which is
-        what makes bulk loads several times faster. Invalid messages are dead-lettered.
+        Each message is validated and routed as one :meth:`publish` would; the table writers
+        take the valid ones in one step, which is what makes bulk loads several times
+        faster. Invalid messages are dead-lettered.
         """
-        route = self._routes.get(port)
-        if route is None:
-            raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
-        accepted: list[dict[str, Any]] = []
+        route = self._route(port)
+        accepted: list[tuple[list[str], dict[str, Any]]] = []
         for message in messages:
             if route.contracts and self._validating:
                 reason = self._check(route.contracts, message)
                 if reason is not None:
                     await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
                     continue
-            if route.subjects or route.topics:
-                if not await self._send(route, message, values):
-                    continue
-            accepted.append(message)
+            subjects = await self._subjects(route, message, values)
+            if subjects is not None:
+                accepted.append((subjects, message))
         self.metrics.published += len(accepted)
-        for writer in route.writers:
-            await writer.add_many(accepted)
+        if route.topics:
+            await self._archive(route, accepted, values)
+        else:
+            await self._deliver_many(route, accepted)
         return len(accepted)
 
-    async def _send(self, route: OutputRoute, message: dict[str, Any], values: Mapping[str, Any]) -> bool:
+    def _route(self, port: str) -> OutputRoute:
+        route = self._routes.get(port)
+        if route is None:
+            raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
+        return route
+
+    async def _subjects(self, route: OutputRoute, message: dict[str, Any], values: Mapping[str, Any]) -> list[str] | None:
+        """The concrete subjects of ``message``, or None (dead-lettered) when one cannot be rendered."""
+        if not route.subjects:
+            return []
         fields = {**message, **values} if values else message
+        out = []
         for template, render in route.subjects:
             try:
-                subject = render(fields)
+                out.append(render(fields))
             except KeyError as exc:
                 await self.dead_letter(str(exc.args[0]), message, origin=f"publish:{route.port}:{template}")
-                return False
-            await self._pubsub.publish(subject, message)
-        stamp = message.get(route.time_field) if route.time_field else None
-        for topic, key_field in route.topics:
-            key = fields.get(key_field) if key_field else None
-            sent = await self._log.send(
-                topic, message, key=None if key is None else str(key), timestamp_ms=stamp if isinstance(stamp, int) else None
-            )
-            if not sent.done() or sent.exception() is not None:
-                sent.add_done_callback(functools.partial(self._archived, topic, message))
-        return True
+                return None
+        return out
 
-    def _archived(self, topic: str, message: dict[str, Any], sent: asyncio.Future[Any]) -> None:
+    async def _archive(self, route: OutputRoute, accepted: list[tuple[list[str], dict[str, Any]]], values: Mapping[str, Any]) -> None:
+        items = []
+        for subjects, message in accepted:
+            stamp = self.known_time(message, route.time_field)
+            fields = {**message, **values} if values else message
+            sends = []
+            for topic, key_field in route.topics:
+                key = fields.get(key_field) if key_field else None
+                sent = await self._log.send(
+                    topic, message, key=None if key is None else str(key), headers=self._headers, timestamp_ms=stamp
+                )
+                sends.append((topic, sent))
+            items.append((sends, subjects, message))
+        outbox = self._outboxes.get(route.port)
+        if outbox is None:
+            outbox = self._outboxes[route.port] = _Outbox(self, route)
+        await outbox.put(items)
+
+    def known_time(self, message: Mapping[str, Any], time_field: str | None) -> int | None:
+        """When ``message`` became known: the clock's time. Kafka records are stamped with it,
+        never with a future event time (brokers refuse those), so replays by time follow the
+        order in which things were learnt; the event's own time stays in the payload. Before
+        a simulated clock has its first event, the message's own time stands in."""
+        clock = self.clock
+        if getattr(clock, "started", True):
+            return clock.now_ms()
+        stamp = message.get(time_field) if time_field else None
+        return stamp if isinstance(stamp, int) else None
+
+    async def _deliver_many(self, route: OutputRoute, items: Sequence[tuple[list[str], dict[str, Any]]]) -> None:
+        publish = self._pubsub.publish
+        for subjects, message in items:
+            for subject in subjects:
+                await publish(subject, message)
+        if route.writers:
+            if len(items) == 1:
+                for writer in route.writers:
+                    await writer.add(items[0][1])
+            else:
+                rows = [message for _, message in items]
+                for writer in route.writers:
+                    await writer.add_many(rows)
+
+    def _archive_failed(self, topic: str, message: dict[str, Any], sent: asyncio.Future[Any]) -> None:
         """A record the log did not acknowledge is dead-lettered with the reason, never lost."""
         if sent.cancelled() or sent.exception() is None:
             return
@@ -195,6 +318,27 @@ class NodeContext:
             task := asyncio.ensure_future(self.dead_letter(reason, message, origin=f"kafka:{topic}"))
         )
         task.add_done_callback(self._pending_dead_letters.discard)
+
+    async def drain(self) -> None:
+        """Wait until every message published so far has reached its subjects and table writers."""
+        for outbox in list(self._outboxes.values()):
+            await outbox.drain()
+        if self._pending_dead_letters:
+            await asyncio.gather(*self._pending_dead_letters, return_exceptions=True)
+
+    async def flush(self, *ports: str) -> bool:
+        """Make what ``ports`` (default: all) published so far durable: archived, published, and
+        written to their tables. True when every row is written (False: a writer is closing
+        with rows it could not write; they are spilled, never dropped)."""
+        routes = [self._route(p) for p in ports] if ports else list(self._routes.values())
+        for route in routes:
+            outbox = self._outboxes.get(route.port)
+            if outbox is not None:
+                await outbox.drain()
+        ok = True
+        for writer in {id(w): w for route in routes for w in route.writers}.values():
+            ok = await writer.flush() and ok
+        return ok
 
     def _check(self, contracts: tuple[Contract, ...], message: Mapping[str, Any]) -> str | None:
         reason = None
@@ -205,43 +349,20 @@ class NodeContext:
         return f"contract {contracts[0].ref}: {reason}"
 
     async def replay(
-        self, port: str, start_ms: int, end_ms: int, *, idle_ms: int = 500, batch: int = 1000
+        self, port: str, start_ms: int, end_ms: int, *, batch: int = 1000, slack_ms: int = 5_000
     ) -> AsyncIterator[list[Record]]:
         """Records of input ``port``'s Kafka topics stamped ``start_ms <= ts < end_ms``, in batches.
 
-        For ports the topology marks ``replay: true``. A private reader (its own consumer
-        group, nothing committed) seeks every partition to ``start_ms`` and stops at
-        ``end_ms`` or after ``idle_ms`` without new records.
+        For ports the topology marks ``replay: true``. Records are stamped with the time
+        they became known (:meth:`known_time`); a private reader with no consumer group
+        positions every partition by time and reads to where the log ended when the
+        replay began (see :meth:`LogTransport.read`).
         """
         topics = self._replay_topics.get(port)
         if not topics:
             raise KeyError(f"{self.service}: input port {port!r} has no Kafka topic marked replay: true")
-        group = f"{self.service}.replay.{uuid.uuid4().hex[:12]}"
-        consumer = self._log.consumer(group, topics, auto_offset_reset="earliest")
-        await consumer.start()
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 10.0
-            while not consumer.assignment() and loop.time() < deadline:
-                await consumer.getmany(timeout_ms=50, max_records=1)
-            await consumer.seek_to_timestamp(start_ms)
-            done: set[tuple[str, int]] = set()
-            idle_until = loop.time() + idle_ms / 1000
-            while len(done) < len(consumer.assignment()) and loop.time() < idle_until:
-                records = await consumer.getmany(timeout_ms=min(idle_ms, 100), max_records=batch)
-                if not records:
-                    continue
-                idle_until = loop.time() + idle_ms / 1000
-                out = []
-                for record in records:
-                    if record.timestamp >= end_ms:
-                        done.add((record.topic, record.partition))
-                    elif record.timestamp >= start_ms and (record.topic, record.partition) not in done:
-                        out.append(record)
-                if out:
-                    yield out
-        finally:
-            await consumer.stop()
+        async for records in self._log.read(topics, start_ms, end_ms, batch=batch, slack_ms=slack_ms):
+            yield records
 
     def table(self, name: str) -> TableHandle:
         try:

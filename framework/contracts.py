@@ -65,6 +65,10 @@ class Contract:
     file: Path | None
     key_field: str | None
     time_field: str | None
+    sequence_field: str | None = None
+    """A per-stream sequence number (consecutive integers): a jump is a gap, a repeat a duplicate."""
+    stream_fields: tuple[str, ...] = ()
+    """The fields naming the stream a sequence number counts in (e.g. source and symbol)."""
     # Shared resources for cross-file $ref, and the fully dereferenced schema.
     registry: jsonschema_rs.Registry | None = field(default=None, repr=False)
     resolved: dict | None = field(default=None, repr=False)
@@ -93,6 +97,8 @@ class Contract:
             file=file,
             key_field=meta.get("key"),
             time_field=meta.get("time"),
+            sequence_field=meta.get("sequence"),
+            stream_fields=tuple(meta.get("stream") or ()),
             registry=registry,
             resolved=resolved,
         )
@@ -269,6 +275,16 @@ def _check_contract_shape(schema: dict, meta: dict, where: str) -> list[UserErro
             out.append(
                 UserError(f"x-fxflow.{k} {fld!r} must name a required property", file=where, path=f"x-fxflow.{k}")
             )
+    sequence = meta.get("sequence")
+    if sequence is not None and (not isinstance(sequence, str) or sequence not in props):
+        out.append(UserError(f"x-fxflow.sequence {sequence!r} must name a property", file=where, path="x-fxflow.sequence"))
+    stream = meta.get("stream")
+    if stream is not None and (
+        sequence is None or not isinstance(stream, list) or any(not isinstance(f, str) or f not in required for f in stream)
+    ):
+        out.append(
+            UserError("x-fxflow.stream must list required properties, with x-fxflow.sequence set", file=where, path="x-fxflow.stream")
+        )
     return out
 
 

@@ -14,7 +14,7 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,9 @@ from framework.durations import parse_seconds
 from framework.errors import UserError
 from framework.metrics import ServiceMetrics
 from framework.node import Node, timer_seconds
+from framework.refill import Watermarks, refill
 from framework.registry import NodeSpec, Registry
+from framework.sequencing import SequencedInput
 from framework.stores.base import Store, open_store
 from framework.stores.batch import BatchWriter
 from framework.stores.columns import columns_from_contract
@@ -40,6 +42,7 @@ from framework.transport.base import (
     LogConsumer,
     LogTransport,
     PubSubTransport,
+    Record,
     Subscription,
     TopicSpec,
     TransportError,
@@ -49,6 +52,8 @@ from framework.wiring import Endpoint, Wiring, resolve
 
 log = logging.getLogger("fxflow.runtime")
 ANY_CONTRACT = "any"
+REFILL_MARGIN_MS = 5_000
+"""Read this much more of the archive before a table's watermark than ``archive_wait`` alone asks."""
 _starting: contextvars.ContextVar[tuple[str, asyncio.Task[Any] | None] | None] = contextvars.ContextVar("fxflow_starting", default=None)
 
 
@@ -190,6 +195,9 @@ class ServiceHost:
     consumers: list[LogConsumer] = field(default_factory=list)
     subscriptions: list[Subscription] = field(default_factory=list)
     consume_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    routes: dict[str, OutputRoute] = field(default_factory=dict)
+    sequenced: list[SequencedInput] = field(default_factory=list)
+    watermarks: Watermarks | None = None
     consecutive_failures: int = 0
     finished: bool = False
     restarting: bool = False
@@ -388,6 +396,7 @@ class ServiceHost:
                 await node.on_stop()
             except Exception as exc:
                 log.error("service %s: on_stop failed: %s", self.name, exc)
+        await self.ctx.drain()
 
 
 class Runtime:
@@ -426,6 +435,7 @@ class Runtime:
         self._halt = asyncio.Event()
         self._drain = False
         self._started = False
+        self._outage_listener = False
         self.order: list[str] = []
         self.observability: Any = None
 
@@ -568,14 +578,95 @@ class Runtime:
             instruments=self.topology.instruments,
             data_dir=self.data_dir / "services" / name,
             replay_topics={port: tuple(b.topics) for port, b in service.inputs.items() if b.replay and b.topics},
+            archive_wait=parse_seconds(self.topology.runtime.archive_wait),
         )
-        return ServiceHost(name, service, spec, node_cls, params, ctx, metrics, self)
+        host = ServiceHost(name, service, spec, node_cls, params, ctx, metrics, self, routes=routes)
+        archived = {w.table: w for route in routes.values() if route.topics for w in route.writers}
+        if archived:
+            host.watermarks = Watermarks(self.data_dir / "services" / name, archived, self.clock)
+        return host
+
+    async def _refill(self, host: ServiceHost) -> None:
+        """Rows a crash kept from this service's archived tables, written again from the archive."""
+        marks = host.watermarks
+        if marks is None:
+            return
+        if not marks.clean:
+            assert self.log is not None
+            margin = int(parse_seconds(self.topology.runtime.archive_wait) * 1000) + REFILL_MARGIN_MS
+            for route in host.routes.values():
+                topics = tuple(t for t, _ in route.topics)
+                for writer in route.writers if topics else ():
+                    mark = marks.marks.get(writer.table)
+                    if mark is None:
+                        continue
+                    count = await refill(host.name, self.log, topics, writer, mark - margin)
+                    if count:
+                        log.info(
+                            "service %s: %d row(s) of %s archived since its last complete write were written again "
+                            "(refill after a crash)",
+                            host.name, count, writer.table,
+                        )  # fmt: skip
+        marks.save(clean=False)  # from here on, a crash needs a refill
+
+    def _sequenced(self, host: ServiceHost, port: str, deliver: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+        """``deliver``, made exactly-once and gap-filled when the port's NATS input has an archive
+        to replay from and its contract numbers the messages (see :mod:`framework.sequencing`)."""
+        binding = host.service.inputs[port]
+        if not (binding.replay and binding.topics and binding.subjects):
+            return deliver
+        declared = host.spec.inputs.get(port)
+        refs = declared.contracts if declared else tuple(binding.contracts)
+        contract = next(iter(self._contracts_of(refs)), None)
+        if contract is None or contract.sequence_field is None:
+            return deliver
+        topics = tuple(binding.topics)
+        log_transport = self.log
+        assert log_transport is not None
+
+        def replay(start_ms: int, end_ms: int) -> AsyncIterator[list[Record]]:
+            return log_transport.read(topics, start_ms, end_ms, slack_ms=REFILL_MARGIN_MS)
+
+        sequenced = SequencedInput(
+            host.name,
+            port,
+            deliver,
+            replay,
+            sequence_field=contract.sequence_field,
+            stream_fields=contract.stream_fields,
+            time_field=contract.time_field,
+            spawn=self.spawn,
+        )
+        host.sequenced.append(sequenced)
+        self._follow_outages()
+        return isolated(sequenced)
+
+    def _follow_outages(self) -> None:
+        """Once per runtime: after the pub/sub connection comes back, sequenced inputs replay the outage."""
+        if self._outage_listener:
+            return
+        self._outage_listener = True
+        assert self.pubsub is not None
+        down: list[int] = []
+
+        def changed(up: bool) -> None:
+            now = self.clock.now_ms()
+            if not up:
+                down.append(now)
+                return
+            start = down.pop() if down else now
+            down.clear()
+            for host in self.hosts.values():
+                for sequenced in host.sequenced:
+                    sequenced.outage(start, now)
+
+        self.pubsub.on_connection(changed)
 
     async def _wire_inputs(self, host: ServiceHost) -> None:
         assert self.pubsub is not None and self.log is not None
         service = host.service
         for port, binding in service.inputs.items():
-            deliver = host.handler_for(port)
+            deliver = self._sequenced(host, port, host.handler_for(port))
             queue = binding.queue or (host.name if service.replicas > 1 else None)
             patterns = [s for e in self.wiring.of(host.name) if e.port == port and e.kind == "nats" and e.direction == "in" for s in e.subjects]
             for pattern in dict.fromkeys(patterns):
@@ -644,6 +735,7 @@ class Runtime:
         await self._open_tables()
         for name in self.services:
             self.hosts[name] = self._build_host(name)
+            await self._refill(self.hosts[name])
         self.order = dependency_order(self.wiring, self.services)
         port = self.topology.runtime.metrics_port
         if port is not None:
@@ -674,6 +766,8 @@ class Runtime:
             log.info("service %s started (%s)", name, host.spec.name)
         interval = parse_seconds(self.topology.runtime.metrics_interval)
         self.spawn(self._write_metrics_periodically(interval), "metrics")
+        if any(h.watermarks is not None for h in self.hosts.values()):
+            self.spawn(self._track_watermarks(), "watermarks")
         if isinstance(self.clock, SimulatedClock):
             self.spawn(self._watch_for_stall(), "stall-watch")
         for store in {id(s): s for s in self.stores.values()}.values():
@@ -756,6 +850,8 @@ class Runtime:
             for sub in host.subscriptions:
                 await sub.unsubscribe()
             await asyncio.gather(*host.consume_tasks, return_exceptions=True)
+            for sequenced in host.sequenced:
+                await (sequenced.drain() if self._drain else sequenced.cancel())
             for consumer in host.consumers:
                 await consumer.stop()
             host.closing = True
@@ -768,6 +864,9 @@ class Runtime:
         await asyncio.gather(*self._background, return_exceptions=True)
         for writer in self.writers.values():
             await writer.close()
+        for host in self.hosts.values():
+            if host.watermarks is not None:
+                host.watermarks.close()
         if self.pubsub is not None:
             await self.pubsub.close()
         if self.log is not None:
@@ -785,6 +884,8 @@ class Runtime:
         for name in self.order:
             snapshot = self.hosts[name].metrics.snapshot()
             snapshot["tables"] = [w.stats for (service, _), w in self.writers.items() if service == name]
+            if self.hosts[name].sequenced:
+                snapshot["sequenced"] = {s.port: s.stats for s in self.hosts[name].sequenced}
             out.append(snapshot)
         return out
 
@@ -814,6 +915,13 @@ class Runtime:
             await asyncio.sleep(every_s)
             if any(h.finished for h in self.hosts.values() if h.node_cls.overrides_run()):
                 self.notify_finished()
+
+    async def _track_watermarks(self, every_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            for host in self.hosts.values():
+                if host.watermarks is not None:
+                    host.watermarks.tick()
 
     async def _write_metrics_periodically(self, interval: float) -> None:
         while True:

@@ -78,7 +78,7 @@ def template_values(topology: Topology, pairs: Sequence[str] | None = None) -> d
         SYMBOL: list(pairs) if pairs else list(topology.instruments),
         TIMEFRAME: list(topology.timeframes),
     }
-    values.update(topology.variables)
+    values.update(topology.variable_values)
     return values
 
 

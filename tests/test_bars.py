@@ -15,6 +15,7 @@ from nodes.marketdata.bars import (
     StreamingAggregator,
     aggregate_frame,
     aggregate_ticks,
+    closed_messages,
     frame_of,
     plan,
 )
@@ -239,4 +240,76 @@ def test_no_bars_for_empty_intervals_unless_fill_empty() -> None:
     key = ["timeframe", "ts"]
     pd.testing.assert_frame_equal(
         streamed.sort_values(key).reset_index(drop=True), filled.sort_values(key).reset_index(drop=True), check_dtype=False
+    )
+
+
+def numbered(ticks: pd.DataFrame) -> pd.DataFrame:
+    """Ticks with a per-symbol sequence number in time order (ties in input order), as a collector numbers them."""
+    ordered = ticks.sort_values(["symbol", "ts"], kind="stable").copy()
+    ordered["seq"] = ordered.groupby("symbol").cumcount() + 1
+    return ordered.sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def deliver_late(ticks: pd.DataFrame, agg: StreamingAggregator, share: float, delay_ms: int, seed: int = 9) -> list:
+    """Feed ticks in time order, holding ``share`` of them back by up to ``delay_ms`` (a reconnect buffer, a replay)."""
+    rng = random.Random(seed)
+    rows = list(ticks.itertuples(index=False))
+    arrival = [r.ts + (rng.randint(70_000, delay_ms) if rng.random() < share else 0) for r in rows]
+    order = sorted(range(len(rows)), key=lambda i: (arrival[i], i))
+    closed = []
+    for n, i in enumerate(order):
+        r = rows[i]
+        closed.extend(agg.add(r.symbol, int(r.ts), float(r.bid), float(r.ask), int(r.seq)))
+        if n % 53 == 0:
+            closed.extend(agg.advance(arrival[i]))
+    closed.extend(agg.drain())
+    return closed
+
+
+@pytest.mark.parametrize("fill_empty", [False, True], ids=["plain", "fill-empty"])
+@pytest.mark.parametrize("roll", [DailyRoll(), NY], ids=["utc", "new-york"])
+def test_late_ticks_within_the_horizon_revise_the_bars_to_the_batch_result(roll: DailyRoll, fill_empty: bool) -> None:
+    ticks = numbered(random_ticks(11, "2026-11-05T20:00:00+00:00", hours=6, symbols=("EURUSD", "XAUUSD")))
+    agg = StreamingAggregator(TIMEFRAMES, roll, lateness_ms=2_000, fill_empty=fill_empty, revision_horizon_ms=HOUR)
+    closed = deliver_late(ticks, agg, share=0.08, delay_ms=40 * MIN)
+    assert agg.late == 0 and agg.revised > 50
+    batch = aggregate_frame(ticks, TIMEFRAMES, roll, fill_empty=fill_empty)
+    key = ["symbol", "timeframe", "ts"]
+    pd.testing.assert_frame_equal(
+        frame_of(closed).sort_values(key).reset_index(drop=True), batch.sort_values(key).reset_index(drop=True), check_dtype=False
+    )
+    messages = closed_messages(closed, "aggregator")
+    revisions: dict[tuple, list[int]] = {}
+    for m in messages:
+        revisions.setdefault((m["symbol"], m["timeframe"], m["ts"]), []).append(m["revision"])
+    assert all(r == list(range(len(r))) for r in revisions.values())  # 0, then 1, 2, … in publication order
+    assert any(len(r) > 1 for k, r in revisions.items() if k[1] in ("1h", "4h", "1d"))  # coarse bars are revised too
+
+
+def test_a_tick_beyond_the_revision_horizon_or_before_the_first_bucket_is_refused() -> None:
+    agg = StreamingAggregator(["1m", "5m"], lateness_ms=1_000, revision_horizon_ms=10 * MIN)
+    t = ms("2026-11-02T10:00:00+00:00")
+    agg.add("EURUSD", t + 10_000, 1.1, 1.1001)
+    agg.add("EURUSD", t + 30 * MIN, 1.2, 1.2001)
+    revised = agg.add("EURUSD", t + 22 * MIN, 1.15, 1.1501)  # late by 8 minutes: revised in
+    assert [(c.timeframe, c.revision.tolist()) for c in revised] == [("1m", [0]), ("5m", [0])]  # buckets that had no bar
+    with pytest.raises(LateTickError, match="revision horizon"):
+        agg.add("EURUSD", t + 15 * MIN, 1.0, 1.0001)  # 15 minutes behind the watermark
+    with pytest.raises(LateTickError, match="before the first bucket"):
+        agg.add("GBPUSD", t - MIN, 1.3, 1.3001)
+
+
+def test_fill_empty_streaming_and_batch_agree_at_the_end_of_the_input() -> None:
+    t = ms("2026-11-02T10:00:00+00:00")
+    ticks = pd.DataFrame(
+        {"symbol": ["EURUSD", "XAUUSD", "XAUUSD"], "ts": [t + 5, t + 10, t + 4 * MIN + 1], "bid": [1.1, 2000.0, 2001.0],
+         "ask": [1.1002, 2000.3, 2001.3]}
+    )  # fmt: skip
+    batch = aggregate_frame(ticks, ["1m", "5m"], fill_empty=True)
+    eur = batch[(batch["symbol"] == "EURUSD") & (batch["timeframe"] == "1m")]
+    assert eur["ts"].tolist() == [t + i * MIN for i in range(5)]  # flat bars up to the last tick of any symbol
+    streamed, _ = stream(ticks, StreamingAggregator(["1m", "5m"], fill_empty=True))
+    key = ["symbol", "timeframe", "ts"]
+    pd.testing.assert_frame_equal(
+        streamed.sort_values(key).reset_index(drop=True), batch.sort_values(key).reset_index(drop=True), check_dtype=False
     )

@@ -250,3 +250,32 @@ async def test_redis_down_during_writes_and_claims(redis_server_fn: Any, caplog:
     finally:
         await writer.close(timeout=5)
         await store.close()
+
+
+async def test_rows_of_a_producer_cancelled_while_it_waits_for_room_are_kept() -> None:
+    """A stop cancels a producer waiting on a full buffer: the rows it counted as published still get written."""
+    class Slow:
+        name = "slow"
+        kind = "test"
+
+        def __init__(self) -> None:
+            self.rows: list = []
+            self.gate = asyncio.Event()
+
+        async def insert(self, table, rows):  # type: ignore[no-untyped-def]
+            await self.gate.wait()
+            self.rows.extend(rows)
+
+    store = Slow()
+    writer = BatchWriter(store, "t", batch_size=2, interval=0.01, max_buffer=4)  # type: ignore[arg-type]
+    producer = asyncio.ensure_future(writer.add_many([{"i": i} for i in range(10)]))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not producer.done() and writer.pending == 4  # full: the producer waits for room
+    producer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await producer
+    assert writer.pending == 10 and writer.added == 10  # every row it handed over is buffered
+    store.gate.set()
+    await writer.close()
+    assert sorted(r["i"] for r in store.rows) == list(range(10))

@@ -75,6 +75,7 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
         ["-m", "1"],
         [Figure(rf"ratio parse/bare {NUMBER}"), Figure(rf"ratio client/bare {NUMBER}"), Figure(rf"ratio polygon/synthetic {NUMBER}")],
     ),
+    "bench_replay.py": (["-n", "500", "-r", "1"], [Figure(rf"speed-up {NUMBER}x")]),
     "bench_stores.py": (
         ["-n", "2000", "--batch", "500", "--single", "20", "--skip-postgres"],
         [Figure(rf"\(\s*{NUMBER}x baseline\)", 2)],

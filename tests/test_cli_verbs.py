@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,30 @@ def test_status_reads_the_metrics_of_a_run(tmp_path: Path, capsys: pytest.Captur
     assert main(["status", f"data_dir={tmp_path}"]) == 0
     out = capsys.readouterr().out
     assert "polygon-live-collector" in out and "spread-watch" in out
+
+
+def test_status_into_a_pipe_the_reader_closed_exits_quietly(tmp_path: Path) -> None:
+    """``fxrun status | head -1``: the reader may be gone before status writes; no traceback then."""
+    from framework.metrics import ServiceMetrics
+
+    services = [ServiceMetrics(f"service-{i}").snapshot() for i in range(200)]
+    (tmp_path / "metrics.json").write_text(json.dumps({"ts": 0, "services": services}))
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that has already exited: every write is EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "framework.cli", "status", str(tmp_path)],
+            cwd=ROOT, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, "")
+    head = subprocess.run(
+        f"{shlex.quote(sys.executable)} -m framework.cli status {shlex.quote(str(tmp_path))} | head -1",
+        shell=True, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert head.stdout.startswith(f"{tmp_path / 'metrics.json'} (") and len(head.stdout.splitlines()) == 1
+    assert head.stderr == ""
 
 
 def test_lint_and_docs_do_not_import_node_implementations() -> None:

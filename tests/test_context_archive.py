@@ -11,6 +11,7 @@ from framework.context import NodeContext, OutputRoute
 from framework.contracts import BoundaryValidator
 from framework.deadletter import DeadLetters
 from framework.metrics import ServiceMetrics
+from framework.topology.templates import compile_renderer
 from framework.topology.model import Instrument
 from framework.transport.base import TopicSpec, TransportError
 from framework.transport.inprocess import InProcessLog, InProcessPubSub
@@ -25,8 +26,10 @@ class RefusingLog(InProcessLog):
         return future
 
 
-async def _context(log: InProcessLog, tmp_path: Path) -> tuple[NodeContext, DeadLetters]:
-    bus = InProcessPubSub()
+async def _context(
+    log: InProcessLog, tmp_path: Path, bus: InProcessPubSub | None = None, archive_wait: float = 2.0
+) -> tuple[NodeContext, DeadLetters]:
+    bus = bus or InProcessPubSub()
     await bus.connect()
     await log.connect()
     await log.ensure_topics([TopicSpec("tick_archive", 2)])
@@ -39,12 +42,18 @@ async def _context(log: InProcessLog, tmp_path: Path) -> tuple[NodeContext, Dead
         validator=BoundaryValidator("off"),
         dead_letters=dead,
         metrics=ServiceMetrics("collector"),
-        routes={"ticks": OutputRoute(port="ticks", contracts=(), topics=[("tick_archive", "symbol")])},
+        routes={
+            "ticks": OutputRoute(
+                port="ticks", contracts=(), subjects=[("ticks.{symbol}", compile_renderer("ticks.{symbol}"))],
+                topics=[("tick_archive", "symbol")],
+            )
+        },
         tables={},
         pairs=["EURUSD"],
         timeframes=["1m"],
         instruments={"EURUSD": Instrument(pip=0.0001, digits=5)},
         data_dir=tmp_path,
+        archive_wait=archive_wait,
     )
     return ctx, dead
 
@@ -100,7 +109,7 @@ async def test_publish_many_validates_routes_stamps_and_hands_the_batch_to_the_w
         topics=[("tick_archive", "symbol")], writers=[writer], time_field="ts",  # type: ignore[list-item]
     )  # fmt: skip
     ctx = NodeContext(
-        "downloader", clock=SimulatedClock(0), pubsub=bus, log=log, validator=BoundaryValidator("strict"),
+        "downloader", clock=SimulatedClock(7_000), pubsub=bus, log=log, validator=BoundaryValidator("strict"),
         dead_letters=DeadLetters(tmp_path / "deadletter"), metrics=ServiceMetrics("downloader"), routes={"ticks": route},
         tables={}, pairs=["EURUSD"], timeframes=["1m"], instruments={"EURUSD": Instrument(pip=0.0001, digits=5)},
         data_dir=tmp_path,
@@ -117,4 +126,83 @@ async def test_publish_many_validates_routes_stamps_and_hands_the_batch_to_the_w
     consumer = log.consumer("check", ["tick_archive"])
     await consumer.start()
     records = await consumer.getmany(timeout_ms=100)
-    assert [(r.value["ts"], r.timestamp) for r in records] == [(1_000, 1_000), (3_000, 3_000)]  # stamped with event time
+    # stamped with the time they became known (the clock), never their own event time; the producer in a header
+    assert [(r.value["ts"], r.timestamp, r.headers["fxflow-service"]) for r in records] == [(1_000, 7_000, "downloader"), (3_000, 7_000, "downloader")]
+
+
+class SlowLog(InProcessLog):
+    """A log whose acknowledgements arrive when the test releases them (a broker round trip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks: list[tuple[asyncio.Future, object]] = []
+
+    async def send(self, topic, value, key=None, headers=None, timestamp_ms=None):  # type: ignore[no-untyped-def]
+        meta = await self.produce(topic, value, key, headers, timestamp_ms)
+        future = asyncio.get_running_loop().create_future()
+        self.acks.append((future, meta))
+        return future
+
+    def ack(self, n: int) -> None:
+        for future, meta in self.acks[:n]:
+            future.set_result(meta)
+        del self.acks[:n]
+
+
+async def _recording() -> tuple[InProcessPubSub, list[int]]:
+    bus = InProcessPubSub()
+    seen: list[int] = []
+
+    async def record(subject, payload, headers):  # type: ignore[no-untyped-def]
+        seen.append(payload["ts"])
+
+    await bus.connect()
+    await bus.subscribe("ticks.>", record)
+    return bus, seen
+
+
+async def _settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_a_message_reaches_its_subjects_only_once_archived_and_in_order(tmp_path: Path) -> None:
+    log = SlowLog()
+    bus, seen = await _recording()
+    ctx, _ = await _context(log, tmp_path, bus)
+    for ts in (1, 2, 3):
+        assert await ctx.publish("ticks", {"symbol": "EURUSD", "ts": ts, "bid": 1.1, "ask": 1.2, "source": "t"})
+    await _settle()
+    assert seen == []  # nothing on the real-time path before the archive acknowledged it
+    log.ack(1)
+    await _settle()
+    assert seen == [1]
+    log.ack(2)
+    await ctx.drain()
+    assert seen == [1, 2, 3]
+
+
+async def test_an_acknowledgement_that_takes_too_long_does_not_hold_real_time_back(tmp_path: Path) -> None:
+    log = SlowLog()
+    bus, seen = await _recording()
+    ctx, dead = await _context(log, tmp_path, bus, archive_wait=0.05)
+    assert await ctx.publish("ticks", {"symbol": "EURUSD", "ts": 1, "bid": 1.1, "ask": 1.2, "source": "t"})
+    await asyncio.wait_for(ctx.drain(), timeout=5)
+    assert seen == [1] and dead.count == 0
+    future, _ = log.acks.pop()
+    future.set_exception(TransportError("leader lost"))  # the late answer is a failure: dead-lettered, not lost
+    await _settle()
+    await ctx.drain()
+    assert dead.count == 1
+
+
+async def test_a_record_is_stamped_when_it_became_known_not_with_a_future_event_time(tmp_path: Path) -> None:
+    """A calendar event five days ahead is archived with the time it was learnt (brokers refuse future stamps)."""
+    log = InProcessLog()
+    ctx, _ = await _context(log, tmp_path)
+    ctx.clock = SimulatedClock(1_000_000)
+    later = 1_000_000 + 5 * 86_400_000
+    assert await ctx.publish("ticks", {"symbol": "EURUSD", "ts": later, "bid": 1.1, "ask": 1.2, "source": "t"})
+    records = [r async for batch in log.read(["tick_archive"], 0) for r in batch]
+    assert [(r.value["ts"], r.timestamp) for r in records] == [(later, 1_000_000)]
+    assert [r.value for batch in [b async for b in log.read(["tick_archive"], 1_000_000, 1_000_001)] for r in batch]

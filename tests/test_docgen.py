@@ -246,7 +246,7 @@ def test_resource_sections(architecture):
     assert "| `ticks.{symbol}` | `tick.v1` | live-collector | tick-aggregator, data-bridge (via `ticks.>`) | yes |" in architecture
     assert "| `orders.>` | dashboard | - |" in architecture
     assert "| `EURUSD` | fx | 0.0001 | 5 | Euro / US dollar |" in architecture
-    assert "- `{run_id}`: any value, known at run time" in architecture
+    assert "- `{run_id}`: an identifier, known at run time" in architecture
 
 
 # ---------------------------------------------------------------- asyncapi.yaml

@@ -172,6 +172,20 @@ def test_bad_records_are_set_aside_and_the_rest_is_kept() -> None:
     assert ticks.bad[1].as_dict()["ask_points"] == 114_540
 
 
+ZEROS = lzma.compress(bytes(120), format=lzma.FORMAT_ALONE)  # six records of zeros: no price anywhere
+CROSSED = bi5((994, 114540, 114543, 1.0, 1.0))  # one record, ask < bid
+
+
+@pytest.mark.parametrize(
+    ("body", "bad", "reason"), [(ZEROS, 6, "bid is not positive"), (CROSSED, 1, "crossed quote")], ids=["zeros", "crossed"]
+)
+def test_a_file_of_bad_records_only_is_no_ticks_and_every_record_set_aside(body: bytes, bad: int, reason: str) -> None:
+    ticks = decode_ticks(body, H0, 100_000)
+    assert len(ticks) == 0 and ticks.bid_volume.dtype == np.float64 and ticks.ask_volume.size == 0
+    assert [b.index for b in ticks.bad] == list(range(bad))
+    assert all(reason in b.reason for b in ticks.bad)
+
+
 def test_pack_ticks_matches_struct() -> None:
     assert pack_ticks([994], [114545], [114543], [1.0], [2.06]) == struct.pack(">iiiff", 994, 114545, 114543, 1.0, 2.06)
 
@@ -289,10 +303,30 @@ def test_decode_command_reports_bad_records_and_keeps_the_rest(tmp_path: Path, c
     assert captured.err.strip() == f"fxrun bi5: {path}: skipped record 1: crossed quote: ask 1.1454 < bid 1.14543"
 
 
+@pytest.mark.parametrize(("body", "bad"), [(ZEROS, 6), (CROSSED, 1)], ids=["zeros", "crossed"])
+def test_decode_command_of_a_file_of_bad_records_only_is_a_header_and_a_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: bytes, bad: int
+) -> None:
+    path = tmp_path / "EURUSD" / "2019" / "01" / "04" / "00h_ticks.bi5"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    assert fxrun(["bi5", "decode", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["time,ts,bid,ask,bid_volume,ask_volume"]
+    err = captured.err.splitlines()
+    assert len(err) == bad + 1 and all(line.startswith(f"fxrun bi5: {path}: skipped record ") for line in err[:-1])
+    assert err[-1] == f"fxrun bi5: {path}: 0 good ticks, {bad} bad: the CSV has only its header"
+    assert "Traceback" not in captured.err
+
+
+TRUNCATED = bi5(*[(i * 1000, 114_545 + i, 114_543 + i, 1.0, 1.0) for i in range(500)])[:600]
+
+
 @pytest.mark.parametrize(
     ("content", "args", "code", "message"),
     [
         (b"not lzma at all", ["--symbol", "EURUSD", "--hour", "2019-02-04T07"], 1, "corrupt LZMA stream"),
+        (TRUNCATED, ["--symbol", "EURUSD", "--hour", "2019-02-04T07"], 1, "truncated LZMA stream"),
         (None, ["--symbol", "EURUSD", "--hour", "2019-02-04T07"], 1, "cannot read"),
         (b"", ["--symbol", "NOSUCH", "--hour", "2019-02-04T07"], 2, "no Dukascopy decimal factor for 'NOSUCH'"),
         (b"", [], 2, "does not look like SYMBOL/YYYY/MM/DD/HHh_ticks.bi5: give --symbol and --hour"),

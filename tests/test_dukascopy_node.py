@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import lzma
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +26,8 @@ from framework.registry import Registry
 from framework.runtime import Runtime
 from framework.stores.clickhouse import ClickHouseStore
 from framework.topology.load import load_run
+from nodes.dukascopy_historical.bi5 import compress, pack_ticks
+from nodes.dukascopy_historical import node as node_module
 from nodes.dukascopy_historical.node import DukascopyDownloader
 from nodes.dukascopy_historical.progress import Done, Progress
 from nodes.dukascopy_historical.reporting import DownloadStats, Reporter
@@ -168,6 +171,35 @@ async def test_faults_go_to_the_dead_letters_and_the_rest_goes_on_then_a_rerun_f
     assert sorted(sim.requests) == sorted(f"{s}/2019/01/04/{h}h_ticks.bi5" for s in PAIRS for h in ("02", "03"))
 
 
+async def test_an_hour_of_bad_records_only_is_done_with_its_records_dead_lettered(
+    tmp_path: Path, sim: DukascopySimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    mon_00, mon_01 = span = hours("2019-02-04T00:00Z", "2019-02-04T02:00Z")
+    sim.serve("EURUSD", mon_00, lzma.compress(bytes(120), format=lzma.FORMAT_ALONE))  # six records of zeros
+    sim.serve("USDJPY", mon_01, compress(pack_ticks([994], [114_540], [114_543], [1.0], [1.0])))  # one crossed quote
+    params = {"base_url": sim.base_url, "start": "2019-02-04T00:00Z", "end": "2019-02-04T02:00Z", "retry_delay": "1ms"}
+    with caplog.at_level(logging.INFO, logger=f"fxflow.{SVC}"):
+        rt = await run_service(tmp_path, **params)
+
+    letters = dead_letters(tmp_path)
+    assert sorted(letter["payload"]["symbol"] for letter in letters) == ["EURUSD"] * 6 + ["USDJPY"]
+    assert all(": record " in letter["reason"] for letter in letters)
+    m = service_metrics(rt)
+    assert (m["dead_lettered"], m["errors"]) == (7, 0)
+    assert "EURUSD 2019-02-04T00:00Z: 0 good ticks, 6 bad (dead-lettered)" in caplog.text
+    assert "USDJPY 2019-02-04T01:00Z: 0 good ticks, 1 bad (dead-lettered)" in caplog.text
+    [done_line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done in ")]
+    assert "6/6 hours" in done_line and "7 bad records" in done_line and "failed" not in done_line
+    progress = [orjson.loads(line) for line in (tmp_path / "services" / SVC / "progress.jsonl").read_bytes().splitlines()]
+    assert {(p["symbol"], p["hour"]): p["ticks"] for p in progress if p["ticks"] == 0} == {("EURUSD", mon_00): 0, ("USDJPY", mon_01): 0}
+    skipped = {("EURUSD", mon_00), ("USDJPY", mon_01)}
+    assert await table_rows(tmp_path) == [r for r in expected_rows(sim, PAIRS, span) if (r[0], r[1] - r[1] % HOUR) not in skipped]
+
+    sim.requests.clear()
+    await run_service(tmp_path, **params)
+    assert sim.requests == []  # done: not fetched again
+
+
 async def test_done_hours_missing_from_the_table_are_fetched_again(tmp_path: Path, sim: DukascopySimulator) -> None:
     params = {"base_url": sim.base_url, "start": "2019-02-03T20:00Z", "end": "2019-02-04T01:00Z"}
     span = hours("2019-02-03T20:00Z", "2019-02-04T01:00Z")
@@ -221,6 +253,52 @@ class FakeContext:
 
     def table(self, name: str) -> Any:
         raise KeyError(name)
+
+
+class FullWriterContext(FakeContext):
+    """A table writer whose buffer is full: a publish counts its ticks, then waits for room.
+
+    As ``NodeContext.publish_many`` with a ``BatchWriter``: published is counted before the
+    hand-over, and rows whose wait a stop cancels are kept by the writer all the same."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.room = asyncio.Event()
+        self.waiting = asyncio.Event()
+
+    async def publish_many(self, port: str, messages: list[dict[str, Any]]) -> int:
+        self.metrics.published += len(messages)
+        self.waiting.set()
+        try:
+            await self.room.wait()
+        finally:
+            self.published.extend(messages)
+        return len(messages)
+
+
+async def test_a_stop_while_the_table_writer_is_full_reports_the_hour_it_cut_short(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stopped while a publish waits for room: the last line counts every tick published."""
+    hour = ms("2019-02-04T08:00Z")
+    async with DukascopySimulator(["EURUSD"], seed=5, mean_interval_ms=1000) as busy:
+        total = len(busy.hour_ticks("EURUSD", hour))
+        ctx = FullWriterContext(tmp_path, SimulatedClock(), ["EURUSD"])
+        params = DukascopyParams(base_url=busy.base_url, start="2019-02-04T08:00Z", end="2019-02-04T09:00Z", table=None)
+        node = DukascopyDownloader(ctx, params)  # type: ignore[arg-type]
+        await node.on_start()
+        task = asyncio.create_task(node.run())
+        await asyncio.wait_for(ctx.waiting.wait(), TIMEOUT)
+        task.cancel()
+        with caplog.at_level(logging.WARNING, logger=ctx.log.name), pytest.raises(asyncio.CancelledError):
+            await task
+        await node.on_stop()
+    assert total > node_module.YIELD_EVERY
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stopped after ")]
+    assert len(ctx.published) == ctx.metrics.published == node_module.YIELD_EVERY
+    assert "0 ticks of finished hours published, EURUSD 2019-02-04T08:00Z was cut short: " in line
+    assert f"cut short: 2,000 of its {total:,} ticks published; the hour is not marked done" in line
+    assert Progress(tmp_path / "progress.jsonl").get("EURUSD", hour) is None
 
 
 async def eventually(predicate: Any, what: str) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -197,6 +199,22 @@ async def test_postgres_keeps_data_across_a_kill(postgres_server_fn: PostgresSer
         await conn.close()
 
 
+async def test_postgres_starts_again_while_its_killed_predecessor_is_a_zombie(tmp_path: Path) -> None:
+    """A killed daemon nobody has reaped yet (a container without an init) still holds the pid in its lock files."""
+    first = PostgresServer(tmp_path, durable=False).start()
+    assert first.pid is not None
+    os.kill(first.pid, signal.SIGKILL)  # and not reaped: we are its parent and do not wait
+    _wait_until(lambda: not pid_alive(first.pid))
+    assert Path(f"/proc/{first.pid}").exists()
+    second = PostgresServer(tmp_path, port=first.port, password=first.password, durable=False)
+    try:
+        await asyncio.to_thread(second.start)
+        await round_trip(second)
+    finally:
+        second.stop()
+        first.kill()
+
+
 def test_context_manager_stops(tmp_path: Path) -> None:
     with RedisServer(tmp_path) as server:
         pid = server.pid
@@ -292,11 +310,11 @@ async def test_fxrun_infra_up_status_down(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="[Aa]uthorization"):  # no credentials: refused
             await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"]), TIMEOUT)
         assert (data_dir / "state.json").stat().st_mode & 0o777 == 0o600
-        assert {r.name for r in records} == {"nats", "kafka", "postgres", "redis"}
+        assert {r.name for r in records} == {"nats", "objectstore", "kafka", "postgres", "redis"}
         assert all(pid_alive(r.pid) for r in records)
 
         status = await asyncio.to_thread(_fxrun, "infra", "status", "--data-dir", str(data_dir))
-        assert status.stdout.count(" running ") == 4
+        assert status.stdout.count(" running ") == 5
         again = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
         assert again.stdout == up.stdout and read_state(data_dir) == records
 
@@ -335,5 +353,203 @@ def test_a_server_restarted_from_a_short_lived_thread_outlives_it(tmp_path: Path
         _wait_until(lambda: port_accepts(server.port))
         time.sleep(0.5)
         assert server.running and pid_alive(pid)
+    finally:
+        server.stop()
+
+
+def _pids(data_dir: Path) -> dict[str, int]:
+    from framework.infra.cli import read_state
+
+    return {r.name: r.pid for r in read_state(data_dir)}
+
+
+def _status_lines(data_dir: Path) -> tuple[int, dict[str, str]]:
+    result = _fxrun("infra", "status", "--data-dir", str(data_dir), check=False)
+    return result.returncode, {line.split()[0]: line for line in result.stdout.splitlines()}
+
+
+def _assert_all_down(records: list, pids: set[int]) -> None:  # type: ignore[type-arg]
+    for record in records:
+        assert not port_accepts(record.port), f"{record.name} still listens on {record.port}"
+    for pid in pids:
+        assert not group_alive(pid), pid
+
+
+async def test_infra_up_restarts_only_a_killed_server(tmp_path: Path) -> None:
+    """SIGKILL of nats-server: status says so, up brings back only it (same port, same password), down stops all."""
+    from framework.infra.cli import read_state
+
+    data_dir = tmp_path / "infra"
+    up = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+    before = {r.name: r for r in read_state(data_dir)}
+    seen_pids = {r.pid for r in before.values()}
+    try:
+        env = _parse_exports(up.stdout)
+        nats = before["nats"]
+        os.kill(nats.pid, signal.SIGKILL)
+        _wait_until(lambda: not pid_alive(nats.pid))
+
+        code, lines = await asyncio.to_thread(_status_lines, data_dir)
+        assert code == 1 and " stopped " in lines["nats"]
+        assert all(" running " in lines[name] for name in before if name != "nats"), lines
+
+        with socket.socket() as squatter:  # another program on the port: refused in one line, nothing else touched
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", nats.port))
+            squatter.listen()
+            code, lines = await asyncio.to_thread(_status_lines, data_dir)
+            assert " port taken " in lines["nats"] and f"pid {os.getpid()}" in lines["nats"]
+            refused = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), check=False)
+            error = [line for line in refused.stderr.splitlines() if line.startswith("fxrun: error")]
+            assert refused.returncode != 0 and len(error) == 1 and "Traceback" not in refused.stderr
+            assert "nats" in error[0] and str(nats.port) in error[0] and "fxrun infra up" in error[0]
+
+        again = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+        assert again.stdout == up.stdout
+        after = {r.name: r for r in read_state(data_dir)}
+        seen_pids |= {r.pid for r in after.values()}
+        assert after["nats"].pid != nats.pid and after["nats"].port == nats.port
+        assert {n: r for n, r in after.items() if n != "nats"} == {n: r for n, r in before.items() if n != "nats"}
+        assert all(pid_alive(r.pid) for r in after.values())
+        await asyncio.wait_for(nats_round_trip(env["FXFLOW_NATS_URL"], env["NATS_USER"], env["NATS_PASSWORD"]), TIMEOUT)
+        code, lines = await asyncio.to_thread(_status_lines, data_dir)
+        assert code == 0 and f"pid {after['nats'].pid}" in lines["nats"]
+    finally:
+        down = await asyncio.to_thread(_fxrun, "infra", "down", "--data-dir", str(data_dir))
+    assert f"stopped nats (pid {after['nats'].pid})" in down.stderr
+    _assert_all_down(list(after.values()), seen_pids)
+
+
+async def test_infra_status_and_down_see_through_a_reused_pid(tmp_path: Path) -> None:
+    """A recorded pid now held by another program is not our server: not reported running, not stopped."""
+    from framework.infra.cli import _write_state, read_state
+    from framework.infra.servers import process_start_ticks
+
+    data_dir = tmp_path / "infra"
+    await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+    records = read_state(data_dir)
+    stranger = subprocess.Popen(["sleep", "120"])
+    try:
+        redis = next(r for r in records if r.name == "redis")
+        os.kill(redis.pid, signal.SIGKILL)
+        _wait_until(lambda: not port_accepts(redis.port))
+        reused = dataclasses.replace(redis, pid=stranger.pid, start_ticks=process_start_ticks(stranger.pid))
+        _write_state(data_dir, [reused if r.name == "redis" else r for r in records])
+
+        code, lines = await asyncio.to_thread(_status_lines, data_dir)
+        assert code == 1 and " stopped " in lines["redis"]
+        await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir))
+        restarted = next(r for r in read_state(data_dir) if r.name == "redis")
+        assert restarted.pid not in (redis.pid, stranger.pid) and restarted.port == redis.port
+        await asyncio.wait_for(redis_round_trip(restarted.url), TIMEOUT)
+        assert stranger.poll() is None
+    finally:
+        await asyncio.to_thread(_fxrun, "infra", "down", "--data-dir", str(data_dir))
+        alive = stranger.poll() is None
+        stranger.kill()
+        stranger.wait()
+    assert alive, "down stopped a process that only reused a recorded pid"
+    _assert_all_down(records, {r.pid for r in records} | {restarted.pid})
+
+
+async def _produce(bootstrap: str, topic: str, count: int) -> list[tuple[int, int, bytes, bytes]]:
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=TIMEOUT * 1000)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=TIMEOUT * 1000)
+    await producer.start()
+    try:
+        sent = []
+        for i in range(count):
+            key, value = f"EURUSD-{i % 3}".encode(), f"tick {i}".encode()
+            meta = await producer.send_and_wait(topic, value, key=key)
+            sent.append((meta.partition, meta.offset, key, value))
+    finally:
+        await producer.stop()
+    return sorted(sent)
+
+
+async def _consume_all(bootstrap: str, topic: str) -> list[tuple[int, int, bytes, bytes]]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=TIMEOUT * 1000)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in (0, 1)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        got: list[tuple[int, int, bytes, bytes]] = []
+        deadline = time.monotonic() + TIMEOUT
+        while len(got) < sum(ends.values()) and time.monotonic() < deadline:
+            for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+                got += [(tp.partition, r.offset, r.key, r.value) for r in batch]
+        return sorted(got)
+    finally:
+        await consumer.stop()
+
+
+async def test_kafka_archives_survive_infra_down_and_up(tmp_path: Path) -> None:
+    from framework.infra.cli import read_state
+
+    data_dir, topic = tmp_path / "infra", _uid()
+    up = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+    first = read_state(data_dir)
+    try:
+        sent = await asyncio.wait_for(_produce(_parse_exports(up.stdout)["FXFLOW_KAFKA_BOOTSTRAP"], topic, 30), TIMEOUT * 2)
+        assert {p for p, *_ in sent} == {0, 1}
+    finally:
+        await asyncio.to_thread(_fxrun, "infra", "down", "--data-dir", str(data_dir))
+    _assert_all_down(first, {r.pid for r in first})
+    up = await asyncio.to_thread(_fxrun, "infra", "up", "--data-dir", str(data_dir), "--any-port")
+    records = read_state(data_dir)
+    try:
+        got = await asyncio.wait_for(_consume_all(_parse_exports(up.stdout)["FXFLOW_KAFKA_BOOTSTRAP"], topic), TIMEOUT * 2)
+    finally:
+        await asyncio.to_thread(_fxrun, "infra", "down", "--data-dir", str(data_dir))
+    assert got == sent
+    _assert_all_down(records, {r.pid for r in records})
+
+
+async def test_tansu_on_the_object_store_survives_a_kill_of_both(tmp_path: Path) -> None:
+    from framework.infra import ObjectStoreServer
+
+    store = ObjectStoreServer(tmp_path / "objectstore", durable=False).start()
+    kafka = KafkaServer(tmp_path / "kafka", object_store=store.url)
+    try:
+        kafka.start()
+        topic = _uid()
+        sent = await asyncio.wait_for(_produce(kafka.url, topic, 20), TIMEOUT * 2)
+        kafka.kill()
+        store.kill()
+        await asyncio.to_thread(store.start)
+        await asyncio.to_thread(kafka.start)
+        assert await asyncio.wait_for(_consume_all(kafka.url, topic), TIMEOUT * 2) == sent
+    finally:
+        kafka.stop()
+        store.stop()
+
+
+def test_down_stops_our_server_found_on_its_port_under_another_pid(tmp_path: Path) -> None:
+    """A state file that lost a restart still leads `down` to the server that listens on the recorded port."""
+    from framework.infra.cli import RUNNING, Probe, _record, _write_state, down, probe
+
+    server = NatsServer(tmp_path / "nats").start()
+    try:
+        assert server.pid is not None
+        dead_pid = subprocess.Popen(["true"])
+        dead_pid.wait()
+        stale = dataclasses.replace(_record(server, server.pid), pid=dead_pid.pid, start_ticks=None)
+        assert probe(stale) == Probe(RUNNING, server.pid)
+        _write_state(tmp_path, [stale])
+        report = down(tmp_path)
+        assert report == [f"stopped nats (pid {server.pid})"]
+        assert not port_accepts(server.port)
     finally:
         server.stop()

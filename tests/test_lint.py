@@ -210,7 +210,7 @@ def test_clean_topology_has_no_findings(tmp_path: Path) -> None:
 
 
 def test_rules_cover_every_code() -> None:
-    assert len(RULES) == 15
+    assert len(RULES) == 16
 
 
 def test_format_finding() -> None:
@@ -512,6 +512,22 @@ def test_fx203_any_and_equal_contracts_pass(tmp_path: Path) -> None:
     assert not only(run(tmp_path, patch), "FX203")
 
 
+def test_fx203_binding_contract_contradicting_the_plugin(tmp_path: Path) -> None:
+    """The node's declaration is what runs; a binding claiming another contract would be ignored silently."""
+    found = only(run(tmp_path, services(aggregator={"outputs": {"bars": {"contract": "tick.v1"}}})), "FX203")
+    assert [f.service for f in found] == ["aggregator"]
+    assert "`contract: tick.v1` contradicts node 'bar_aggregator', whose port carries bar.v1" in found[0].message
+    assert found[0].line == line_of(tmp_path, "contract: tick.v1", after="aggregator:")
+
+
+def test_fx203_binding_contract_agreeing_with_the_plugin(tmp_path: Path) -> None:
+    patch = services(
+        aggregator={"outputs": {"bars": {"contract": "bar"}}, "inputs": {"ticks": {"contract": ["tick.v1"]}}},
+        monitor={"inputs": {"events": {"contract": "order_event.v1"}}},
+    )
+    assert not only(run(tmp_path, patch), "FX203")
+
+
 # ---------------------------------------------------------------- FX204
 
 
@@ -583,7 +599,7 @@ def test_fx205_wildcard_leading_subscription_and_multi_token_domain(tmp_path: Pa
 def test_fx205_run_time_variable_is_fine(tmp_path: Path) -> None:
     patch = {
         "domains": [*CLEAN["domains"], "training"],
-        "variables": {"run_id": "*"},
+        "variables": {"run_id": {"identifier": True}},
         "services": {
             "trainer": {
                 "node": "not_built",
@@ -717,6 +733,110 @@ def test_fx302_key_value_tables_with_a_ttl_are_fine(tmp_path: Path) -> None:
     assert not only(run(tmp_path, patch), "FX302")
 
 
+def _second_tick_writer(table: dict[str, Any]) -> dict[str, Any]:
+    """``historical_ticks`` written by the collector and a second tick source."""
+    return {
+        "tables": {"historical_ticks": table},
+        "services": {
+            "collector": {"outputs": {"ticks": {"tables": ["live_ticks", "historical_ticks"]}}},
+            "backfill": {"node": "tick_source", "phase": "data", "outputs": {"ticks": {"tables": "historical_ticks"}}},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {},
+        {"engine": "AggregatingMergeTree"},
+        {"store": "timescale", "engine": "ReplacingMergeTree", "retention": "1d"},  # the engine of another store
+    ],
+)
+def test_fx302_two_writers_of_a_table_that_keeps_duplicates(tmp_path: Path, table: dict[str, Any]) -> None:
+    found = only(run(tmp_path, _second_tick_writer(table)), "FX302")
+    assert [f.service for f in found] == ["historical_ticks"]
+    assert "written by 2 services (collector, backfill)" in found[0].message and "writers: shared" in found[0].message
+    assert found[0].line == line_of(tmp_path, "historical_ticks:", after="tables:")
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        {"engine": "ReplacingMergeTree", "order_by": ["symbol", "ts"]},
+        {"store": "timescale", "key": ["symbol", "ts"], "retention": "1d"},
+        {"key": ["symbol", "ts", "source"]},  # in clickhouse the key is the ReplacingMergeTree ordering key
+        {"writers": "shared"},
+    ],
+)
+def test_fx302_two_writers_of_a_deduplicating_or_shared_table(tmp_path: Path, table: dict[str, Any]) -> None:
+    assert not only(run(tmp_path, _second_tick_writer(table)), "FX302")
+
+
+def test_fx302_one_writer_and_readers_are_fine(tmp_path: Path) -> None:
+    assert not only(run(tmp_path, services(aggregator={"reads": ["live_ticks"]})), "FX302")
+
+
+REPLACING_BARS = {"store": "clickhouse", "contract": "bar.v1", "engine": "ReplacingMergeTree", "version": "revision"}
+
+
+def test_fx302_version_column_that_does_not_fit(tmp_path: Path) -> None:
+    patch = {
+        "tables": {
+            "misspelt": {**REPLACING_BARS, "version": "revison"},
+            "in_postgres": {**REPLACING_BARS, "store": "timescale", "retention": "1d"},
+            "merge_tree": {**REPLACING_BARS, "engine": "MergeTree"},
+            "textual": {"store": "clickhouse", "engine": "ReplacingMergeTree", "columns": {"ts": "timestamp_ms", "v": "str"}, "version": "v"},
+        }
+    }
+    found = only(run(tmp_path, patch), "FX302")
+    by_table = {f.service: f for f in found}
+    assert set(by_table) == {"misspelt", "in_postgres", "merge_tree", "textual"} and len(found) == 4
+    assert "version column 'revison' is not one of its columns (did you mean 'revision'?)" in by_table["misspelt"].message
+    assert by_table["misspelt"].line == line_of(tmp_path, "version: revison")
+    assert "(postgres) ignores" in by_table["in_postgres"].message
+    assert by_table["in_postgres"].line == line_of(tmp_path, "version: revision", after="in_postgres:")
+    assert "works only with `engine: ReplacingMergeTree`" in by_table["merge_tree"].message
+    assert by_table["merge_tree"].line == line_of(tmp_path, "engine: MergeTree")
+    assert "'v' is str, not an integer" in by_table["textual"].message
+
+
+def test_fx302_version_column_of_a_replacing_table(tmp_path: Path) -> None:
+    patch = {
+        "tables": {
+            "bars": REPLACING_BARS,
+            "counted": {"store": "clickhouse", "engine": "ReplacingMergeTree", "columns": {"ts": "timestamp_ms", "n": "UInt32"}, "version": "n"},
+        }
+    }
+    assert not only(run(tmp_path, patch), "FX302")
+
+
+def test_fx302_key_that_does_not_fit(tmp_path: Path) -> None:
+    patch = {
+        "tables": {
+            "misspelt": {"store": "clickhouse", "contract": "tick.v1", "key": ["symbol", "ts", "sorce"]},
+            "untimed": {"store": "timescale", "contract": "tick.v1", "key": ["symbol", "source"], "retention": "1d"},
+        }
+    }
+    found = only(run(tmp_path, patch), "FX302")
+    by_table = {f.service: f for f in found}
+    assert set(by_table) == {"misspelt", "untimed"} and len(found) == 2
+    assert "key column 'sorce' is not one of its columns (did you mean 'source'?)" in by_table["misspelt"].message
+    assert by_table["misspelt"].line == line_of(tmp_path, "- sorce")
+    assert "must include the time column 'ts'" in by_table["untimed"].message
+    assert by_table["untimed"].line == line_of(tmp_path, "key:", after="untimed:")
+
+
+def test_fx302_key_of_existing_columns_with_the_time_column(tmp_path: Path) -> None:
+    patch = {
+        "tables": {
+            "keyed": {"store": "timescale", "contract": "tick.v1", "key": ["symbol", "ts", "source"], "retention": "1d"},
+            "untimed_elsewhere": {"store": "clickhouse", "contract": "tick.v1", "key": ["symbol", "source"]},
+            "no_time_column": {"store": "timescale", "columns": {"id": "str", "n": "int"}, "key": ["id"], "retention": "1d"},
+        }
+    }
+    assert not only(run(tmp_path, patch), "FX302")
+
+
 # ---------------------------------------------------------------- FX401
 
 
@@ -756,6 +876,41 @@ def test_fx401_declared_literals_and_run_time_variables(tmp_path: Path) -> None:
         },
     }
     assert not only(run(tmp_path, patch, pairs=["XAUUSD"]), "FX401")
+
+
+@pytest.mark.parametrize("declared", ["*", {}, {"identifier": False, "description": "step"}])
+def test_fx401_publication_over_a_run_time_value_that_is_no_identifier(tmp_path: Path, declared: Any) -> None:
+    patch = {
+        "variables": {"seq": declared},
+        **services(execution={"outputs": {"orders": {"nats": "orders.{status}.{symbol}.{seq}"}}}),
+    }
+    found = only(run(tmp_path, patch), "FX401")
+    assert [f.service for f in found] == ["execution"]
+    assert "one subject per value of {seq}" in found[0].message and "unbounded subject cardinality" in found[0].message
+    assert "`variables.seq: {identifier: true}`" in found[0].message
+    assert found[0].line == line_of(tmp_path, "orders.{status}.{symbol}.{seq}")
+
+
+def test_fx401_binding_values_widened_to_any(tmp_path: Path) -> None:
+    patch = services(
+        execution={"outputs": {"orders": {"values": {"status": "*"}}}},
+        monitor={"inputs": {"events": {"nats": ["orders.>", "orders.{status}.EURUSD"], "values": {"status": "*"}}}},
+    )
+    found = only(run(tmp_path, patch), "FX401")
+    assert sorted(f.service for f in found) == ["execution", "monitor"]
+    assert all("bindings may only narrow a variable to a list" in f.message for f in found)
+    assert {f.line for f in found} == {
+        line_of(tmp_path, "status: '*'", after="execution:"),
+        line_of(tmp_path, "status: '*'", after="monitor:"),
+    }
+
+
+def test_fx401_publication_over_a_run_time_identifier(tmp_path: Path) -> None:
+    patch = {
+        "variables": {"run_id": {"identifier": True, "description": "one backtest run"}},
+        **services(execution={"outputs": {"orders": {"nats": "orders.{status}.{symbol}.{run_id}", "values": {"status": ["filled"]}}}}),
+    }
+    assert not only(run(tmp_path, patch), "FX401")
 
 
 # ---------------------------------------------------------------- FX402
@@ -822,14 +977,86 @@ def test_fx501_path_through_a_relay(tmp_path: Path) -> None:
     assert len(found) == 1 and "inference → relay → execution" in found[0].message
 
 
-def test_fx501_spec_less_gate_counts(tmp_path: Path) -> None:
+def test_fx501_a_relay_that_approves_is_no_gate(tmp_path: Path) -> None:
+    """A disabled service whose node is not built, turning signals into approved_signal beside the real gate."""
     patch = services(
         relay=_relay("approved_signal.v1"),
         execution={"inputs": {"approved": {"nats": "signals.relayed.*"}}},
-        risk={"outputs": {"approved": {"nats": "signals.approved.{symbol}"}}},
         monitor={"inputs": {"events": {"nats": ["orders.>", "signals.approved.>"]}}},
     )
-    assert not only(run(tmp_path, patch), "FX501")
+    found = only(run(tmp_path, patch), "FX501")
+    by_service = {f.service: f for f in found}
+    assert set(by_service) == {"relay", "execution"} and len(found) == 2
+    assert "inference → relay → execution" in by_service["execution"].message
+    relay = by_service["relay"]
+    assert "and so do risk on signals.approved.{symbol}" in relay.message and "only one" in relay.message
+    assert relay.line == line_of(tmp_path, "signals.relayed.{symbol}")
+
+
+def test_fx501_an_enabled_service_whose_node_is_unknown_is_no_gate(tmp_path: Path) -> None:
+    patch = services(
+        risk={
+            "node": "position_guard",
+            "inputs": {"signals": {"contract": "signal.v1"}},
+            "outputs": {"approved": {"contract": "approved_signal.v1"}, "decisions": {"contract": "risk_decision.v1"}},
+        }
+    )
+    found = run(tmp_path, patch)
+    assert [f.service for f in only(found, "FX101")] == ["risk"]
+    messages = sorted(f.message for f in only(found, "FX501"))
+    assert len(messages) == 2
+    assert "inference → risk → execution" in messages[1]
+    assert "node 'position_guard' is not installed, so nothing shows it is a risk gate" in messages[0]
+
+
+def _planned_risk(**changes: Any) -> dict[str, Any]:
+    """The risk service on a node not built yet, disabled, its contracts stated on the bindings."""
+    return {
+        "node": "position_guard",
+        "enabled": False,
+        "inputs": {"signals": {"contract": "signal.v1"}},
+        "outputs": {"approved": {"contract": "approved_signal.v1"}, "decisions": {"contract": "risk_decision.v1"}},
+        **changes,
+    }
+
+
+def test_fx501_a_disabled_unbuilt_gate_that_is_the_only_approver_is_the_planned_gate(tmp_path: Path) -> None:
+    found = run(tmp_path, services(risk=_planned_risk()))
+    assert not only(found, "FX501") and codes(found) == {"FX100"}
+
+
+def test_fx501_an_unbuilt_gate_that_consumes_no_signals_is_no_gate(tmp_path: Path) -> None:
+    patch = services(
+        risk=_planned_risk(inputs={"signals": {"nats": "features.>", "contract": "features.v1"}}),
+        inference={"outputs": {"signals": {"nats": "risk.raw.{symbol}"}}},
+        execution={"inputs": {"approved": {"nats": "signals.approved.>"}}},
+        monitor={"inputs": {"events": {"nats": ["orders.>", "risk.>"]}}},
+    )
+    found = only(run(tmp_path, patch), "FX501")
+    assert [f.service for f in found] == ["risk"]
+    assert "is not built and the service does not consume raw signals" in found[0].message
+
+
+def test_fx501_two_gates_cannot_both_approve(tmp_path: Path) -> None:
+    doc = merge(CLEAN, {})
+    doc["services"]["risk2"] = {**copy.deepcopy(doc["services"]["risk"]), "outputs": {"approved": {"nats": "signals.approved.{symbol}"}}}
+    found = only(run(tmp_path, base=doc), "FX501")
+    assert sorted(f.service for f in found) == ["risk", "risk2"]
+    assert all("only one service, the risk gate, may publish on the approved subjects" in f.message for f in found)
+
+
+def test_fx501_another_contract_on_the_approved_subjects(tmp_path: Path) -> None:
+    """A publisher on ``signals.approved.*`` is an approver whatever contract it declares."""
+    patch = services(
+        echo={
+            "node": "not_built",
+            "phase": "trading",
+            "enabled": False,
+            "outputs": {"out": {"nats": "signals.approved.{symbol}", "contract": "any"}},
+        }
+    )
+    found = only(run(tmp_path, patch), "FX501")
+    assert [f.service for f in found] == ["echo"] and "and so do risk" in found[0].message
 
 
 def test_fx501_spec_less_execution_target(tmp_path: Path) -> None:
@@ -851,7 +1078,7 @@ def test_fx501_only_risk_gates_publish_approved_signals(tmp_path: Path) -> None:
     patch = services(risk={"node": "approver", "outputs": {"decisions": DELETE}})
     found = only(run(tmp_path, patch, registry=make_registry(approver)), "FX501")
     messages = " | ".join(f.message for f in found)
-    assert "only a risk_gate node may approve" in messages
+    assert "node 'approver' has role 'transform'; only an installed risk_gate plugin may approve" in messages
     assert "inference → risk → execution" in messages
 
 

@@ -1,6 +1,6 @@
 """The seed's wiring defects stay visible in its literal transcription, and the fixed topology is clean.
 
-docs/decisions.md records each finding (D1…D12) and how topology/services.yaml fixes it.
+docs/decisions.md records each finding (D1…D13) and how topology/services.yaml fixes it.
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def test_literal_seed_defects_are_found(contracts, registry):
     assert [(f.level, f.service) for f in fx501] == [("error", "execution-service")]  # D10
     assert "reads table 'trading_signals'" in fx501[0].message and "inference-service" in fx501[0].message
     assert ("FX302", "dedup_cache") in errors  # D11: the DragonflyDB cache has no TTL
+    shared = {"executions", "trading_signals", "live_aggregates", "historical_aggregates", "historical_ticks"}
+    assert {name for name in shared if ("FX302", name) in errors} == shared  # D13: two writers, duplicates kept
     fx103 = sorted(f.service for f in findings if f.code == "FX103")
     assert fx103 == ["data-bridge"] * 3 + ["external-data-collector"]  # D12: the cards' port names
     catch_all = [f for f in findings if f.code == "FX202" and f.service == "mt5-connector"]
@@ -65,7 +67,7 @@ def test_decisions_cite_exactly_the_codes_the_literal_lint_reports(contracts, re
     reported = {f.code for f in lint(topology, source, registry, contracts) if f.code != "FX100"}
     rows = re.findall(r"^\| D\d+ \| \*\*([A-Z0-9/]+)\*\*", (ROOT / "docs/decisions.md").read_text(), re.MULTILINE)
     cited = {code for row in rows for code in row.split("/")}
-    assert len(rows) == 12
+    assert len(rows) == 13
     assert cited == reported
 
 

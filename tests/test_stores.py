@@ -4,6 +4,9 @@ started by the fixtures in conftest.py. No mocks."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -301,6 +304,155 @@ async def test_postgres_unreachable_and_bad_credentials_are_one_line_without_sec
         await store.close()
 
 
+TICK_KEY = ["symbol", "ts", "source", "bid", "ask"]
+
+
+async def test_postgres_keyed_table_keeps_one_copy_of_a_batch_written_again_across_a_restart(postgres_server_fn: Any) -> None:
+    """A COPY retried after its acknowledgement was lost writes the batch again: a table with a
+    ``key`` keeps one copy of each row, in the same session, a new one, and after a server restart."""
+    server = postgres_server_fn
+    name = uniq("live")
+    table = Table(store="timescale", engine="hypertable", order_by=["symbol", "ts"], key=TICK_KEY, retention="30d")
+    today = now_ms() // DAY_MS
+    batch = [tick(i, (today - 1) * DAY_MS + i * 1000) for i in range(5_000)]
+    batch += [{**batch[0], "seq": None}, {**batch[1], "bid": 1.2}]  # a repeat of row 0 within the batch; a distinct quote
+    store = PostgresStore("timescale", server.url)
+    await store.connect()
+    try:
+        await store.ensure_table(name, table, TICK_COLUMNS, "ts")
+        await store.insert(name, batch)
+        await store.insert(name, batch)
+        await store.insert(name, batch[100:200] + [tick(9_999, today * DAY_MS)])
+        assert await store.query(f"SELECT count(*) AS n FROM {name}") == [{"n": 5_002}]
+    finally:
+        await store.close()
+    server.restart()
+    again = PostgresStore("timescale", server.url)
+    await again.connect()
+    try:
+        await again.ensure_table(name, table, TICK_COLUMNS, "ts")
+        await again.insert(name, batch)
+        rows = await again.query(f"SELECT count(*) AS n, count(DISTINCT (symbol, ts, source, bid, ask)) AS d FROM {name}")
+        assert rows == [{"n": 5_002, "d": 5_002}]
+        [row] = await again.query(f"SELECT seq, meta FROM {name} WHERE ts = $1 AND bid = $2", [batch[0]["ts"], batch[0]["bid"]])
+        assert row == {"seq": 0, "meta": {"n": 0}}  # the first write wins
+        indexes = await again.query("SELECT indexdef FROM pg_indexes WHERE tablename = $1 AND indexname = $2", [name, f"{name}_key"])
+        assert indexes and "UNIQUE" in indexes[0]["indexdef"]
+    finally:
+        await again.close()
+
+
+async def test_postgres_key_with_a_nullable_column_treats_nulls_as_equal(pg: PostgresStore) -> None:
+    name = uniq("live")
+    table = Table(store="timescale", order_by=["ts"], key=["symbol", "ts", "source", "seq"], retention="30d")
+    await pg.ensure_table(name, table, TICK_COLUMNS, "ts")
+    rows = [{**tick(i, now_ms() - i), "seq": None} for i in range(10)]
+    await pg.insert(name, rows)
+    await pg.insert(name, rows)
+    assert await pg.query(f"SELECT count(*) AS n FROM {name}") == [{"n": 10}]
+
+
+async def test_postgres_keyed_rows_in_the_default_partition_move_to_their_day(postgres_server: Any) -> None:
+    store = PostgresStore("timescale", postgres_server.url, options={"max_partitions_per_batch": 1, "partitions_ahead": 0})
+    await store.connect()
+    try:
+        name = uniq("live")
+        await store.ensure_table(name, Table(store="timescale", key=TICK_KEY, retention="30d"), TICK_COLUMNS, "ts")
+        today = now_ms() // DAY_MS
+        rows = [tick(i, (today - 1 - i % 3) * DAY_MS + i) for i in range(30)]
+        await store.insert(name, rows)  # two of the three days go to the default partition
+        assert await store.query(f"SELECT count(*) AS n FROM {name}_default") == [{"n": 20}]
+        await store.insert(name, rows)  # one more day's partition is created and takes the default's rows along
+        assert await store.query(f"SELECT count(*) AS n FROM {name}_default") == [{"n": 10}]
+        await store.insert(name, [rows[2]])
+        await store.insert(name, rows)
+        assert await store.query(f"SELECT count(*) AS n FROM {name}_default") == [{"n": 0}]
+        assert await store.query(f"SELECT count(*) AS n FROM {name}") == [{"n": 30}]
+    finally:
+        await store.close()
+
+
+async def test_postgres_without_a_key_every_row_is_kept_and_a_changed_key_is_rebuilt(pg: PostgresStore) -> None:
+    name = uniq("ticks")
+    rows = [tick(i, now_ms() - i) for i in range(10)]
+    await pg.ensure_table(name, Table(store="timescale", order_by=["ts"], retention="30d"), TICK_COLUMNS, "ts")
+    await pg.insert(name, rows)
+    await pg.insert(name, rows)
+    assert await pg.query(f"SELECT count(*) AS n FROM {name}") == [{"n": 20}]
+    with pytest.raises(StoreError, match="already holds rows that repeat its key") as info:
+        await pg.ensure_table(name, Table(store="timescale", key=["symbol", "ts"], retention="30d"), TICK_COLUMNS, "ts")
+    assert "\n" not in str(info.value)
+    await pg.execute(f"DELETE FROM {name} WHERE ctid IN (SELECT min(ctid) FROM {name} GROUP BY symbol, ts)")
+    await pg.ensure_table(name, Table(store="timescale", key=["symbol", "ts"], retention="30d"), TICK_COLUMNS, "ts")
+    await pg.insert(name, rows)
+    await pg.ensure_table(name, Table(store="timescale", key=["ts", "symbol", "seq"], retention="30d"), TICK_COLUMNS, "ts")
+    await pg.insert(name, [{**rows[0], "seq": 100}])  # a new key: (ts, symbol, seq)
+    assert await pg.query(f"SELECT count(*) AS n FROM {name}") == [{"n": 11}]
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (["symbol", "time"], "key column(s) time are not columns of the table"),
+        (["symbol", "seq"], "its key must include the time column 'ts'"),
+    ],
+)
+async def test_postgres_key_mistakes_are_one_line(pg: PostgresStore, key: list[str], message: str) -> None:
+    with pytest.raises(StoreError, match=re.escape(message)) as info:
+        await pg.ensure_table(uniq("live"), Table(store="timescale", key=key, retention="30d"), TICK_COLUMNS, "ts")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("outage", ["kill", "stop"])
+async def test_postgres_outage_under_a_writer_is_one_log_line_per_event(
+    postgres_server_fn: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, outage: str
+) -> None:
+    """The server dies (SIGKILL) or shuts down while COPYs are in flight: the log says so in one
+    line naming the store and its URL without the password, and again when writes recover; no
+    asyncpg traceback (its pool retries, a COPY's orphaned future) reaches the log."""
+    server = postgres_server_fn
+    caplog.set_level(logging.INFO)
+    store = PostgresStore("timescale", server.url, options={"connect_timeout": 2})
+    await store.connect()
+    name = uniq("ticks")
+    await store.ensure_table(name, Table(store="timescale", order_by=["symbol", "ts"]), TICK_COLUMNS, "ts")
+    writer = BatchWriter(
+        store, name, batch_size=5_000, interval=0.01, backoff_initial=0.05, backoff_max=0.5, spill_dir=tmp_path, close_timeout=30
+    )
+    count, start = 200_000, now_ms() - DAY_MS
+    try:
+
+        async def produce() -> None:
+            for i in range(count):
+                await writer.add(tick(i, start + i))
+                if i % 1000 == 0:
+                    await asyncio.sleep(0)
+
+        producing = asyncio.create_task(produce())
+        await wait_until(lambda: writer.written >= 10_000)
+        (server.kill if outage == "kill" else server.stop)()
+        await wait_until(lambda: writer.failing)
+        await asyncio.sleep(3.5)  # long enough for the pool to retry its connection floor twice
+        server.start()
+        await asyncio.wait_for(producing, 60)
+        await writer.close()
+        assert writer.written == count and writer.outages == 1
+        [row] = await store.query(f"SELECT count(DISTINCT seq) AS n FROM {name}")
+        assert row["n"] == count
+    finally:
+        await store.close()
+    gc.collect()  # an orphaned asyncpg future is reported when it is collected
+    await asyncio.sleep(0)
+
+    records = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [r.getMessage() for r in records if r.exc_info or r.exc_text or "\n" in r.getMessage()]
+    assert "Traceback" not in caplog.text and server.password not in caplog.text
+    [failing] = [r.getMessage() for r in records if "are failing" in r.getMessage()]
+    assert f"store 'timescale' (postgres) at {safe_url(server.url)}" in failing and "another operation" not in failing
+    assert len([r for r in records if "recovered after" in r.getMessage()]) == 1
+    assert [r for r in records if r.name.startswith(("asyncpg", "asyncio"))] == []
+
+
 # --------------------------------------------------------------------------- Redis
 
 
@@ -367,3 +519,24 @@ async def test_redis_unreachable_is_one_line_without_password(monkeypatch: pytes
     message = str(info.value)
     assert "\n" not in message and SECRET not in message
     assert "'dragonfly'" in message and "redis://127.0.0.1:9/0" in message and "fxrun infra up" in message
+
+
+async def test_a_clickhouse_table_with_a_key_keeps_a_row_written_twice_once(tmp_path: Path) -> None:
+    """``key:`` in a ClickHouse store is the ReplacingMergeTree ordering key: a refilled batch collapses."""
+    from framework.stores.clickhouse import ClickHouseStore
+    from framework.topology.model import Table
+
+    store = ClickHouseStore("ch", f"chdb://{tmp_path}/clickhouse", data_dir=str(tmp_path))
+    await store.connect()
+    try:
+        table = Table(store="ch", engine="hypertable", order_by=["symbol", "ts"], key=["symbol", "ts", "source", "seq"])
+        columns = {"symbol": "str", "ts": "timestamp_ms", "source": "str", "seq": "int?", "bid": "float"}
+        await store.ensure_table("ticks_keyed", table, columns, "ts")
+        rows = [{"symbol": "EURUSD", "ts": 1_000 + i, "source": "p", "seq": i if i % 2 else None, "bid": 1.1} for i in range(6)]
+        await store.insert("ticks_keyed", rows)
+        await store.insert("ticks_keyed", rows)  # a retry, or a refill after a crash
+        final = await store.query("SELECT count() AS n FROM ticks_keyed FINAL")
+        engine = await store.query("SELECT engine FROM system.tables WHERE name = 'ticks_keyed'")
+    finally:
+        await store.close()
+    assert final == [{"n": 6}] and engine == [{"engine": "ReplacingMergeTree"}]

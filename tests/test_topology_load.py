@@ -294,10 +294,14 @@ def test_a_single_file_applies_overrides(project: Path) -> None:
     assert loaded.config.pairs == ["EURUSD"]
 
 
-def test_a_single_file_refuses_a_profile_choice(project: Path) -> None:
-    with pytest.raises(UserError) as info:
-        load_file(project / "topology" / "services.yaml", ["topology=demo"])
-    assert "topology=demo cannot be combined with a file" in str(info.value)
+def test_a_single_file_under_a_profile_choice_composes_the_profile(project: Path) -> None:
+    """``fxrun lint FILE topology=demo``: the demo profile over FILE, in place of services.yaml."""
+    mine = project / "mine.yaml"
+    shutil.copy(project / "topology" / "services.yaml", mine)
+    edit(mine, "  EURAUD: {pip: 0.0001, digits: 5}\n", "")
+    loaded = load_file(mine, ["topology=demo"])
+    assert loaded.profile == "demo" and "EURAUD" not in loaded.topology.instruments
+    assert loaded.topology.runtime.clock == "simulated" and loaded.files[0] == mine
 
 
 def test_unknown_interpolation_in_a_file_names_file_and_line(project: Path) -> None:

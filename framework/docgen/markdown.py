@@ -307,7 +307,13 @@ def timeframes_section(flow: Flow) -> list[str]:
     lines = ["## Timeframes and template variables", "", f"- `{{timeframe}}`: {codes(flow.topology.timeframes)}"]
     lines.append(f"- `{{symbol}}`: every instrument ({len(flow.topology.instruments)})")
     for name, values in flow.topology.variables.items():
-        shown = _values_text(values) if values == "*" else codes(values)
+        if isinstance(values, list):
+            shown = codes(values)
+        elif isinstance(values, str):
+            shown = _values_text(values)
+        else:
+            shown = "an identifier, known at run time" if values.identifier else _values_text("*")
+            shown += f" ({values.description})" if values.description else ""
         lines.append(f"- `{{{name}}}`: {shown}")
     return lines
 
@@ -391,7 +397,7 @@ def tables_section(flow: Flow) -> list[str]:
             _store_text(flow, t.store),
             t.engine or NONE,
             _columns_text(flow, t.contract, t.columns),
-            codes(t.order_by),
+            codes(t.order_by) + (f"; unique key {codes(t.key)}" if t.key else ""),
             t.retention or "forever",
             who(node.writers),
             who(node.readers),

@@ -1,4 +1,4 @@
-"""Local servers (NATS, a Kafka-protocol broker, PostgreSQL, Redis) run without Docker.
+"""Local servers (NATS, a Kafka-protocol broker and its object store, PostgreSQL, Redis) run without Docker.
 
 Used by the test fixtures (``tests/conftest.py``) and by ``fxrun infra up|status|down``.
 """
@@ -7,6 +7,7 @@ from framework.infra.servers import (
     KafkaServer,
     LocalServer,
     NatsServer,
+    ObjectStoreServer,
     PostgresServer,
     RedisServer,
     ServerError,
@@ -18,6 +19,7 @@ __all__ = [
     "KafkaServer",
     "LocalServer",
     "NatsServer",
+    "ObjectStoreServer",
     "PostgresServer",
     "RedisServer",
     "ServerError",

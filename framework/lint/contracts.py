@@ -1,4 +1,4 @@
-"""FX104 (unknown contract refs) and FX203 (contract mismatches along the wiring)."""
+"""FX104 (unknown contract refs) and FX203 (contract mismatches along the wiring and against the plugins)."""
 
 from __future__ import annotations
 
@@ -97,13 +97,43 @@ def _against_storage(ctx: LintContext) -> Iterator[Finding]:
         yield ctx.error("FX203", ep.service, message, ctx.where(ep))
 
 
+def _resolved(ctx: LintContext, refs: Sequence[str]) -> set[str] | None:
+    """Full refs (``tick`` → ``tick.v1``) of known contracts; None when ``any`` is among them."""
+    if ANY in refs:
+        return None
+    return {found.ref for ref in refs if (found := ctx.contract(ref)) is not None}
+
+
+def _against_plugins(ctx: LintContext) -> Iterator[Finding]:
+    """A binding's ``contract:`` the node's own port declaration contradicts (the declaration wins at run time)."""
+    for name, service in ctx.topology.services.items():
+        spec = ctx.spec(name)
+        if spec is None:
+            continue
+        for section, ports, declared in (("inputs", service.inputs, spec.inputs), ("outputs", service.outputs, spec.outputs)):
+            for port, binding in ports.items():
+                if port not in declared or not binding.contracts:
+                    continue
+                stated, own = _resolved(ctx, binding.contracts), _resolved(ctx, declared[port].contracts)
+                if stated is None or own is None or stated <= own:
+                    continue
+                message = (
+                    f"port {port!r}: `contract: {_shown(binding.contracts)}` contradicts node {service.node!r}, whose "
+                    f"port carries {_shown(declared[port].contracts)}; the node's declaration is what runs, so fix "
+                    "or remove the binding's `contract:`"
+                )
+                yield ctx.error("FX203", name, message, ("services", name, section, port, "contract"))
+
+
 def mismatches(ctx: LintContext) -> Iterator[Finding]:
     """FX203: contracts must agree along every link.
 
     A topic or table that declares a contract is the interface: ports are checked against
     it, not against each other. Links without a declared contract are checked port to port.
-    Self-links are FX204's business.
+    Self-links are FX204's business. A binding's own ``contract:`` must agree with the node's
+    declaration of the port, which is the one that runs.
     """
     yield from _between_ports(ctx)
     yield from _against_storage(ctx)
+    yield from _against_plugins(ctx)
 

@@ -1,4 +1,4 @@
-"""FX401: template variables without values, and literal pairs/timeframes the topology does not declare."""
+"""FX401: template variables without values or with unbounded ones, and literal pairs/timeframes the topology does not declare."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Any
 
 from framework.lint.context import TOPOLOGY, LintContext, did_you_mean
 from framework.lint.findings import Finding
-from framework.topology.templates import is_template
+from framework.topology.model import RuntimeVariable
+from framework.topology.templates import ANY_TOKEN, is_template, placeholders
 from framework.wiring import SYMBOL, TIMEFRAME, Endpoint
 
 SYMBOL_LIKE = re.compile(r"^[A-Z0-9]{6,}$")
@@ -22,7 +23,7 @@ def _no_values(ctx: LintContext, ep: Endpoint, var: str) -> str:
     known = [SYMBOL, TIMEFRAME, *ctx.topology.variables]
     return (
         f"subject {ep.name!r} uses {{{var}}}, which has no values{did_you_mean(var, known)}; declare it under "
-        f"`variables:` (a list of values, or '*' for a run-time value such as a run id)"
+        f"`variables:` (a list of values, or {{identifier: true}} for a run-time identifier such as a run id)"
     )
 
 
@@ -30,6 +31,39 @@ def _missing(ctx: LintContext) -> Iterator[Finding]:
     for ep in ctx.wiring.endpoints:
         for var in ep.missing_variables:
             yield ctx.error("FX401", ep.service, _no_values(ctx, ep, var), ctx.where(ep))
+
+
+def _unbounded_topology_variable(ctx: LintContext, ep: Endpoint, var: str) -> str | None:
+    declared = ctx.topology.variables.get(var)
+    if declared == ANY_TOKEN or (isinstance(declared, RuntimeVariable) and not declared.identifier):
+        return (
+            f"publication {ep.name!r} (output {ep.port!r}) makes one subject per value of {{{var}}}, a run-time value "
+            f"that is not an identifier: unbounded subject cardinality; move the value into the payload, or declare "
+            f"`variables.{var}: {{identifier: true}}` if each value names a long-lived entity such as a run"
+        )
+    return None
+
+
+def _unbounded(ctx: LintContext) -> Iterator[Finding]:
+    """Publications over a run-time variable not declared an identifier, and bindings that widen a variable to '*'."""
+    for ep in ctx.wiring.select(direction="out", kind="nats"):
+        scoped = ep.binding.values if ep.binding is not None else {}
+        for var in placeholders(ep.name):
+            message = None if var in scoped else _unbounded_topology_variable(ctx, ep, var)
+            if message:
+                yield ctx.error("FX401", ep.service, message, ctx.where(ep))
+    for name, service in ctx.topology.services.items():
+        for section, ports in (("inputs", service.inputs), ("outputs", service.outputs)):
+            for port, binding in ports.items():
+                for var, value in binding.values.items():
+                    if value != ANY_TOKEN:
+                        continue
+                    message = (
+                        f"port {port!r}: `values: {{{var}: '*'}}` widens {{{var}}} to any run-time value for this "
+                        "binding; bindings may only narrow a variable to a list — drop it, or declare a run-time "
+                        f"identifier once as `variables.{var}: {{identifier: true}}`"
+                    )
+                    yield ctx.error("FX401", name, message, ("services", name, section, port, "values", var))
 
 
 def _literal(ctx: LintContext, ep: Endpoint, token: str) -> str | None:
@@ -109,8 +143,9 @@ def _pairs(ctx: LintContext) -> Iterator[Finding]:
 
 
 def variables(ctx: LintContext) -> Iterator[Finding]:
-    """FX401: every template variable has values; literal pairs and timeframes are declared ones."""
+    """FX401: every template variable has values, bounded ones in publications; literal pairs and timeframes are declared."""
     yield from _missing(ctx)
+    yield from _unbounded(ctx)
     yield from _literals(ctx)
     yield from _params(ctx)
     yield from _pairs(ctx)

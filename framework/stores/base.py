@@ -84,6 +84,10 @@ class KeyValueStore(abc.ABC):
         """Mark ``keys`` as seen; True for each key nobody had claimed before (within its TTL)."""
 
     @abc.abstractmethod
+    async def seen(self, table: str, keys: Sequence[str]) -> list[bool]:
+        """For each key, whether it is claimed (and not expired); claims nothing."""
+
+    @abc.abstractmethod
     async def put_latest(self, table: str, key: str, value: Any, ttl_ms: int | None = None) -> None: ...
 
     @abc.abstractmethod

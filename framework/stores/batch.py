@@ -71,6 +71,7 @@ class BatchWriter:
         self._closed = False
         self._down_since: float | None = None
         self._down_attempts = 0
+        self.added = 0
         self.written = 0
         self.failures = 0
         self.outages = 0
@@ -86,6 +87,12 @@ class BatchWriter:
     @property
     def pending(self) -> int:
         return len(self._rows)
+
+    @property
+    def settled(self) -> int:
+        """Rows that are done with: written, or rejected for good (set aside). Spilled rows are
+        not: a refill from the archive writes them on the next start."""
+        return self.written + self.rejected
 
     @property
     def failing(self) -> bool:
@@ -109,36 +116,44 @@ class BatchWriter:
 
     async def add(self, row: Mapping[str, Any]) -> None:
         """Buffer ``row``; waits while the buffer is full (the store is down or slower than the producer)."""
-        if self._closed or self._closing.is_set():
-            raise StoreError(f"the writer of table {self.table!r} is closed")
-        self.start()
-        if len(self._rows) >= self.max_buffer:
-            self.waits += 1
-            async with self._space:
-                await self._space.wait_for(lambda: len(self._rows) < self.max_buffer or self._closing.is_set())
-            if self._closed:
-                raise StoreError(f"the writer of table {self.table!r} closed while this row waited for room")
-        self._rows.append(row)
-        if len(self._rows) >= self.batch_size:
-            self._wake.set()
-
-    async def add_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Buffer ``rows`` as :meth:`add` does one by one, in as few steps as the free room allows."""
-        done = 0
-        while done < len(rows):
-            if self._closed or self._closing.is_set():
-                raise StoreError(f"the writer of table {self.table!r} is closed")
-            self.start()
-            room = self.max_buffer - len(self._rows)
-            if room <= 0:
-                await self.add(rows[done])
-                done += 1
-                continue
-            chunk = rows[done : done + room]
-            self._rows.extend(chunk)
-            done += len(chunk)
+        if self._task is not None and len(self._rows) < self.max_buffer and not self._closing.is_set():
+            self._rows.append(row)
+            self.added += 1
             if len(self._rows) >= self.batch_size:
                 self._wake.set()
+            return
+        await self.add_many((row,))
+
+    async def add_many(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer ``rows``, waiting for room as :meth:`add` does, in as few steps as the room allows.
+
+        A caller cancelled while it waits (a stop) has counted its rows as published: they
+        are buffered anyway, beyond ``max_buffer``, so ``close`` writes or spills them."""
+        done = 0
+        try:
+            while done < len(rows):
+                if self._closed or self._closing.is_set():
+                    raise StoreError(f"the writer of table {self.table!r} is closed")
+                self.start()
+                room = self.max_buffer - len(self._rows)
+                if room <= 0:
+                    self.waits += 1
+                    async with self._space:
+                        await self._space.wait_for(lambda: len(self._rows) < self.max_buffer or self._closing.is_set())
+                    if self._closed:
+                        raise StoreError(f"the writer of table {self.table!r} closed while rows waited for room")
+                    continue
+                chunk = rows[done : done + room]
+                self._rows.extend(chunk)
+                self.added += len(chunk)
+                done += len(chunk)
+                if len(self._rows) >= self.batch_size:
+                    self._wake.set()
+        except asyncio.CancelledError:
+            rest = rows[done:]
+            self._rows.extend(rest)
+            self.added += len(rest)
+            raise
 
     async def flush(self, retry: bool = True) -> bool:
         """Write everything buffered now. With ``retry`` keep retrying (with backoff) until it is

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -43,6 +44,7 @@ _TYPES = {
     "json": "String",
     "timestamp_ms": "Int64",
 }
+log = logging.getLogger(__name__)
 _ENGINES = ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree")
 _AUTH_CODES = {192, 193, 194, 516}
 _DATA_CODES = {6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 349}
@@ -65,14 +67,34 @@ def column_type(portable: str) -> str:
     return f"Nullable({native})" if nullable else native
 
 
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def column_definition(column: str, portable: str, table: Table) -> str:
+    """A column of ``CREATE``/``ALTER``; a ReplacingMergeTree's version column is ``UInt64 DEFAULT 0``
+    (ClickHouse wants an unsigned, non-null version; a row without one is version 0)."""
+    if column == table.version:
+        return f"{_ident(column)} UInt64 DEFAULT 0"
+    return f"{_ident(column)} {column_type(portable)}"
+
+
 def create_table_sql(name: str, table: Table, columns: Mapping[str, str], time_column: str | None) -> str:
-    cols = ",\n  ".join(f"{_ident(c)} {column_type(t)}" for c, t in columns.items())
+    if table.version is not None and (table.engine != "ReplacingMergeTree" or table.version not in columns):
+        raise StoreError(f"table {name!r}: version {table.version!r} needs engine ReplacingMergeTree and a column of that name")
+    cols = ",\n  ".join(column_definition(c, t, table) for c, t in columns.items())
     engine = table.engine if table.engine in _ENGINES else "MergeTree"
-    order = ", ".join(_ident(c) for c in table.order_by) or "tuple()"
-    sql = f"CREATE TABLE IF NOT EXISTS {_ident(name)} (\n  {cols}\n) ENGINE = {engine}() ORDER BY ({order})"
+    ordering = table.order_by
+    if table.key:  # the columns that identify a row: repeats collapse into one
+        engine, ordering = "ReplacingMergeTree", table.key
+    version = _ident(table.version) if table.version else ""
+    order = ", ".join(_ident(c) for c in ordering) or "tuple()"
+    sql = f"CREATE TABLE IF NOT EXISTS {_ident(name)} (\n  {cols}\n) ENGINE = {engine}({version}) ORDER BY ({order})"
     time_col = time_column_of(columns, time_column)
     if table.retention_ms and time_col:
         sql += f"\nTTL toDateTime(intDiv({_ident(time_col)}, 1000)) + INTERVAL {int(table.retention_ms) // 1000} SECOND"
+    if any(split_type(columns.get(c, "str"))[1] for c in ordering):
+        sql += "\nSETTINGS allow_nullable_key = 1"
     return sql
 
 
@@ -97,6 +119,7 @@ class ClickHouseStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"store-{name}")
         self._columns: dict[str, list[str]] = {}
         self._json_columns: dict[str, set[str]] = {}
+        self._defaults: dict[str, dict[str, Any]] = {}
 
     @property
     def safe_url(self) -> str:
@@ -158,9 +181,18 @@ class ClickHouseStore(Store):
         self._executor.shutdown(wait=True)
 
     async def ensure_table(self, name: str, table: Table, columns: Mapping[str, str], time_column: str | None = None) -> None:
-        await self._call(self._require_client().command, create_table_sql(name, table, columns, time_column))
+        """Create the table, or add the columns a newer declaration has (a contract's new optional field)."""
+        client = self._require_client()
+        await self._call(client.command, create_table_sql(name, table, columns, time_column))
+        existing = await self.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = {t:String}", {"t": name})
+        have = {row["name"] for row in existing}
+        for column, portable in columns.items():
+            if column not in have:
+                await self._call(client.command, f"ALTER TABLE {_ident(name)} ADD COLUMN IF NOT EXISTS {column_definition(column, portable, table)}")
+                log.info("table %s: added column %s (declared since the table was created)", name, column)
         self._columns[name] = list(columns)
         self._json_columns[name] = {c for c, t in columns.items() if split_type(t)[0] == "json"}
+        self._defaults[name] = {table.version: 0} if table.version else {}
 
     async def insert(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -169,8 +201,13 @@ class ClickHouseStore(Store):
         if columns is None:
             raise StoreError(f"table {name!r} was not created through ensure_table")
         json_cols = self._json_columns[name]
+        defaults = self._defaults[name]
         data = [
-            [orjson.dumps(row.get(c)).decode() for row in rows] if c in json_cols else [row.get(c) for row in rows]
+            [orjson.dumps(row.get(c)).decode() for row in rows]
+            if c in json_cols
+            else [_or(row.get(c), defaults[c]) for row in rows]
+            if c in defaults
+            else [row.get(c) for row in rows]
             for c in columns
         ]
         await self._call(self._require_client().insert, name, data, column_names=columns, column_oriented=True, rows=True)

@@ -71,6 +71,11 @@ class MemoryKeyValueStore(Store, KeyValueStore):
                 self._data[name] = {k: v for k, v in rows.items() if v[1] is None or v[1] > now}
         return out
 
+    async def seen(self, table: str, keys: Sequence[str]) -> list[bool]:
+        entries = self._table(table)
+        now = time.monotonic()
+        return [self._live(entries, key, now) for key in keys]
+
     async def put_latest(self, table: str, key: str, value: Any, ttl_ms: int | None = None) -> None:
         self._table(table)[key] = (value, self._expiry(table, ttl_ms))
 

@@ -24,7 +24,11 @@ retention policy. Use ``to_timestamp(ts / 1000.0)`` where a timestamp is wanted.
 
 DDL on a table runs in a transaction holding an advisory lock named after the table, so
 replicas creating the same partition cannot race. Inserts are at least once: a COPY that
-committed but whose reply was lost is written again by the retrying writer.
+committed but whose reply was lost is written again by the retrying writer. A table declared
+with a ``key`` gets a unique index ``<table>_key`` on it (with the time column, as PostgreSQL
+asks of partitioned tables and hypertables), and a batch that repeats a key it holds goes in
+through a per-session temporary table and ``INSERT … SELECT … ON CONFLICT DO NOTHING``: a batch
+written twice is stored once (see :meth:`PostgresStore._copy_keyed`).
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ _BOUND = re.compile(r"FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}")
 _MAX_NAME = 50
 _NOW_FUNC = "fxflow_unix_now_ms"
+_STAGE = "fxflow_stage_"
+"""Prefix of the per-session temporary tables keyed inserts COPY into."""
 Mode = Literal["hypertable", "partitioned", "plain"]
 T = TypeVar("T")
 
@@ -128,6 +134,8 @@ class _Layout:
     mode: Mode
     days: set[int] = field(default_factory=set)
     overflow_warned: bool = False
+    keyed: bool = False
+    """The table has a unique key: rows go in through a staging table, duplicates are skipped."""
 
 
 def _closed(exc: BaseException) -> bool:
@@ -135,6 +143,63 @@ def _closed(exc: BaseException) -> bool:
     import asyncpg
 
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
+
+
+def _broke(exc: BaseException) -> bool:
+    """The connection died in the middle of an operation (the server was killed or shut down).
+
+    asyncpg then reports its own protocol state, not the cause: ``another operation is in
+    progress`` from the pool's reset, after ``cannot switch to state …`` from the COPY. A
+    connection is never shared between operations here, so these mean a broken connection.
+    """
+    import asyncpg
+
+    current: BaseException | None = exc
+    for _ in range(8):
+        if current is None:
+            return False
+        if isinstance(current, asyncpg.ConnectionDoesNotExistError):
+            return True
+        broken_state = isinstance(current, (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError))
+        if broken_state and "another operation" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class _AsyncpgNoise(logging.Filter):
+    """asyncpg's own log records of an outage, as one DEBUG line each (shown only at DEBUG).
+
+    The pool logs a traceback every time it fails to reopen its minimum connections
+    (``Failed to restore the pool connection floor``), and a COPY cut off by a dying server
+    leaves a future nobody awaits, which asyncio reports with the exception when it is
+    collected. The outage itself is already reported, once, by whoever saw it fail (the table
+    writer: store, URL, reason).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None:
+            return True
+        if record.name == "asyncio" and not (
+            type(exc).__module__.startswith("asyncpg") and str(record.msg).startswith("Future exception was never retrieved")
+        ):
+            return True
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
+            return False
+        first = (record.getMessage().splitlines() or [""])[0]
+        record.msg, record.args = f"{first}: {base.one_line(f'{type(exc).__name__}: {exc}')}", ()
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _quiet_asyncpg_logs() -> None:
+    noise = _AsyncpgNoise()
+    for name in ("asyncpg.pool", "asyncio"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _AsyncpgNoise) for f in logger.filters):
+            logger.addFilter(noise)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -189,6 +254,10 @@ class PostgresStore(Store):
                 f"store {self.name!r} ({self.kind}) at {self.safe_url}: {base.one_line(str(exc), secrets)}; "
                 "create it or run `fxrun infra up`"
             )
+        if _broke(exc):
+            return base.unreachable(
+                self.name, self.kind, self.url, ConnectionError("the connection broke during the operation"), secrets
+            )
         if _closed(exc) or isinstance(
             exc,
             (
@@ -212,7 +281,7 @@ class PostgresStore(Store):
         """A pooled connection the server closed (a restart): another connection may work at once."""
         import asyncpg
 
-        return _closed(exc) or isinstance(exc, (asyncpg.ConnectionDoesNotExistError, ConnectionResetError, BrokenPipeError))
+        return _closed(exc) or _broke(exc) or isinstance(exc, (ConnectionResetError, BrokenPipeError))
 
     async def _run(
         self, work: Callable[[asyncpg.Connection], Awaitable[T]], *, rows: bool = False, idempotent: bool = True
@@ -234,6 +303,7 @@ class PostgresStore(Store):
     async def connect(self) -> None:
         import asyncpg
 
+        _quiet_asyncpg_logs()
         try:
             self._pool = await asyncpg.create_pool(
                 dsn=self.url,
@@ -283,6 +353,19 @@ class PostgresStore(Store):
         time_col = time_column_of(columns, time_column)
         retention = table.retention_ms if time_col else None
         cols_sql = ", ".join(defs)
+        key = list(table.key or ())
+        unknown = [c for c in key if c not in columns]
+        if unknown:
+            raise StoreError(
+                f"store {self.name!r}: table {name!r}: key column(s) {', '.join(unknown)} are not columns of the table "
+                f"({', '.join(columns)})"
+            )
+        if key and time_col is not None and time_col not in key:
+            raise StoreError(
+                f"store {self.name!r}: table {name!r}: its key must include the time column {time_col!r}, which the "
+                f"table is partitioned by (key: [{', '.join(key)}])"
+            )
+        nulls_not_distinct = any(split_type(columns[c])[1] for c in key)
 
         async def create(conn: asyncpg.Connection) -> Mode:
             async with conn.transaction():
@@ -290,18 +373,52 @@ class PostgresStore(Store):
                 mode = await self._existing_mode(conn, name)
                 if mode is None:
                     mode = await self._create(conn, name, cols_sql, time_col)
-                if order:
+                if order and table.order_by != key[: len(table.order_by)]:  # else the key's index serves the order too
                     await conn.execute(f"CREATE INDEX IF NOT EXISTS {_q(name + '_order_idx')} ON {_q(name)} ({', '.join(order)})")
+                if key:
+                    await self._unique_key(conn, name, key, nulls_not_distinct)
                 if mode == "hypertable":
                     await self._hypertable_retention(conn, name, retention)
                 return mode
 
         mode = await self._run(create)
-        layout = _Layout(list(columns), time_col, retention, mode)
+        layout = _Layout(list(columns), time_col, retention, mode, keyed=bool(key))
         self._layouts[name] = layout
         if mode == "partitioned":
             layout.days = set(await self._run(lambda conn: self._partition_days(conn, name)))
             await self._add_partitions(name, layout, self._days_ahead())
+
+    async def _unique_key(self, conn: asyncpg.Connection, name: str, key: list[str], nulls_not_distinct: bool) -> None:
+        """The unique index ``<table>_key`` on ``key``, (re)built when the declared key changed.
+
+        A nullable key column gets ``NULLS NOT DISTINCT`` (PostgreSQL 15+): otherwise two rows
+        that differ only by a NULL there would both be kept.
+        """
+        import asyncpg
+
+        index = name + "_key"
+        current = await conn.fetchval(
+            "SELECT array_agg(a.attname::text ORDER BY k.n) FROM pg_index i "
+            "CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, n) "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+            "WHERE i.indexrelid = to_regclass($1) AND i.indisunique",
+            _q(index),
+        )
+        if current == key:
+            return
+        if current is not None or await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", _q(index)):
+            await conn.execute(f"DROP INDEX {_q(index)}")
+        nulls = " NULLS NOT DISTINCT" if nulls_not_distinct else ""
+        try:
+            async with conn.transaction():
+                await conn.execute(f"CREATE UNIQUE INDEX {_q(index)} ON {_q(name)} ({', '.join(map(_q, key))}){nulls}")
+        except asyncpg.UniqueViolationError:
+            raise StoreError(
+                f"store {self.name!r}: table {name!r} already holds rows that repeat its key ({', '.join(key)}); "
+                "delete the repeats, or declare a key that identifies a row"
+            ) from None
+        if current is not None:
+            log.warning("store %s: the key of %s changed from (%s) to (%s)", self.name, name, ", ".join(current), ", ".join(key))
 
     async def _existing_mode(self, conn: asyncpg.Connection, name: str) -> Mode | None:
         relkind = await conn.fetchval("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", _q(name))
@@ -484,9 +601,37 @@ class PostgresStore(Store):
             await self._add_partitions(name, layout, _days(rows, layout.time_column))
         columns = layout.columns
         records = [tuple(row.get(c) for c in columns) for row in rows]
+        if layout.keyed:
+            await self._run(lambda conn: self._copy_keyed(conn, name, columns, records), rows=True)
+            return
         await self._run(
             lambda conn: conn.copy_records_to_table(name, records=records, columns=columns), rows=True, idempotent=False
         )
+
+    @staticmethod
+    async def _copy_keyed(conn: asyncpg.Connection, name: str, columns: list[str], records: list[tuple[Any, ...]]) -> None:
+        """Rows into a keyed table, skipping those whose key it holds already: idempotent.
+
+        A plain COPY first (the common case: new rows, at COPY speed). If a row repeats a key
+        (a batch written again after a lost acknowledgement), that COPY is rolled back as a
+        whole and the batch goes through this session's staging table instead: COPY there, then
+        ``INSERT … SELECT … ON CONFLICT DO NOTHING``, in one transaction.
+        """
+        import asyncpg
+
+        try:
+            await conn.copy_records_to_table(name, records=records, columns=columns)
+            return
+        except asyncpg.UniqueViolationError:
+            pass
+        stage = _STAGE + name
+        cols = ", ".join(map(_q, columns))
+        async with conn.transaction():
+            await conn.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {_q(stage)} (LIKE {_q(name)} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table(stage, records=records, columns=columns)
+            await conn.execute(f"INSERT INTO {_q(name)} ({cols}) SELECT {cols} FROM {_q(stage)} ON CONFLICT DO NOTHING")
 
     async def query(self, sql: str, parameters: Mapping[str, Any] | Sequence[Any] | None = None) -> list[dict[str, Any]]:
         text, args = bind(sql, parameters)

@@ -169,6 +169,13 @@ class RedisStore(Store, KeyValueStore):
             seen.add(key)
         return results
 
+    async def seen(self, table: str, keys: Sequence[str]) -> list[bool]:
+        self._table(table)
+        if not keys:
+            return []
+        full = [self._key(table, k) for k in keys]
+        return [value is not None for value in await self._call(lambda c: c.mget(full))]
+
     async def put_latest(self, table: str, key: str, value: Any, ttl_ms: int | None = None) -> None:
         ttl = ttl_ms if ttl_ms is not None else self._table(table).ttl_ms
         data = orjson.dumps(value)

@@ -50,15 +50,29 @@ def compose_file(path: Path, overrides: Sequence[str], smap: SourceMap, *, resol
     ``resolve=False`` still checks every interpolation but keeps the topology as written
     (generated docs show ``${data_dir}``, not the path of whoever ran ``fxrun docs``).
     """
+    return compose_layers([path], overrides, smap, resolve=resolve)
+
+
+def compose_layers(paths: Sequence[Path], overrides: Sequence[str], smap: SourceMap, *, resolve: bool = True) -> dict[str, Any]:
+    """Topology documents merged in order (a profile over another base file) as the ``topology`` of a run.
+
+    Each document's ``defaults`` list is dropped: ``paths`` already is the merge order.
+    """
     from hydra import initialize
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+    from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        document = OmegaConf.load(path)
-    except (OmegaConfBaseException, ValueError) as exc:
-        raise UserError(f"cannot read as a config: {_first_line(exc)}", file=display_path(path)) from None
+    documents = []
+    for path in paths:
+        try:
+            document = OmegaConf.load(path)
+        except (OmegaConfBaseException, ValueError) as exc:
+            raise UserError(f"cannot read as a config: {_first_line(exc)}", file=display_path(path)) from None
+        if len(paths) > 1 and isinstance(document, DictConfig):
+            document.pop("defaults", None)
+        documents.append(document)
+    document = documents[0] if len(documents) == 1 else OmegaConf.merge(*documents)
     ConfigStore.instance().store(group=PROFILE_GROUP, name=FILE_OPTION, node=document)
     return _compose(
         lambda: initialize(config_path=None, version_base=None, job_name="fxrun"),

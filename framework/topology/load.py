@@ -15,7 +15,7 @@ expect while the project keeps only its own YAML.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from framework.topology.compose import (
     PROFILE_GROUP,
     RUN_DEFAULTS,
     compose_file,
+    compose_layers,
     compose_profile,
 )
 from framework.topology.model import RunConfig, Topology
@@ -91,11 +92,15 @@ def find_project(start: Path | None = None) -> Path:
 
 
 def _profile_choice(overrides: Sequence[str]) -> str:
+    return _chosen_profile(overrides) or DEFAULT_PROFILE
+
+
+def _chosen_profile(overrides: Sequence[str]) -> str | None:
     for item in overrides:
         key, sep, value = item.partition("=")
         if sep and key.lstrip("+~") == PROFILE_GROUP:
             return value
-    return DEFAULT_PROFILE
+    return None
 
 
 def _profile_files(topology_dir: Path, profile: str) -> list[Path]:
@@ -218,12 +223,19 @@ def load_run(overrides: Sequence[str] = (), project: Path | None = None) -> Load
     project = project or find_project()
     profile = _profile_choice(overrides)
     files = _profile_files(project / PROFILE_GROUP, profile)
+    return _load_profile(project, profile, files, overrides, lambda smap: compose_profile(project, overrides, smap))
+
+
+def _load_profile(
+    project: Path, profile: str, files: Sequence[Path], overrides: Sequence[str], compose: Callable[[SourceMap], dict[str, Any]]
+) -> LoadedRun:
+    """A profile's files (in merge order) composed by ``compose`` and validated, keeping file:line for every key."""
     documents = [read_yaml(file) for file in files]
     check_section_types(documents)
     parts = [part for _, part in documents]
     smap = _source_map(parts, overrides)
     check_duplicates(smap)
-    data = compose_profile(project, overrides, smap)
+    data = compose(smap)
     profile_file = project / PROFILE_GROUP / f"{profile}.yaml"
     bases = [(file, part) for file, part in zip(files, parts) if file != profile_file] or list(zip(files, parts))
     names = ", ".join(display_path(file) for file, _ in bases)
@@ -237,7 +249,9 @@ def load_file(path: Path, overrides: Sequence[str] = ()) -> LoadedRun:
 
     A profile is composed from its own ``topology/`` directory (which must hold the
     ``services.yaml`` it builds on), never from another project's profile of the same name.
-    A document is checked against the current project (its contracts and plugins).
+    A document is checked against the current project (its contracts and plugins); with
+    ``topology=<profile>`` among the overrides, that profile of the project is composed over
+    it, the document taking the place of ``services.yaml``.
     """
     data, part = read_yaml(path)
     if _is_profile(data):
@@ -250,7 +264,26 @@ def load_file(path: Path, overrides: Sequence[str] = ()) -> LoadedRun:
             )
         _refuse_profile_choice(path, overrides)
         return load_run([f"{PROFILE_GROUP}={path.stem}", *overrides], topology_dir.parent)
+    profile = _chosen_profile(overrides)
+    if profile is not None:
+        return _load_under_profile(path, profile, overrides, find_project())
     return _load_document(path, data, part, overrides, resolve=True, project=find_project())
+
+
+def _load_under_profile(path: Path, profile: str, overrides: Sequence[str], project: Path) -> LoadedRun:
+    """The project's profile composed over the document at ``path``, in place of its ``services.yaml``."""
+    topology_dir = project / PROFILE_GROUP
+    base = topology_dir / "services.yaml"
+    files = _profile_files(topology_dir, profile)
+    if base not in files:
+        raise UserError(
+            f"profile topology={profile} does not build on {PROFILE_GROUP}/services.yaml, so {display_path(path)} "
+            "cannot take its place; lint the file or the profile alone",
+            file=OVERRIDE_FILE,
+        )
+    files = [path if file == base else file for file in files]
+    rest = [item for item in overrides if item.partition("=")[0].lstrip("+~") != PROFILE_GROUP]
+    return _load_profile(project, profile, files, overrides, lambda smap: compose_layers(files, rest, smap))
 
 
 def load_topology_file(path: Path, *, resolve: bool = True) -> tuple[Topology, SourceMap]:

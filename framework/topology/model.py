@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from framework.durations import parse_ms
+from framework.topology.templates import ANY_TOKEN
 
 Phase = Literal["data", "training", "trading", "support"]
 PHASES: tuple[Phase, ...] = ("data", "training", "trading", "support")
@@ -163,8 +164,25 @@ class Table(Strict):
     contract: str | None = None
     columns: dict[str, ColumnType] | None = None
     order_by: list[str] = Field(default_factory=list)
+    key: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="the columns that identify a row; a row written again (a batch retried after a lost acknowledgement, "
+        "a refill after a crash) is kept once. postgres: a unique index (with the time column), repeats skipped; "
+        "clickhouse: the ReplacingMergeTree ordering key, repeats collapse (read with FINAL). None: every row is kept",
+    )
     retention: str | None = None
     engine: Literal["MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "hypertable", "kv"] | None = None
+    version: str | None = Field(
+        default=None,
+        description="ReplacingMergeTree: of the rows with the same ordering key, the one with the highest value of this "
+        "integer column is kept (a bar's revision), whatever order they were written in",
+    )
+    writers: Literal["shared"] | None = Field(
+        default=None,
+        description="shared: several services write this table on purpose and their rows never repeat each other "
+        "(lint FX302 otherwise refuses two writers of a table whose engine keeps duplicates)",
+    )
     description: str | None = None
 
     _retention = field_validator("retention")(_check_duration)
@@ -172,6 +190,18 @@ class Table(Strict):
     @property
     def retention_ms(self) -> int | None:
         return parse_ms(self.retention) if self.retention else None
+
+
+class RuntimeVariable(Strict):
+    """A template variable whose values are known only at run time, declared as a mapping.
+
+    ``identifier: true`` says each value names a long-lived entity (a training or backtest
+    run), so one subject per value stays few. Any other run-time value in a published subject
+    (an episode or sequence number) is unbounded subject cardinality: lint FX401.
+    """
+
+    identifier: bool = False
+    description: str | None = None
 
 
 class Binding(Strict):
@@ -257,6 +287,11 @@ class RuntimeConfig(Strict):
             utc_ms(value)
         return value
     persist_log: bool = True
+    archive_wait: str = Field(
+        default="2s",
+        description="a message on a port with a Kafka archive waits this long at most for the archive's acknowledgement "
+        "before it goes to its subjects and tables anyway (0s: never waits)",
+    )
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     batch_size: int = Field(default=1000, ge=1)
     batch_interval: str = "1s"
@@ -275,7 +310,10 @@ class Topology(Strict):
     name: str = "fxflow"
     instruments: dict[str, Instrument] = Field(min_length=1)
     timeframes: list[str] = Field(min_length=1)
-    variables: dict[str, list[str] | Literal["*"]] = Field(default_factory=dict)
+    variables: dict[str, list[str] | Literal["*"] | RuntimeVariable] = Field(
+        default_factory=dict,
+        description='values of template variables: a list, "*" (any run-time value) or {identifier: true}',
+    )
     domains: list[str] = Field(min_length=1)
     nats: NatsConfig | None = None
     kafka: KafkaConfig | None = None
@@ -284,6 +322,11 @@ class Topology(Strict):
     tables: dict[str, Table] = Field(default_factory=dict)
     services: dict[str, Service] = Field(default_factory=dict)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @property
+    def variable_values(self) -> dict[str, list[str] | str]:
+        """Each variable's values to expand templates over: its list, or ``"*"`` for a run-time value."""
+        return {name: ANY_TOKEN if isinstance(v, RuntimeVariable) else v for name, v in self.variables.items()}
 
     @field_validator("timeframes")
     @classmethod

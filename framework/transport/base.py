@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -96,6 +97,20 @@ class PubSubTransport(abc.ABC):
 
     async def flush(self) -> None:
         """Wait until everything published so far has been handed to the server (or delivered)."""
+
+    def on_connection(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(False)`` when the connection to the server drops and ``listener(True)``
+        when it is back: subscribers may have missed what was published in between (a
+        transport that cannot lose its connection, like the in-process bus, never calls it)."""
+        listeners: list[Callable[[bool], None]] = self.__dict__.setdefault("_connection_listeners", [])
+        listeners.append(listener)
+
+    def _connection_changed(self, up: bool) -> None:
+        for listener in self.__dict__.get("_connection_listeners", ()):
+            try:
+                listener(up)
+            except Exception:  # a listener's failure must not break the transport's reconnect
+                logging.getLogger(__name__).exception("connection listener failed")
 
     def stats(self) -> dict[str, Any]:
         """Connection health (disconnects, reconnects, gaps…) for the metrics; empty when there is none."""
@@ -241,3 +256,15 @@ class LogTransport(abc.ABC):
 
     async def flush(self) -> None:
         """Wait until every produced record is durable (acknowledged)."""
+
+    @abc.abstractmethod
+    def read(
+        self, topics: Iterable[str], start_ms: int, end_ms: int | None = None, *, batch: int = 1000, slack_ms: int = 0
+    ) -> AsyncIterator[list[Record]]:
+        """Records of ``topics`` stamped ``start_ms <= timestamp < end_ms``, in batches (replay).
+
+        A private reader with no consumer group (no join, nothing committed): every
+        partition is positioned by time and read up to the end offset it had when the
+        read began. A partition stops early at its first record stamped at or after
+        ``end_ms + slack_ms`` (timestamps may be slightly out of order across producers).
+        """

@@ -34,7 +34,9 @@ def make_log(
     if kind == "inprocess":
         from framework.transport.inprocess import InProcessLog
 
-        return InProcessLog(data_dir / "log" if topology.runtime.persist_log else None)
+        # written through: a record is on disk (the kernel's, which outlives the process) when it is
+        # acknowledged, as a broker's acknowledgement means it is stored
+        return InProcessLog(data_dir / "log" if topology.runtime.persist_log else None, flush_every=1)
     if topology.kafka is None:
         raise UserError("runtime.log is 'kafka' but the topology has no `kafka:` section", path="kafka")
     from framework.transport.kafka import KafkaLog

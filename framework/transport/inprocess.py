@@ -18,7 +18,7 @@ import os
 import re
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO
@@ -554,6 +554,35 @@ class InProcessLog(LogTransport):
             part.write_pending()
         self._dirty.clear()
         self._unwritten = 0
+
+    async def read(
+        self, topics: Iterable[str], start_ms: int, end_ms: int | None = None, *, batch: int = 1000, slack_ms: int = 0
+    ) -> AsyncIterator[list[Record]]:
+        self._require_open()
+        stop = None if end_ms is None else end_ms + slack_ms
+        plan: list[tuple[TopicPartition, int, int]] = []
+        for name in dict.fromkeys(topics):
+            for p in range(len(self._topic(name).partitions)):
+                part = self._live_partition((name, p))
+                plan.append(((name, p), part.index_of(start_ms), part.end))
+        for tp, position, end in plan:
+            while position < end:
+                part = self._live_partition(tp)
+                position = max(position, part.start)
+                chunk = part.records[position - part.start : min(end, position + batch) - part.start]
+                if not chunk:
+                    break
+                position += len(chunk)
+                out = []
+                for record in chunk:
+                    if stop is not None and record.timestamp >= stop:
+                        position = end
+                        break
+                    if record.timestamp >= start_ms and (end_ms is None or record.timestamp < end_ms):
+                        out.append(record)
+                if out:
+                    yield out
+                await asyncio.sleep(0)
 
     # consumer groups
 

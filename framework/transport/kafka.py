@@ -41,7 +41,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,8 @@ TP = tuple[str, int]
 """``framework.transport.base.TopicPartition``; ``TopicPartition`` here is aiokafka's namedtuple."""
 
 _TOPIC_EXISTS = 36
+_READ_QUIET_ROUNDS = 50
+"""A replay gives up on partitions that stay empty this many fetch rounds (100 ms each) short of their end."""
 _EMPTY: Mapping[str, str] = {}
 
 
@@ -440,6 +442,74 @@ class KafkaLog(LogTransport):
         )
         return ts, sent
 
+    # replay
+
+    async def read(
+        self, topics: Iterable[str], start_ms: int, end_ms: int | None = None, *, batch: int = 1000, slack_ms: int = 0
+    ) -> AsyncIterator[list[Record]]:
+        """A group-less reader: assigned every partition, positioned by time, no group join.
+
+        Joining a consumer group costs seconds on tansu (and a rebalance on any broker);
+        a replay needs none of it, since nothing is committed.
+        """
+        self._require_open()
+        names = list(dict.fromkeys(topics))
+        await self._require_topics(names)
+        tps = [TopicPartition(name, p) for name in names for p in range(self._partitions[name])]
+        starts = await self._offsets_for_time(tps, start_ms)
+        reader = AIOKafkaConsumer(**self._consumer_kwargs(None, "earliest"), fetch_max_wait_ms=50)
+        await self._reach(reader.start())
+        try:
+            reader.assign(tps)
+            ends = await reader.end_offsets(tps)
+            open_: dict[TopicPartition, int] = {}
+            for tp in tps:
+                reader.seek(tp, starts[tp])  # at the reported end too: the true end may lie beyond it (tansu)
+                open_[tp] = ends[tp]
+            stop = None if end_ms is None else end_ms + slack_ms
+            quiet = 0
+            while open_ and quiet < _READ_QUIET_ROUNDS:
+                fetched = await reader.getmany(*open_, timeout_ms=100, max_records=batch)
+                out: list[Record] = []
+                for tp, messages in fetched.items():
+                    if tp not in open_:
+                        continue
+                    for msg in messages:
+                        if stop is not None and msg.timestamp >= stop:
+                            del open_[tp]
+                            reader.pause(tp)
+                            break
+                        if msg.timestamp >= start_ms and (end_ms is None or msg.timestamp < end_ms):
+                            decoded = _decode(msg)
+                            if type(decoded) is str:
+                                await self._report_undecodable(msg, decoded)
+                            else:
+                                out.append(decoded)  # type: ignore[arg-type]
+                if out:
+                    yield out
+                if any(fetched.values()):
+                    quiet = 0
+                    continue
+                # nothing came: a partition the broker has answered for, at (or past) the end it
+                # reported, is read out (tansu reports the start of a partition's last batch as
+                # its end, so the records beyond it are read until the fetches run dry)
+                quiet += 1
+                for tp in list(open_):
+                    answered = reader.highwater(tp)
+                    if quiet >= 2 and answered is not None and await reader.position(tp) >= max(open_[tp], answered):
+                        del open_[tp]
+                        reader.pause(tp)
+        finally:
+            await reader.stop()
+
+    async def _report_undecodable(self, msg: ConsumerRecord[bytes, bytes], reason: str) -> None:
+        try:
+            result = self.on_undecodable(msg.topic, msg.partition, msg.offset, msg.value or b"", reason)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            logger.exception("on_undecodable failed for %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+
     # consuming
 
     def consumer(
@@ -701,7 +771,7 @@ class KafkaConsumer(LogConsumer):
                 decoded = _decode(msg)
                 if type(decoded) is str:
                     bad = msg.offset
-                    await self._report(msg, decoded)
+                    await self._log._report_undecodable(msg, decoded)
                 else:
                     append(decoded)  # type: ignore[arg-type]
                     good = msg.offset
@@ -711,14 +781,6 @@ class KafkaConsumer(LogConsumer):
             if bad > good:
                 self._skipped[tp] = bad + 1
         return out
-
-    async def _report(self, msg: ConsumerRecord[bytes, bytes], reason: str) -> None:
-        try:
-            result = self._log.on_undecodable(msg.topic, msg.partition, msg.offset, msg.value or b"", reason)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:
-            logger.exception("on_undecodable failed for %s[%d]@%d", msg.topic, msg.partition, msg.offset)
 
     async def commit(self, offsets: Mapping[TP, int] | None = None) -> None:
         consumer = self._require_running()

@@ -772,6 +772,7 @@ class NatsPubSub(PubSubTransport):
         self._down_since = time.time()
         self._down_mono = time.monotonic()
         self._up.clear()
+        self._connection_changed(False)
         logger.warning(
             "NATS: %s disconnected from %s; reconnecting, publishes buffered up to %d bytes",
             self.service,
@@ -789,6 +790,7 @@ class NatsPubSub(PubSubTransport):
         self.gaps.append((since, now))
         del self.gaps[:-_MAX_GAPS]
         self._up.set()
+        self._connection_changed(True)
         nc = self._nc
         logger.warning(
             "NATS: %s reconnected to %s after a %.3fs gap",

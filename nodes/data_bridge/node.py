@@ -1,21 +1,32 @@
 """The data bridge: everything real-time lands in the archive tables once.
 
-Messages are collected into batches; each batch claims its dedup keys in one round trip
-to the key-value store (Dragonfly/Redis live, in-process in the demo) and only the newly
-claimed messages are written. A tick, bar or event that arrives twice, through NATS and a
-Kafka replay or through two collectors, is written once; ReplacingMergeTree ordering keys
-catch anything that slips past a dedup key's TTL.
+Messages are collected into batches. For each batch the bridge asks the key-value store
+(Dragonfly/Redis live, in-process in the demo) which dedup keys are already claimed, writes
+the rest through its table ports, waits until those rows are durably written
+(:meth:`~framework.context.NodeContext.flush`), and only then claims their keys. A claim
+therefore always stands for a row in the table: a bridge killed between the write and the
+claim writes the row again after its restart (ReplacingMergeTree ordering keys collapse the
+copy), and one killed before the write has claimed nothing, so the catch-up replay writes
+it (docs/decisions.md, "Claim after the write").
 
-Gaps in the real-time path (NATS is at-most-once) are found three ways: a jump in a
-source's tick sequence numbers, a collector's gap marker, and the bridge's own downtime
-(on start, from the newest archived tick). Each is filled by replaying that span of the
-Kafka archive through the same dedup path.
+Gaps in the real-time path (NATS is at most once) are filled from the Kafka archive:
+- sequence gaps of the tick stream by the runtime (the input is bound to the archive with
+  ``replay: true``; :mod:`framework.sequencing`), which hands the missing ticks to
+  :meth:`on_tick` like any other;
+- a collector's gap marker, and the bridge's own downtime (on start, from the newest tick it
+  archived, less ``catch_up_margin``), by replaying that span here.
+Spans not yet replayed when the bridge stops are kept in its state file and replayed on the
+next start, so a restart never drops one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from framework.durations import parse_ms
 from framework.node import Node, every, handles
@@ -26,6 +37,8 @@ EXTERNAL_PORTS = {
     "fred_indicators": "archived_fred",
     "commodity_prices": "archived_commodities",
 }
+Span = tuple[int, int, str]
+CATCH_UP = "catch-up after a restart"
 
 
 def tick_key(t: dict[str, Any]) -> str:
@@ -33,7 +46,7 @@ def tick_key(t: dict[str, Any]) -> str:
 
 
 def bar_key(b: dict[str, Any]) -> str:
-    return f"b|{b['symbol']}|{b['timeframe']}|{b['ts']}|{b['source']}"
+    return f"b|{b['symbol']}|{b['timeframe']}|{b['ts']}|{b['source']}|{b.get('revision', 0)}"
 
 
 def external_key(e: dict[str, Any]) -> str:
@@ -43,48 +56,44 @@ def external_key(e: dict[str, Any]) -> str:
 class DataBridge(Node[DataBridgeParams]):
     async def on_start(self) -> None:
         self.pending: list[tuple[str, str, dict[str, Any]]] = []
-        self.last_seq: dict[str, tuple[int, int]] = {}
         self.duplicates = 0
         self.written = 0
         self.replayed = 0
         self.gaps_seen = 0
         self.margin_ms = parse_ms(self.params.replay_margin) or 0
-        self._replays: asyncio.Queue[tuple[int, int, str]] = asyncio.Queue()
-        self._unfilled: list[tuple[int, int, str]] = []
+        self._replays: asyncio.Queue[Span] = asyncio.Queue()
+        self._unfilled: list[Span] = []
         self._flush_lock = asyncio.Lock()
+        self._unclaimed: set[str] = set()
+        state = self._load_state()
+        self.archived_through: int | None = state.get("archived_through")
         self._replayer = asyncio.create_task(self._replay_loop(), name=f"{self.ctx.service}.replay")
+        for start, end, why in state.get("unfilled", []):
+            self._request_replay((int(start), int(end), str(why)))
         await self._catch_up()
 
     async def on_stop(self) -> None:
-        for start, end, why in self._unfilled:
-            self.ctx.log.warning("stopping before the replay of %s (%d..%d): that gap is not filled", why, start, end)
         self._replayer.cancel()
         try:
             await self._replayer
         except (asyncio.CancelledError, Exception):
             pass
         await self.flush()
+        for start, end, why in self._unfilled:
+            self.ctx.log.warning(
+                "stopping before the replay of %s (%d..%d): that gap is not filled yet; it is replayed on the next start",
+                why, start, end,
+            )  # fmt: skip
+        self._save_state()
         self.ctx.log.info(
-            "archived %d message(s), dropped %d duplicate(s), replayed %d, %d gap(s) seen",
+            "archived %d message(s), dropped %d duplicate(s), replayed %d, %d gap marker(s) seen",
             self.written, self.duplicates, self.replayed, self.gaps_seen,
-        )
+        )  # fmt: skip
 
     # --- inputs -----------------------------------------------------------------------
 
     @handles("ticks")
     async def on_tick(self, tick: dict[str, Any]) -> None:
-        seq = tick.get("seq")
-        if seq is not None and self.params.replay_on_seq_gap:
-            last = self.last_seq.get(tick["source"])
-            if last is not None and seq > last[0] + 1:
-                self.gaps_seen += 1
-                self.ctx.log.warning(
-                    "%s: %d tick(s) missing between seq %d and %d; replaying them from the archive",
-                    tick["source"], seq - last[0] - 1, last[0], seq,
-                )
-                self._request_replay((last[1], tick["ts"], f"seq gap {last[0]}..{seq} of {tick['source']}"))
-            if last is None or seq > last[0]:
-                self.last_seq[tick["source"]] = (seq, tick["ts"])
         await self._add("archived_ticks", tick_key(tick), tick)
 
     @handles("bars")
@@ -101,7 +110,7 @@ class DataBridge(Node[DataBridgeParams]):
         if self.params.replay_on_gap_marker:
             self._request_replay((gap["start_ts"], gap["end_ts"], f"gap marker from {gap['source']} ({gap['reason']})"))
 
-    # --- batching and dedup ------------------------------------------------------------
+    # --- batching, dedup, claims ---------------------------------------------------------
 
     async def _add(self, port: str, key: str, message: dict[str, Any]) -> None:
         self.pending.append((port, key, message))
@@ -112,33 +121,87 @@ class DataBridge(Node[DataBridgeParams]):
     async def flush(self) -> None:
         async with self._flush_lock:
             while self.pending:
-                batch, self.pending = self.pending[: self.params.batch_size], self.pending[self.params.batch_size :]
-                fresh = await self.ctx.table(self.params.dedup_table).claim([key for _, key, _ in batch])
-                for (port, _, message), new in zip(batch, fresh):
-                    if new:
-                        await self.ctx.publish(port, message)
-                        self.written += 1
-                    else:
-                        self.duplicates += 1
+                batch = self.pending[: self.params.batch_size]
+                if not await self._archive(batch):  # cancelled (a stop) or failed: the batch stays pending
+                    return
+                del self.pending[: len(batch)]
+            self._save_state()
+
+    async def _archive(self, batch: list[tuple[str, str, dict[str, Any]]]) -> bool:
+        """Write the batch's new messages, then claim their keys; False if the writes could not complete."""
+        unique: dict[str, tuple[str, dict[str, Any]]] = {}
+        for port, key, message in batch:
+            unique.setdefault(key, (port, message))
+        self.duplicates += len(batch) - len(unique)
+        keys = list(unique)
+        dedup = self.ctx.table(self.params.dedup_table)
+        known = await dedup.seen(keys)
+        fresh = [key for key, old in zip(keys, known) if not old]
+        self.duplicates += len(keys) - len(fresh)
+        if not fresh:
+            return True
+        newest = self.archived_through
+        for key in fresh:
+            port, message = unique[key]
+            if key not in self._unclaimed:  # not handed over already by an attempt a stop interrupted
+                await self.ctx.publish(port, message)
+                self._unclaimed.add(key)
+            if port == "archived_ticks":
+                newest = max(newest or 0, message["ts"])
+        if not await self.ctx.flush():
+            self.ctx.log.error("%d archived row(s) could not be written (spilled); their keys stay unclaimed", len(fresh))
+            return False
+        await dedup.claim(fresh)
+        self._unclaimed.difference_update(fresh)
+        self.written += len(fresh)
+        self.archived_through = newest
+        return True
+
+    # --- state ----------------------------------------------------------------------------
+
+    @property
+    def _state_file(self) -> Path:
+        return Path(self.ctx.data_dir) / "bridge-state.json"
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = orjson.loads(self._state_file.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (OSError, orjson.JSONDecodeError) as exc:
+            self.ctx.log.warning("ignoring an unreadable state file %s: %s", self._state_file, exc)
+            return {}
+        return state if isinstance(state, dict) else {}
+
+    def _save_state(self) -> None:
+        path = self._state_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps({"archived_through": self.archived_through, "unfilled": self._unfilled}))
+        os.replace(tmp, path)
 
     # --- gap filling --------------------------------------------------------------------
 
     async def _catch_up(self) -> None:
-        """Replay what arrived while this bridge was down: from the newest archived tick, at most ``catch_up`` back."""
+        """Replay what arrived while this bridge was down: from the newest tick it archived
+        (less ``catch_up_margin``), at most ``catch_up`` back."""
         if self.params.catch_up is None:
             return
         now = self.ctx.clock.now_ms()
         if now <= 0:
             return
-        rows = await self.ctx.table("historical_ticks").query(
-            "SELECT max(ts) AS last FROM historical_ticks WHERE ts >= {since:Int64}",
-            {"since": now - (parse_ms(self.params.catch_up) or 0)},
-        )
-        last = rows[0]["last"] if rows else None
+        oldest = now - (parse_ms(self.params.catch_up) or 0)
+        last = self.archived_through
+        if last is None:
+            rows = await self.ctx.table("historical_ticks").query(
+                "SELECT max(ts) AS last FROM historical_ticks WHERE ts >= {since:Int64}", {"since": oldest}
+            )
+            last = int(rows[0]["last"]) if rows and rows[0]["last"] else None
         if last:
-            self._request_replay((int(last), now, "catch-up after a restart"))
+            start = max(oldest, last - (parse_ms(self.params.catch_up_margin) or 0))
+            self._request_replay((start, now, CATCH_UP))
 
-    def _request_replay(self, span: tuple[int, int, str]) -> None:
+    def _request_replay(self, span: Span) -> None:
         self._unfilled.append(span)
         self._replays.put_nowait(span)
 
@@ -150,16 +213,23 @@ class DataBridge(Node[DataBridgeParams]):
                 await self.replay_span(start - self.margin_ms, end + self.margin_ms, why)
             except Exception as exc:
                 self.ctx.log.error("replay of %s (%d..%d) failed: %s; the gap stays open", why, start, end, exc)
+                continue
             self._unfilled.remove(span)
+            self._save_state()
 
     async def replay_span(self, start: int, end: int, why: str) -> int:
-        """Feed the archived ticks stamped in ``[start, end)`` through the dedup path; returns how many were read."""
-        count = 0
-        async for records in self.ctx.replay("ticks", start, end):
-            for record in records:
-                count += 1
-                await self._add("archived_ticks", tick_key(record.value), record.value)
+        """Feed the archived ticks stamped in ``[start, end)`` through the dedup path (after a restart, bars and
+        external data too: they were missed as well); returns how many ticks were read."""
+        ports = ("ticks", "bars", "external") if why == CATCH_UP else ("ticks",)
+        counts = dict.fromkeys(ports, 0)
+        for port in ports:
+            handle = {"ticks": self.on_tick, "bars": self.on_bar, "external": self.on_external}[port]
+            async for records in self.ctx.replay(port, start, end):
+                for record in records:
+                    counts[port] += 1
+                    await handle(record.value)
         await self.flush()
-        self.replayed += count
-        self.ctx.log.info("replayed %d archived tick(s) for %s", count, why)
-        return count
+        self.replayed += counts["ticks"]
+        others = "".join(f", {counts[p]} {p}" for p in ports[1:])
+        self.ctx.log.info("replayed %d archived tick(s)%s for %s", counts["ticks"], others, why)
+        return counts["ticks"]

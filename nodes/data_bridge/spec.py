@@ -14,12 +14,14 @@ class DataBridgeParams(BaseModel):
     dedup_table: str = Field(default="dedup_keys", description="key-value table holding the dedup keys (its retention is their TTL)")
     batch_size: int = Field(default=2000, ge=1, description="messages claimed and written per batch")
     flush_every: PositiveDuration = Field(default="200ms", description="longest a message waits for its batch")
-    replay_on_seq_gap: bool = Field(
-        default=True, description="a jump in a source's tick sequence number triggers a Kafka replay of the missing span"
-    )
     replay_on_gap_marker: bool = Field(default=True, description="replay the span of each gap marker (gaps.>) from Kafka")
     catch_up: Duration | None = Field(
         default="6h", description="on start, replay the archive from the last archived tick (at most this far back); null: off"
+    )
+    catch_up_margin: Duration = Field(
+        default="1m",
+        description="the catch-up also replays this long before the last archived tick (ticks that were still on their way, "
+        "late from a reconnect buffer, when the bridge stopped)",
     )
     replay_margin: Duration = Field(default="1s", description="extra time replayed on both sides of a gap")
 
@@ -30,7 +32,7 @@ SPEC = NodeSpec(
     description="Archives ticks, bars and external data into ClickHouse exactly once (dedup), filling real-time gaps from Kafka.",
     params=DataBridgeParams,
     inputs={
-        "ticks": Port("tick.v1", "real-time ticks (NATS); the Kafka archive is replayed for gaps"),
+        "ticks": Port("tick.v1", "real-time ticks (NATS); the runtime refills sequence gaps from the Kafka archive"),
         "bars": Port("bar.v1", "closed bars"),
         "external": Port("external_event.v1", "external data points", required=False),
         "gaps": Port("data_gap.v1", "gap markers from collectors", required=False),

@@ -179,6 +179,8 @@ def f32_values(values: np.ndarray) -> FloatArray:
     """
     f32 = values.astype(np.float32)
     exact = f32.astype(np.float64)
+    if not exact.size:  # a file whose every record was set aside
+        return exact
     out = _round_significant(exact, 7)
     with np.errstate(invalid="ignore"):
         miss = (out.astype(np.float32) != f32) & ~np.isnan(f32)

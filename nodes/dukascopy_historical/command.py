@@ -3,8 +3,9 @@
 The symbol and hour default to what the standard path says (``…/EURUSD/2019/01/04/07h_ticks.bi5``
 is EURUSD, 2019-02-04 07:00 UTC: the month in the path is zero-based). Columns: ``time`` (ISO,
 milliseconds, UTC), ``ts`` (epoch ms), ``bid``, ``ask``, ``bid_volume``, ``ask_volume``.
-Bad records are skipped with one stderr line each; a file that cannot be decoded is one stderr
-line and exit code 1; a usage mistake exits 2.
+Bad records are skipped with one stderr line each (a file of bad records only is a header-only
+CSV and one more line saying so, exit code 0); a file that cannot be decoded is one stderr line
+and exit code 1; a usage mistake exits 2.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ def _decode(args: argparse.Namespace) -> int:
         return _fail(f"{args.file}: {exc.reason}", EXIT_BAD_INPUT)
     for record in ticks.bad:
         print(f"fxrun bi5: {args.file}: skipped {record.reason}", file=sys.stderr)
+    if ticks.bad and not len(ticks):
+        print(f"fxrun bi5: {args.file}: 0 good ticks, {len(ticks.bad)} bad: the CSV has only its header", file=sys.stderr)
     if not args.out:
         try:
             _write_csv(sys.stdout, ticks, price_digits(factor))

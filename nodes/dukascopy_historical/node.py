@@ -15,9 +15,14 @@ A run fetches every (symbol, UTC hour) from ``start`` to ``end`` that is not don
 - **Bad input never stops the run**: an hour that fails for good (HTTP error after retries, a
   corrupt or truncated file) is dead-lettered with the URL and reason and stays not done (the
   next run tries again); bad records of a good file are dead-lettered one by one (the first
-  ``MAX_RECORD_LETTERS`` per hour, then one summary) and its good records are kept. After
-  ``max_failures_in_a_row`` failed hours the catch-up stops with one error: the datafeed is down
-  or blocking us, and a dead letter per remaining hour would say nothing more.
+  ``MAX_RECORD_LETTERS`` per hour, then one summary) and its good records are kept (a file of
+  bad records only is a done hour of 0 good ticks). After ``max_failures_in_a_row`` failed
+  hours the catch-up stops with one error: the datafeed is down or blocking us, and a dead
+  letter per remaining hour would say nothing more.
+- **Stopped** (Ctrl-C): the last line counts the ticks published (the service's ``out``; the
+  table writer keeps every one of them, even those handed over while the stop interrupted
+  a wait for room): those of finished hours and those of the hour cut short, which is not
+  marked done and is fetched again by the next run.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from nodes.dukascopy_historical.client import Bi5Source, HourResult, HourSource,
 from nodes.dukascopy_historical.hours import HOUR_MS, ceil_hour, floor_hour, iso_hour, parse_utc_ms
 from nodes.dukascopy_historical.instruments import UnknownInstrument, decimal_factor
 from nodes.dukascopy_historical.progress import Progress
-from nodes.dukascopy_historical.reporting import DownloadStats, Reporter
+from nodes.dukascopy_historical.reporting import CutShort, DownloadStats, Reporter
 from nodes.dukascopy_historical.spec import DukascopyParams
 from nodes.marketdata.http import RetryPolicy
 
@@ -164,6 +169,10 @@ class DukascopyDownloader(Node[DukascopyParams]):
                     if in_a_row >= self.params.max_failures_in_a_row:
                         self._give_up(result, in_a_row, stats)
                         break
+        except asyncio.CancelledError:
+            reporter.close()
+            log.warning("stopped after %.1fs: %s", stats.elapsed, stats.stopped_line())
+            raise
         finally:
             reporter.close()
         log.info("done in %.1fs: %s", stats.elapsed, stats.line())
@@ -195,10 +204,17 @@ class DukascopyDownloader(Node[DukascopyParams]):
         if ticks.bad:
             stats.bad_records += len(ticks.bad)
             await self._dead_letter_records(result)
+            self.ctx.log.warning(
+                "%s %s: %d good ticks, %d bad (dead-lettered)", symbol, iso_hour(hour), len(ticks), len(ticks.bad)
+            )
         if len(ticks):
+            stats.publishing = CutShort(symbol, iso_hour(hour), len(ticks), self.ctx.metrics)
             stats.rejected += await self._publish(symbol, ticks)
+            stats.publishing = None
             stats.ticks += len(ticks)
             stats.done += 1
+        elif ticks.bad:
+            stats.done += 1  # every record was bad: the hour is done, its records are in the dead letters
         else:
             stats.empty += 1
             if recent_after is not None and hour + HOUR_MS > recent_after:

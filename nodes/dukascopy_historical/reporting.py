@@ -10,7 +10,33 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
+
+
+@dataclass
+class CutShort:
+    """The hour that was being published when the run stopped: how much of it went out."""
+
+    symbol: str
+    hour: str
+    total: int
+    counters: Any
+    """The service's metrics: its ``published`` count when the hour began is ``base``."""
+    base: int = -1
+
+    def __post_init__(self) -> None:
+        if self.base < 0:
+            self.base = self.counters.published
+
+    @property
+    def published(self) -> int:
+        return self.counters.published - self.base
+
+    def text(self) -> str:
+        return (
+            f"{self.symbol} {self.hour} was cut short: {self.published:,} of its {self.total:,} ticks published; "
+            "the hour is not marked done, the next run fetches it again"
+        )
 
 
 @dataclass
@@ -25,6 +51,8 @@ class DownloadStats:
     rejected: int = 0
     bytes: int = 0
     started: float = field(default_factory=time.monotonic)
+    publishing: CutShort | None = None
+    """The hour being published right now (what a stop would cut short)."""
 
     @property
     def finished(self) -> int:
@@ -45,6 +73,13 @@ class DownloadStats:
             text += f", {self.failed} failed"
         if self.bad_records or self.rejected:
             text += f", {self.bad_records + self.rejected} bad records"
+        return text
+
+    def stopped_line(self) -> str:
+        """The last word of a run that was stopped: every tick published is in one of its counts."""
+        text = f"{self.line()}; {self.ticks - self.rejected:,} ticks of finished hours published"
+        if self.publishing is not None:
+            text += f", {self.publishing.text()}"
         return text
 
 

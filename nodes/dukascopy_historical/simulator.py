@@ -10,7 +10,8 @@ params say ``simulate: true``.
 Faults, per file (``symbol, hour_ms``): :meth:`fail` (an HTTP status for the first N
 requests), :meth:`corrupt` (bytes that are not LZMA), :meth:`truncate` (the LZMA stream cut
 in half), :meth:`break_records` (some records crossed), :meth:`missing` (404), :meth:`stall`
-(answer after a delay). Every request path is recorded in :attr:`requests`.
+(answer after a delay), :meth:`serve` (a test's own bytes). Every request path is recorded
+in :attr:`requests`.
 
 Run one by hand: ``python -m nodes.dukascopy_historical.simulator --port 8080`` then point
 ``base_url`` at ``http://127.0.0.1:8080/datafeed``.
@@ -81,6 +82,7 @@ class DukascopySimulator:
         self._missing: set[str] = set()
         self._broken: dict[str, tuple[int, ...]] = {}
         self._stall: dict[str, float] = {}
+        self._served: dict[str, bytes] = {}
         self._cache: dict[tuple[str, int], bytes] = {}
         self._cache_hours = cache_hours
         self._runner: web.AppRunner | None = None
@@ -139,11 +141,15 @@ class DukascopySimulator:
         """Serve the file with records ``indexes`` crossed (bid and ask swapped, bid raised one point)."""
         self._broken[self.path(symbol, hour_ms)] = tuple(indexes)
 
+    def serve(self, symbol: str, hour_ms: int, body: bytes) -> None:
+        """Serve ``body`` (a test's own bytes) as this file."""
+        self._served[self.path(symbol, hour_ms)] = body
+
     def stall(self, symbol: str, hour_ms: int, seconds: float) -> None:
         self._stall[self.path(symbol, hour_ms)] = seconds
 
     def clear_faults(self) -> None:
-        for faults in (self._fail, self._corrupt, self._truncate, self._missing, self._broken, self._stall):
+        for faults in (self._fail, self._corrupt, self._truncate, self._missing, self._broken, self._stall, self._served):
             faults.clear()
 
     def _broken_body(self, body: bytes, indexes: tuple[int, ...]) -> bytes:
@@ -173,7 +179,9 @@ class DukascopySimulator:
         if symbol not in self.factors or path in self._missing:
             raise web.HTTPNotFound()
         body = self.body(symbol, hour_ms)
-        if path in self._corrupt:
+        if path in self._served:
+            body = self._served[path]
+        elif path in self._corrupt:
             body = b"\x5d\x00\x00\x40\x00" + hashlib.sha256(path.encode()).digest() * 8
         elif path in self._truncate:
             body = body[: max(len(body) // 2, 14)]

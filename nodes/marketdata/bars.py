@@ -58,6 +58,9 @@ class Bars:
     def take(self, index: Any) -> Bars:
         return Bars(*(getattr(self, f)[index] for f in _FIELDS))
 
+    def copy(self) -> Bars:
+        return Bars(*(getattr(self, f).copy() for f in _FIELDS))
+
     @classmethod
     def concat(cls, parts: Sequence[Bars]) -> Bars:
         parts = [p for p in parts if len(p)]
@@ -77,12 +80,21 @@ def _segments(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def aggregate_ticks(
-    ts: Any, bid: Any, ask: Any, buckets: Buckets, volume: Any | None = None, *, assume_sorted: bool = False
+    ts: Any,
+    bid: Any,
+    ask: Any,
+    buckets: Buckets,
+    volume: Any | None = None,
+    *,
+    seq: Any | None = None,
+    assume_sorted: bool = False,
 ) -> Bars:
-    """Bars of ``buckets``' timeframe from quotes (any order; ties keep their input order).
+    """Bars of ``buckets``' timeframe from quotes, in any order.
 
-    Prices are the bid, as the bar contract says; ``volume`` defaults to the tick count
-    (FX has no traded volume).
+    Quotes are taken in time order; ties (the same millisecond) by ``seq`` when given (the
+    source's sequence number, so a tick that arrived late still takes its place), else in
+    input order. Prices are the bid, as the bar contract says; ``volume`` defaults to the
+    tick count (FX has no traded volume).
     """
     ts = np.asarray(ts, dtype=np.int64)
     if ts.size == 0:
@@ -90,10 +102,18 @@ def aggregate_ticks(
     bid = np.asarray(bid, dtype=np.float64)
     ask = np.asarray(ask, dtype=np.float64)
     vol = None if volume is None else np.asarray(volume, dtype=np.float64)
-    if not assume_sorted and ts.size > 1 and bool(np.any(ts[1:] < ts[:-1])):
-        order = np.argsort(ts, kind="stable")
-        ts, bid, ask = ts[order], bid[order], ask[order]
-        vol = None if vol is None else vol[order]
+    if not assume_sorted and ts.size > 1:
+        order = None
+        if seq is not None:
+            tie = np.asarray(seq, dtype=np.int64)
+            step = np.diff(ts)
+            if bool(np.any(step < 0)) or bool(np.any((step == 0) & (np.diff(tie) < 0))):
+                order = np.lexsort((tie, ts))
+        elif bool(np.any(ts[1:] < ts[:-1])):
+            order = np.argsort(ts, kind="stable")
+        if order is not None:
+            ts, bid, ask = ts[order], bid[order], ask[order]
+            vol = None if vol is None else vol[order]
     starts = buckets.starts(ts)
     first, last = _segments(starts)
     spread = ask - bid
@@ -198,13 +218,20 @@ BAR_COLUMNS = ["symbol", "timeframe", "ts", "ts_close", "open", "high", "low", "
 
 
 def aggregate_symbol(
-    ts: Any, bid: Any, ask: Any, steps: Sequence[Step], *, fill_empty: bool = False, until: int | None = None
+    ts: Any,
+    bid: Any,
+    ask: Any,
+    steps: Sequence[Step],
+    *,
+    fill_empty: bool = False,
+    until: int | None = None,
+    seq: Any | None = None,
 ) -> dict[str, Bars]:
     """Every timeframe of ``steps`` for one symbol's quotes."""
     out: dict[str, Bars] = {}
     for step in steps:
         if step.source is None:
-            bars = aggregate_ticks(ts, bid, ask, step.buckets)
+            bars = aggregate_ticks(ts, bid, ask, step.buckets, seq=seq)
             if fill_empty:
                 bars = fill_gaps(bars, step.buckets, until=until)
         else:
@@ -220,11 +247,24 @@ def aggregate_frame(
     *,
     fill_empty: bool = False,
 ) -> pd.DataFrame:
-    """Batch aggregation of a ``symbol, ts, bid, ask`` frame (ts in Unix ms) into one frame of bars."""
+    """Batch aggregation of a ``symbol, ts, bid, ask[, seq]`` frame (ts in Unix ms) into one frame of bars.
+
+    A ``seq`` column orders ticks of the same millisecond (as the streaming side does).
+
+    With ``fill_empty`` each symbol has a bar in every bucket from its first tick to the end
+    of the input, the bucket of the last tick of any symbol (as the streaming side closes
+    buckets on a clock shared by all symbols)."""
     steps = plan(timeframes, roll)
     frames = []
+    until = None
+    if fill_empty and len(ticks):
+        until = steps[0].buckets.end(steps[0].buckets.start(int(ticks["ts"].max())))
     for symbol, group in ticks.groupby("symbol", sort=True):
-        result = aggregate_symbol(group["ts"].to_numpy(), group["bid"].to_numpy(), group["ask"].to_numpy(), steps, fill_empty=fill_empty)
+        seq = group["seq"].to_numpy() if "seq" in group and group["seq"].notna().all() else None
+        result = aggregate_symbol(
+            group["ts"].to_numpy(), group["bid"].to_numpy(), group["ask"].to_numpy(), steps,
+            fill_empty=fill_empty, until=until, seq=seq,
+        )  # fmt: skip
         for step in steps:
             frames.append(bars_frame(result[step.timeframe], str(symbol), step.timeframe))
     if not frames:
@@ -275,6 +315,7 @@ def bar_messages(bars: Bars, symbol: str, tf: str, source: str, *, digits: int =
                 "spread_max": round(float(bars.spread_max[i]), digits) if count else None,
                 "source": source,
                 "complete": True,
+                "revision": 0,
             }
         )
     return out
@@ -284,27 +325,43 @@ def bar_messages(bars: Bars, symbol: str, tf: str, source: str, *, digits: int =
 
 
 class LateTickError(ValueError):
-    """A tick for a bucket that has already closed (outside the lateness window)."""
+    """A tick for a bucket that has already closed and can no longer be revised."""
 
 
 @dataclass(slots=True)
 class ClosedBar:
+    """Bars of one symbol and timeframe that closed (or were revised) together.
+
+    ``revision`` holds, per row, 0 for a bar's first publication and n for its n-th
+    revision; None means all first publications."""
+
     symbol: str
     timeframe: str
     bars: Bars
+    revision: np.ndarray | None = None
 
 
 class _SymbolState:
-    __slots__ = ("ts", "bid", "ask", "pending", "due", "last_close", "last_base_start")
+    __slots__ = (
+        "ts", "bid", "ask", "seq", "ordered", "pending", "due", "last_close", "last_base_start", "kept", "history", "revisions",
+    )  # fmt: skip
 
     def __init__(self, steps: Sequence[Step]) -> None:
         self.ts: list[int] = []
         self.bid: list[float] = []
         self.ask: list[float] = []
+        self.seq: list[int] = []
+        self.ordered = True
+        """The buffered ticks came in strictly increasing time: nothing to sort, no ties to break."""
         self.pending: dict[str, list[Bars]] = {s.timeframe: [] for s in steps[1:]}
         self.due: dict[str, int] = {}
         self.last_close: float | None = None
         self.last_base_start: int | None = None
+        self.kept: dict[int, tuple[list[int], list[float], list[float], list[int]]] = {}
+        """Ticks of closed base buckets still inside the revision horizon, per bucket start."""
+        self.history: dict[str, Bars] = {}
+        """Closed bars per timeframe that a revision may still touch, in time order."""
+        self.revisions: dict[tuple[str, int], int] = {}
 
 
 class StreamingAggregator:
@@ -314,8 +371,19 @@ class StreamingAggregator:
     whichever is later, so a quiet symbol's bars still close on time. Until its bucket
     closes a tick is only buffered (in any order); closing hands the buffered ticks of the
     finest timeframe to :func:`aggregate_ticks` and each coarser bucket's finer bars to
-    :func:`merge_bars`, exactly as :func:`aggregate_frame` does in one go. A tick for a
-    bucket that already closed raises :class:`LateTickError`.
+    :func:`merge_bars`, exactly as :func:`aggregate_frame` does in one go.
+
+    ``complete_from`` (a live aggregator's start) is when its input began: a bucket that
+    started earlier would miss the ticks before it, so its bar is never published (the
+    historical downloader backfills those), and ticks before it are ignored.
+
+    A tick for a bucket that already closed is *revised in*, when it is no older than
+    ``revision_horizon_ms`` behind the watermark (and not before the first bucket this
+    aggregator built): its bucket's bar is recomputed from all of the bucket's ticks, every
+    coarser bar containing it is re-merged, and the changed bars come back with their
+    revision numbers, so every published bar still equals the batch aggregation of its
+    ticks. Older ticks raise :class:`LateTickError`. With ``revision_horizon_ms=0`` every
+    tick for a closed bucket does.
     """
 
     def __init__(
@@ -325,6 +393,8 @@ class StreamingAggregator:
         *,
         lateness_ms: int = 0,
         fill_empty: bool = False,
+        revision_horizon_ms: int = 0,
+        complete_from: int | None = None,
     ) -> None:
         self.steps = plan(timeframes, roll)
         if not self.steps:
@@ -340,29 +410,67 @@ class StreamingAggregator:
             self.consumers.setdefault(step.source, []).append(step.timeframe)
         self.lateness_ms = lateness_ms
         self.fill_empty = fill_empty
+        self.revision_horizon_ms = max(0, revision_horizon_ms)
+        self.complete_from = complete_from
+        self.before_start = 0
         self.watermark: int | None = None
         self.closed_until: int | None = None
+        self.first_bucket: int | None = None
         self._next_close: int | None = None
         self.states: dict[str, _SymbolState] = {}
         self.late = 0
+        self.revised = 0
+        self._arrivals = 0
 
-    def add(self, symbol: str, ts: int, bid: float, ask: float) -> list[ClosedBar]:
-        """Take one tick; return the bars that closed because of it."""
+    def add(self, symbol: str, ts: int, bid: float, ask: float, seq: int | None = None) -> list[ClosedBar]:
+        """Take one tick; return the bars that closed (or were revised) because of it.
+
+        ``seq`` (the source's sequence number) orders ticks of the same millisecond;
+        without it they keep their arrival order."""
+        if seq is None:
+            self._arrivals += 1
+            seq = self._arrivals
+        if self.complete_from is not None and ts < self.complete_from:
+            self.before_start += 1
+            return []
         if self.closed_until is not None and ts < self.closed_until:
+            if self._revisable(ts):
+                return self._revise(symbol, ts, bid, ask, seq)
             self.late += 1
-            raise LateTickError(
-                f"late tick: {symbol} at {ts} is {self.closed_until - ts} ms before the close of the last "
-                f"{self.steps[0].timeframe} bucket (lateness window {self.lateness_ms} ms)"
-            )
+            raise LateTickError(self._too_late(symbol, ts))
         state = self.states.get(symbol)
         if state is None:
             state = self.states[symbol] = _SymbolState(self.steps)
+        if state.ordered and state.ts and ts <= state.ts[-1]:
+            state.ordered = False
         state.ts.append(ts)
         state.bid.append(bid)
         state.ask.append(ask)
+        state.seq.append(seq)
         if self.watermark is None or ts > self.watermark:
             return self.advance(ts)
         return []
+
+    def _revisable(self, ts: int) -> bool:
+        return (
+            self.revision_horizon_ms > 0
+            and self.first_bucket is not None
+            and ts >= self.first_bucket
+            and self.watermark is not None
+            and ts >= self.watermark - self.revision_horizon_ms
+        )
+
+    def _too_late(self, symbol: str, ts: int) -> str:
+        assert self.closed_until is not None
+        if self.revision_horizon_ms and self.first_bucket is not None and ts < self.first_bucket:
+            return f"late tick: {symbol} at {ts} is before the first bucket this aggregator built (its bars were made elsewhere)"
+        window = f"lateness window {self.lateness_ms} ms"
+        if self.revision_horizon_ms:
+            window += f", revision horizon {self.revision_horizon_ms} ms"
+        return (
+            f"late tick: {symbol} at {ts} is {self.closed_until - ts} ms before the close of the last "
+            f"{self.steps[0].timeframe} bucket ({window})"
+        )
 
     def advance(self, now_ms: int) -> list[ClosedBar]:
         """Move the watermark to ``now_ms`` if that is later; return the bars that closed."""
@@ -371,7 +479,7 @@ class StreamingAggregator:
         self.watermark = now_ms
         if self.closed_until is None:
             first = min((min(s.ts) for s in self.states.values() if s.ts), default=now_ms)
-            self.closed_until = self.base.start(first)
+            self.closed_until = self.first_bucket = self.base.start(first)
             self._next_close = self.base.end(self.closed_until) + self.lateness_ms
         assert self._next_close is not None
         if now_ms < self._next_close:
@@ -382,17 +490,23 @@ class StreamingAggregator:
         closed: list[ClosedBar] = []
         for symbol, state in self.states.items():
             closed.extend(self._close(symbol, state, boundary))
+        self._forget()
         return closed
 
     def drain(self) -> list[ClosedBar]:
-        """Close everything buffered, coarse buckets included (end of a bounded input, as in a batch run)."""
+        """Close everything buffered, coarse buckets included (end of a bounded input, as in a batch run).
+
+        With ``fill_empty`` every symbol gets flat bars up to the end of the input: the
+        bucket of the last tick of *any* symbol (the rule :func:`aggregate_frame` follows)."""
         last = max((max(s.ts) for s in self.states.values() if s.ts), default=None)
         if last is None:
             if self.closed_until is None:
                 return []
             last = self.closed_until - 1
-        boundary = self.base.end(self.base.start(last))
+        boundary = max(self.base.end(self.base.start(last)), self.closed_until or 0)
         self.watermark = max(self.watermark or boundary, boundary + self.lateness_ms)
+        if self.closed_until is None:
+            self.first_bucket = self.base.start(min(min(s.ts) for s in self.states.values() if s.ts))
         self.closed_until = boundary
         self._next_close = self.base.end(boundary) + self.lateness_ms
         closed: list[ClosedBar] = []
@@ -406,14 +520,24 @@ class StreamingAggregator:
         if state.ts:
             ts = np.asarray(state.ts, dtype=np.int64)
             done = ts < boundary
-            if done.all():
-                base = aggregate_ticks(ts, state.bid, state.ask, self.base)
-                state.ts, state.bid, state.ask = [], [], []
-            elif done.any():
-                bid, ask = np.asarray(state.bid), np.asarray(state.ask)
-                base = aggregate_ticks(ts[done], bid[done], ask[done], self.base)
-                keep = ~done
-                state.ts, state.bid, state.ask = ts[keep].tolist(), bid[keep].tolist(), ask[keep].tolist()
+            if done.any():
+                bid, ask, seq = np.asarray(state.bid), np.asarray(state.ask), np.asarray(state.seq, dtype=np.int64)
+                ordered = state.ordered
+                if done.all():
+                    closing = (ts, bid, ask, seq)
+                    state.ts, state.bid, state.ask, state.seq = [], [], [], []
+                    state.ordered = True
+                else:
+                    closing = (ts[done], bid[done], ask[done], seq[done])
+                    keep = ~done
+                    state.ts, state.bid, state.ask = ts[keep].tolist(), bid[keep].tolist(), ask[keep].tolist()
+                    state.seq = seq[keep].tolist()
+                if ordered:
+                    base = aggregate_ticks(*closing[:3], self.base, assume_sorted=True)
+                else:
+                    base = aggregate_ticks(*closing[:3], self.base, seq=closing[3])
+                if self.revision_horizon_ms:
+                    self._keep_ticks(state, *closing)
         if self.fill_empty and state.last_base_start is not None:
             base = fill_gaps(base, self.base, prev_close=state.last_close, after=state.last_base_start, until=boundary)
         closed: list[ClosedBar] = []
@@ -438,7 +562,24 @@ class StreamingAggregator:
             merged = merge_bars(bars.take(slice(0, cut)), step.buckets)
             closed.append(ClosedBar(symbol, step.timeframe, merged))
             self._feed(state, step.timeframe, merged)
-        return closed
+        if self.revision_horizon_ms:
+            for item in closed:
+                state.history[item.timeframe] = Bars.concat([state.history.get(item.timeframe, Bars.empty()), item.bars.copy()])
+        return self._complete(closed)
+
+    def _complete(self, closed: list[ClosedBar]) -> list[ClosedBar]:
+        """Only bars of buckets that began at or after ``complete_from``."""
+        if self.complete_from is None:
+            return closed
+        out = []
+        for item in closed:
+            keep = item.bars.ts >= self.complete_from
+            if keep.all():
+                out.append(item)
+            elif keep.any():
+                revision = None if item.revision is None else item.revision[keep]
+                out.append(ClosedBar(item.symbol, item.timeframe, item.bars.take(keep), revision))
+        return out
 
     def _feed(self, state: _SymbolState, timeframe: str, bars: Bars) -> None:
         for consumer in self.consumers.get(timeframe, ()):
@@ -448,6 +589,108 @@ class StreamingAggregator:
                 state.due[consumer] = buckets.end(buckets.start(int(bars.ts[0])))
             pending.append(bars)
 
+    # --- revisions ------------------------------------------------------------------
+
+    def _keep_ticks(self, state: _SymbolState, ts: np.ndarray, bid: np.ndarray, ask: np.ndarray, seq: np.ndarray) -> None:
+        columns = (ts.tolist(), bid.tolist(), ask.tolist(), seq.tolist())
+        for i, start in enumerate(self.base.starts(ts).tolist()):
+            kept = state.kept.setdefault(start, ([], [], [], []))
+            for column, values in zip(kept, columns):
+                column.append(values[i])
+
+    def _forget(self) -> None:
+        """Drop what no revision can touch any more: ticks and bars older than the horizon
+        (bars only once every coarser bucket containing them is beyond it too)."""
+        if not self.revision_horizon_ms or self.watermark is None:
+            return
+        oldest = self.watermark - self.revision_horizon_ms
+        bars_from = min(step.buckets.start(oldest) for step in self.steps)
+        for state in self.states.values():
+            for start in [s for s in state.kept if self.base.end(s) <= oldest]:
+                del state.kept[start]
+            for tf, bars in state.history.items():
+                cut = int(np.searchsorted(bars.ts, bars_from, side="left"))
+                if cut:
+                    state.history[tf] = bars.take(slice(cut, None))
+                    state.revisions = {k: v for k, v in state.revisions.items() if k[1] >= bars_from}
+
+    def _revise(self, symbol: str, ts: int, bid: float, ask: float, seq: int) -> list[ClosedBar]:
+        state = self.states.get(symbol)
+        if state is None:
+            state = self.states[symbol] = _SymbolState(self.steps)
+        self.revised += 1
+        start = self.base.start(ts)
+        kept = state.kept.setdefault(start, ([], [], [], []))
+        for column, value in zip(kept, (ts, bid, ask, seq)):
+            column.append(value)
+        base_tf = self.steps[0].timeframe
+        out: list[ClosedBar] = []
+        changed = {base_tf: [self._put(state, base_tf, aggregate_ticks(*kept[:3], self.base, seq=kept[3]), out, symbol)]}
+        if self.fill_empty:
+            changed[base_tf].extend(self._refill_flat(state, start, out, symbol))
+        assert self.closed_until is not None
+        for step in self.steps[1:]:
+            assert step.source is not None
+            done: list[int] = []
+            for coarse in sorted({step.buckets.start(s) for s in changed.get(step.source, ())}):
+                end = step.buckets.end(coarse)
+                if end > self.closed_until:
+                    self._update_pending(state, step.timeframe, step.source, coarse, end)
+                    continue
+                finer = state.history[step.source]
+                lo, hi = np.searchsorted(finer.ts, [coarse, end])
+                done.append(self._put(state, step.timeframe, merge_bars(finer.take(slice(lo, hi)), step.buckets), out, symbol))
+            changed[step.timeframe] = done
+        return self._complete(out)
+
+    def _put(self, state: _SymbolState, tf: str, row: Bars, out: list[ClosedBar], symbol: str) -> int:
+        """Store ``row`` (one bar) in the timeframe's history, as a revision if the bucket had a bar."""
+        start = int(row.ts[0])
+        bars = state.history.get(tf, Bars.empty())
+        i = int(np.searchsorted(bars.ts, start))
+        if i < len(bars) and int(bars.ts[i]) == start:
+            state.history[tf] = Bars.concat([bars.take(slice(0, i)), row, bars.take(slice(i + 1, None))])
+            revision = state.revisions[(tf, start)] = state.revisions.get((tf, start), 0) + 1
+        else:
+            state.history[tf] = Bars.concat([bars.take(slice(0, i)), row, bars.take(slice(i, None))])
+            revision = 0
+        out.append(ClosedBar(symbol, tf, row, np.array([revision], dtype=np.int64)))
+        if tf == self.steps[0].timeframe and (state.last_base_start is None or start >= state.last_base_start):
+            state.last_base_start, state.last_close = start, float(row.close[0])
+        return start
+
+    def _refill_flat(self, state: _SymbolState, start: int, out: list[ClosedBar], symbol: str) -> list[int]:
+        """With ``fill_empty``: the closed buckets after a revised bar up to the next one with
+        ticks are flat at its (new) close; revise or add them."""
+        base_tf = self.steps[0].timeframe
+        bars = state.history[base_tf]
+        price = float(bars.close[int(np.searchsorted(bars.ts, start))])
+        changed: list[int] = []
+        cursor = self.base.end(start)
+        assert self.closed_until is not None
+        while cursor < self.closed_until:
+            bars = state.history[base_tf]
+            i = int(np.searchsorted(bars.ts, cursor))
+            if i < len(bars) and int(bars.ts[i]) == cursor:
+                if int(bars.tick_count[i]) > 0:
+                    break
+                if float(bars.close[i]) == price:
+                    cursor = self.base.end(cursor)
+                    continue
+            changed.append(self._put(state, base_tf, flat_bars(self.base, [cursor], price), out, symbol))
+            cursor = self.base.end(cursor)
+        return changed
+
+    def _update_pending(self, state: _SymbolState, tf: str, source: str, coarse: int, end: int) -> None:
+        """An open coarser bucket takes the revised finer bars when it closes."""
+        finer = state.history[source]
+        lo, hi = np.searchsorted(finer.ts, [coarse, end])
+        waiting = Bars.concat(state.pending[tf])
+        keep = (waiting.ts < coarse) | (waiting.ts >= end)
+        merged = Bars.concat([waiting.take(keep), finer.take(slice(lo, hi))])
+        state.pending[tf] = [merged.take(np.argsort(merged.ts, kind="stable"))] if len(merged) else []
+        state.due[tf] = min(state.due[tf], end) if waiting.ts.size and tf in state.due else end
+
     def open_ticks(self) -> int:
         return sum(len(s.ts) for s in self.states.values())
 
@@ -455,13 +698,39 @@ class StreamingAggregator:
 def closed_messages(closed: Iterable[ClosedBar], source: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for item in closed:
-        out.extend(bar_messages(item.bars, item.symbol, item.timeframe, source))
+        messages = bar_messages(item.bars, item.symbol, item.timeframe, source)
+        if item.revision is not None:
+            for message, revision in zip(messages, item.revision.tolist()):
+                message["revision"] = revision
+        out.extend(messages)
     return out
 
 
 def frame_of(closed: Iterable[ClosedBar]) -> pd.DataFrame:
-    frames = [bars_frame(c.bars, c.symbol, c.timeframe) for c in closed if len(c.bars)]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=BAR_COLUMNS)
+    """The bars of ``closed`` as one frame (the latest revision of each), built column-wise."""
+    items = [c for c in closed if len(c.bars)]
+    if not items:
+        return pd.DataFrame(columns=BAR_COLUMNS)
+    merged = Bars.concat([c.bars for c in items])
+    counts = [len(c.bars) for c in items]
+    frame = pd.DataFrame(
+        {
+            "symbol": np.repeat([c.symbol for c in items], counts),
+            "timeframe": np.repeat([c.timeframe for c in items], counts),
+            "ts": merged.ts,
+            "ts_close": merged.ts_close,
+            "open": merged.open,
+            "high": merged.high,
+            "low": merged.low,
+            "close": merged.close,
+            "volume": merged.volume,
+            "tick_count": merged.tick_count,
+            "spread_mean": merged.spread_mean,
+            "spread_min": merged.spread_min,
+            "spread_max": merged.spread_max,
+        }
+    )
+    return frame.drop_duplicates(["symbol", "timeframe", "ts"], keep="last").reset_index(drop=True)
 
 
 def by_key(frame: pd.DataFrame) -> Mapping[tuple[str, str, int], Any]:

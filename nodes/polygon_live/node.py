@@ -4,7 +4,8 @@ Each ``C`` event is normalised (``EUR/USD`` → ``EURUSD``), pairs outside ``ctx
 ignored, and :func:`~nodes.marketdata.quotes.quote_problem` decides what is published: a
 crossed, non-positive, non-numeric or stale quote goes to the dead letters with the reason,
 as does every frame or event the client cannot read. Good quotes are published on ``ticks``
-with ``source: polygon`` and a per-collector ``seq``.
+with ``source: polygon`` and a ``seq`` per symbol that only grows, across crashes too
+(:class:`~framework.sequencing.SequenceNumbers`).
 
 On a simulated clock (demo, backtest) the node waits on the clock until each quote's time
 before checking and publishing it, so the feed drives event time and the other services'
@@ -28,6 +29,7 @@ from typing import Any
 from framework.durations import parse_ms, parse_seconds
 from framework.errors import UserError
 from framework.node import Node
+from framework.sequencing import SequenceNumbers
 from nodes.marketdata.http import redact
 from nodes.marketdata.quotes import quote_problem
 from nodes.marketdata.symbols import normalize, slashed
@@ -68,7 +70,6 @@ def _iso_ms(text: str) -> int:
 
 class PolygonLiveCollector(Node[PolygonLiveParams]):
     client: PolygonForexSocket | None = None
-    seq: int = 0
     simulator: PolygonSimulator | None = None
     outage: _Outage | None = None
 
@@ -87,7 +88,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         self.wanted = frozenset(self.symbols)
         self._symbols: dict[str, str] = {}
         self.max_age_ms = parse_ms(params.max_quote_age) if params.max_quote_age else None
-        self.seq = self._load_seq()
+        self.seq = SequenceNumbers(Path(self.ctx.data_dir) / "seq")
         self.last_ts: dict[str, int] = {}
         self.resumed: dict[str, int] = {}
         self.reconnected = False
@@ -96,9 +97,6 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             self.simulator = self._simulator()
             await self.simulator.start()
             self.ctx.log.info("%s: simulating the Polygon feed on %s", self.ctx.service, self.simulator.url)
-
-    def _seq_file(self) -> Path:
-        return Path(self.ctx.data_dir) / "seq"
 
     def _position_file(self) -> Path:
         return Path(self.ctx.data_dir) / "simulation-position.json"
@@ -130,14 +128,6 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"window": self._window(), "last_ts": {**self.resumed, **self.last_ts}}))
         tmp.replace(path)
-
-    def _load_seq(self) -> int:
-        """Where the previous run (or the instance before a restart) stopped, so ``seq`` only grows:
-        a consumer that follows it (data-bridge) sees a restart as a jump, not as old numbers."""
-        try:
-            return max(int(self._seq_file().read_text().strip()), 0)
-        except (OSError, ValueError):
-            return 0
 
     def _api_key(self) -> str:
         env = self.params.api_key_env
@@ -242,9 +232,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             await self.client.close()
         if self.outage is not None:
             await self._publish_gaps(self.ctx.clock.now_ms())
-        if self.seq:
-            self._seq_file().parent.mkdir(parents=True, exist_ok=True)
-            self._seq_file().write_text(str(self.seq))
+        self.seq.save()
         self._save_position()
         if self.simulator is not None:
             await self.simulator.close()
@@ -277,9 +265,9 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             return
         if self.outage is not None and self.reconnected:
             await self._publish_gaps(ts)
-        self.seq += 1
         self.last_ts[symbol] = ts
-        await ctx.publish("ticks", {"symbol": symbol, "ts": ts, "bid": quote.bid, "ask": quote.ask, "source": SOURCE, "seq": self.seq})
+        seq = self.seq.next(symbol)
+        await ctx.publish("ticks", {"symbol": symbol, "ts": ts, "bid": quote.bid, "ask": quote.ask, "source": SOURCE, "seq": seq})
 
     async def _malformed(self, reason: str, payload: object) -> None:
         await self.ctx.dead_letter(reason, payload, origin="polygon:frame")

@@ -38,10 +38,10 @@ class SyntheticTicks(Node[SyntheticTicksParams]):
             digits={s: i.digits for s, i in instruments.items()},
             pips={s: i.pip for s, i in instruments.items()},
         )
-        seq = 0
+        seqs: dict[str, int] = {}  # numbered per symbol from 1: a replay of the same window numbers it the same way
         for quote in quotes.between(start, end):
             await self.ctx.clock.wait_until(quote.ts)
-            seq += 1
+            seq = seqs[quote.symbol] = seqs.get(quote.symbol, 0) + 1
             await self.ctx.publish(
                 "ticks",
                 {"symbol": quote.symbol, "ts": quote.ts, "bid": quote.bid, "ask": quote.ask, "source": "synthetic", "seq": seq},

@@ -1,8 +1,11 @@
 """The tick aggregator: :class:`~nodes.marketdata.bars.StreamingAggregator` on the node's clock.
 
 Bars close when the watermark (the newest tick, or the clock for quiet symbols) passes the
-bucket end plus the lateness window. A tick for a closed bucket is dead-lettered with the
-reason. On a bounded run (demo, backtest) the open buckets are closed when the input is
+bucket end plus the lateness window. A tick that reached the system ends up in its bar: one
+that arrives after its bar was published (a reconnect buffer delivering late, a gap the
+runtime refilled from the archive) revises the bar and every coarser bar containing it,
+published again on the same subject with the next ``revision`` (tables keep the latest);
+only a tick beyond ``revision_horizon`` is dead-lettered with the reason. On a bounded run (demo, backtest) the open buckets are closed when the input is
 complete; on any other stop they are not published, since they are unfinished: they are
 checkpointed under the service's data directory instead, and the next start with the same
 settings picks them up, so a bar that spans a restart still has every tick of it.
@@ -12,18 +15,20 @@ from __future__ import annotations
 
 import logging
 import pickle
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from framework.durations import parse_ms
 from framework.node import Node, every, handles
+from framework.sequencing import SequenceNumbers
 from nodes.marketdata.bars import ClosedBar, LateTickError, StreamingAggregator, closed_messages
 from nodes.marketdata.timeframes import DailyRoll
 from nodes.tick_aggregator.spec import TickAggregatorParams
 
 
 log = logging.getLogger(__name__)
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
 
 
 class TickAggregator(Node[TickAggregatorParams]):
@@ -35,18 +40,33 @@ class TickAggregator(Node[TickAggregatorParams]):
             "daily_roll": params.daily_roll,
             "lateness": params.lateness,
             "fill_empty": params.fill_empty,
+            "revision_horizon": params.revision_horizon,
         }
         restored = self._restore()
         self.restored = restored is not None
         self.aggregator = restored or self._fresh()
+        self.seq = SequenceNumbers(Path(self.ctx.data_dir) / "seq")
 
     def _fresh(self) -> StreamingAggregator:
+        """A new aggregator. Live, its input begins now, in the middle of a feed that ran before
+        it: buckets that began earlier would lack those ticks, so their bars are left to the
+        historical downloader (published, they would also replace the full bars an earlier
+        instance wrote). A replay (simulated or paced clock) starts its sources with it."""
         params = self.params
+        clock = self.ctx.clock
+        complete_from = clock.now_ms() if clock.live else None
+        if complete_from is not None:
+            self.ctx.log.info(
+                "%s: bars of buckets that began before %s are not published (their earlier ticks were never seen here)",
+                self.ctx.service, datetime.fromtimestamp(complete_from / 1000, timezone.utc).isoformat(timespec="seconds"),
+            )  # fmt: skip
         return StreamingAggregator(
             params.timeframes or self.ctx.timeframes,
             DailyRoll.parse(params.daily_roll),
             lateness_ms=parse_ms(params.lateness) or 0,
             fill_empty=params.fill_empty,
+            revision_horizon_ms=parse_ms(params.revision_horizon) or 0,
+            complete_from=complete_from,
         )
 
     @property
@@ -75,7 +95,7 @@ class TickAggregator(Node[TickAggregatorParams]):
     @handles("ticks")
     async def on_tick(self, tick: dict[str, Any]) -> None:
         try:
-            closed = self.aggregator.add(tick["symbol"], tick["ts"], tick["bid"], tick["ask"])
+            closed = self.aggregator.add(tick["symbol"], tick["ts"], tick["bid"], tick["ask"], tick.get("seq"))
         except LateTickError as exc:
             if self.restored:
                 # the feed went back before the checkpoint (replayed from its start): the
@@ -98,6 +118,12 @@ class TickAggregator(Node[TickAggregatorParams]):
             await self._publish(closed)
 
     async def on_stop(self) -> None:
+        try:
+            await self._stop()
+        finally:
+            self.seq.save()
+
+    async def _stop(self) -> None:
         if self.ctx.input_complete:
             await self._publish(self.aggregator.drain())
             return
@@ -110,4 +136,5 @@ class TickAggregator(Node[TickAggregatorParams]):
 
     async def _publish(self, closed: list[ClosedBar]) -> None:
         for bar in closed_messages(closed, self.params.source):
+            bar["seq"] = self.seq.next(f"{bar['symbol']}/{bar['timeframe']}")
             await self.ctx.publish("bars", bar)

@@ -243,6 +243,34 @@ async def test_replay_with_seek_to_timestamp(log: LogTransport, join: JoinGroup,
     assert sorted(r.value["i"] for r in await drain(member, 6)) == [2, 3, 4, 5, 6, 7]
 
 
+async def test_read_a_span_by_time_without_a_group(log: LogTransport, uid: str) -> None:
+    topic = await topic_with(log, f"{uid}.q", partitions=3)
+    base = now_ms() - 60_000
+    for i in range(30):  # several records per producer batch, spread over the partitions
+        await log.send(topic, {"i": i}, key=f"k{i % 7}", headers={"h": str(i)}, timestamp_ms=base + i * 1000)
+    await log.flush()
+
+    async def span(start: int, end: int | None, **kw: int) -> list[Record]:
+        out: list[Record] = []
+        async for records in log.read([topic], start, end, **kw):
+            assert records
+            out.extend(records)
+        return out
+
+    got = await asyncio.wait_for(span(base + 10_000, base + 20_000), TIMEOUT)
+    assert sorted(r.value["i"] for r in got) == list(range(10, 20))
+    assert all(r.headers["h"] == str(r.value["i"]) and r.topic == topic for r in got)
+    by_partition: dict[int, list[int]] = defaultdict(list)
+    for r in got:
+        by_partition[r.partition].append(r.offset)
+    assert all(offs == sorted(offs) for offs in by_partition.values())  # each partition in order
+    tail = await asyncio.wait_for(span(base + 25_500, None), TIMEOUT)  # to the end of the log
+    assert sorted(r.value["i"] for r in tail) == [26, 27, 28, 29]
+    assert await asyncio.wait_for(span(base + 31_000, None), TIMEOUT) == []
+    small = await asyncio.wait_for(span(base, base + 30_000, batch=4), TIMEOUT)
+    assert sorted(r.value["i"] for r in small) == list(range(30))
+
+
 async def test_two_groups_each_see_every_record(log: LogTransport, join: JoinGroup, uid: str) -> None:
     topic = await topic_with(log, f"{uid}.q", partitions=3)
     for i in range(12):
