@@ -7,7 +7,9 @@
 Prints, in one run:
 1. publish→deliver rate of InProcessPubSub (one subscriber, no validation) and of a bare
    ``await handlers[subject](...)`` loop with the same handler, and their ratio (target >= 0.5),
-   with what strict validation adds per published message beside it;
+   with what strict validation adds per published message beside it, and the same runtime path
+   with the wire codec on (``InProcessPubSub(wire=True)``: encode once, decode per subscriber,
+   as the demo runs) against it off (as backtests run), as a ratio of rates;
 2. the cost of strict contract validation: ``BoundaryValidator("strict").check`` for tick.v1
    in µs per message, and the publish rate through a real NodeContext route with validation
    off, sampled and strict, each over the full message count.
@@ -101,22 +103,23 @@ async def time_wrapper(routes: dict[str, tuple[Any, ...]], n: int) -> float:
 
 async def bench_bus(n: int, repeats: int) -> dict[str, float]:
     """Median µs per message of each dispatch loop."""
-    runtime, guarded, bare, wrapper = Counter(), Counter(), Counter(), Counter()
-    runtime_bus, guarded_bus = InProcessPubSub(), InProcessPubSub()
-    for bus, handler in ((runtime_bus, isolated(runtime.handler)), (guarded_bus, guarded.handler)):
+    runtime, guarded, bare, wrapper, wire = Counter(), Counter(), Counter(), Counter(), Counter()
+    runtime_bus, guarded_bus, wire_bus = InProcessPubSub(), InProcessPubSub(), InProcessPubSub(wire=True)
+    for bus, handler in ((runtime_bus, isolated(runtime.handler)), (guarded_bus, guarded.handler), (wire_bus, isolated(wire.handler))):
         await bus.connect()
         await bus.subscribe(SUBJECT, handler)
     handlers = {SUBJECT: bare.handler}
     routes = {SUBJECT: (wrapper.handler,)}
-    times: dict[str, list[float]] = {"runtime": [], "guarded": [], "bare": [], "wrapper": []}
+    times: dict[str, list[float]] = {"runtime": [], "guarded": [], "bare": [], "wrapper": [], "wire": []}
     for _ in range(repeats):
         times["runtime"].append(await time_bus(runtime_bus, n))
         times["bare"].append(await time_bare(handlers, n))
         times["guarded"].append(await time_bus(guarded_bus, n))
         times["wrapper"].append(await time_wrapper(routes, n))
-    await runtime_bus.close()
-    await guarded_bus.close()
-    assert runtime.n == guarded.n == bare.n == wrapper.n == repeats * n
+        times["wire"].append(await time_bus(wire_bus, n))
+    for bus in (runtime_bus, guarded_bus, wire_bus):
+        await bus.close()
+    assert runtime.n == guarded.n == bare.n == wrapper.n == wire.n == repeats * n
     return {name: us_per_msg(seconds, n) for name, seconds in times.items()}
 
 
@@ -204,6 +207,8 @@ async def main(n: int, repeats: int) -> None:
     print(f"   strict validation adds            {strict_added:>12.3f} us/msg  (NodeContext.publish strict - off, see 2)")
     print(f"   bus, guarded plain handler        {rate(bus['guarded'])}  ratio {bus['bare'] / bus['guarded']:.2f}")
     print(f"   for reference, a 3-line async publish wrapper: {1e6 / bus['wrapper']:,.0f} msg/s, ratio {bus['bare'] / bus['wrapper']:.2f}")
+    print(f"   bus, runtime path, wire codec on  {rate(bus['wire'])}  ratio codec/no codec {bus['runtime'] / bus['wire']:.2f}"
+          f"  (+{bus['wire'] - bus['runtime']:.3f} us/msg)")
     print()
     print("2. strict validation (tick.v1)")
     print(f"   BoundaryValidator('strict').check {check_us:>12.3f} us/msg  ({1e6 / check_us:,.0f} checks/s)")

@@ -7,6 +7,7 @@
     fxrun docs [--check]                       (re)generate docs/architecture.md and docs/asyncapi.yaml
     fxrun contracts publish [NAME…] | check    record released contract versions / compare with them (FX105)
     fxrun status [DATA_DIR]                    per-service counters of a running or finished run
+    fxrun trace ID [overrides…]                a message's causes and effects (tables with trace: true)
     fxrun infra up|status|down [--data-dir D]  local NATS, Kafka, PostgreSQL, Redis (prints export lines)
     fxrun deploy [--out FILE] [--check]        generate deploy/docker-compose.yml from topology=live
     fxrun bi5 decode FILE --symbol S [--hour H] decode a Dukascopy .bi5 file to CSV (plugin verbs:
@@ -285,6 +286,12 @@ def cmd_contracts(argv: Sequence[str]) -> int:
     return contracts_main(argv)
 
 
+def cmd_trace(argv: Sequence[str]) -> int:
+    from framework.trace import main as trace_main
+
+    return trace_main(argv)
+
+
 def cmd_deploy(argv: Sequence[str]) -> int:
     from framework.deploy import main as deploy_main
 
@@ -299,7 +306,10 @@ def _is_environment_error(exc: Exception) -> bool:
     return isinstance(exc, (StoreError, TransportError))
 
 
-VERBS = {"lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy, "contracts": cmd_contracts}
+VERBS = {
+    "lint": cmd_lint, "docs": cmd_docs, "status": cmd_status, "infra": cmd_infra, "deploy": cmd_deploy,
+    "contracts": cmd_contracts, "trace": cmd_trace,
+}  # fmt: skip
 COMMAND_GROUP = "fxflow.commands"
 
 

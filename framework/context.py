@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from framework.chunk import Chunk
+from framework.chunk_validation import ChunkValidator
 from framework.clock import Clock
 from framework.contracts import BoundaryValidator, Contract, ValidationMode
 from framework.deadletter import DeadLetters
@@ -22,13 +27,25 @@ from framework.metrics import ServiceMetrics
 from framework.stores.base import KeyValueStore, Store, StoreError
 from framework.stores.batch import BatchWriter
 from framework.topology.model import Instrument
+from framework.topology.templates import placeholders
 from framework.transport.base import LogTransport, PubSubTransport, Record
 
 # StoreError is what a table operation raises when its store fails; nodes catch it from here.
-__all__ = ["PRODUCER_HEADER", "NodeContext", "OutputRoute", "StoreError", "TableHandle"]
+__all__ = ["CAUSE_HEADER", "ID_HEADER", "PRODUCER_HEADER", "NodeContext", "OutputRoute", "StoreError", "TableHandle"]
 
 PRODUCER_HEADER = "fxflow-service"
 """Header naming the service that archived a record (a refill takes back only its own records)."""
+ID_HEADER = "fxflow-id"
+"""Header holding a message's id (``<service>-<epoch>-<n>``: unique per service and run)."""
+CAUSE_HEADER = "fxflow-cause"
+COUNT_HEADER = "fxflow-count"
+"""A chunk's headers: its rows have ids ``fxflow-id`` .. ``fxflow-id + count - 1`` (same prefix)."""
+"""Header holding the id of the message whose handling published this one (none for a source's own)."""
+
+Item = tuple[list[str], dict[str, Any], dict[str, str]]
+_HANDLED = object()
+"""``caused_by`` not given: the cause is the message being handled."""
+"""A message on its way out: its subjects, the message, its headers."""
 
 
 @dataclass(slots=True)
@@ -40,8 +57,28 @@ class OutputRoute:
     subjects: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = field(default_factory=list)
     topics: list[tuple[str, str | None]] = field(default_factory=list)
     writers: list[BatchWriter] = field(default_factory=list)
+    traced: list[BatchWriter] = field(default_factory=list)
+    """The writers (a subset of ``writers``) of tables that declare ``trace: true``: their rows
+    also get the message's id and its cause (``msg_id``, ``cause_id``), for ``fxrun trace``."""
     time_field: str | None = None
-    """The contract's event-time field: Kafka records are stamped with it, so replay by time is by event time."""
+    """The contract's event-time field."""
+
+
+def _by_subject(template: str, render: Callable[[Mapping[str, Any]], str], chunk: Chunk) -> list[tuple[str, Chunk]]:
+    """The chunk's rows grouped by the subject the template gives each (in order of first appearance)."""
+    names = placeholders(template)
+    if not names:
+        return [(render({}), chunk)]
+    missing = [n for n in names if n not in chunk]
+    if missing:
+        raise KeyError(f"subject template {template!r} needs a value for {missing[0]!r}")
+    keys = list(zip(*(chunk[n].tolist() for n in names)))
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    if len(groups) == 1:
+        return [(render(dict(zip(names, keys[0]))), chunk)]
+    return [(render(dict(zip(names, key))), chunk.take(np.asarray(rows))) for key, rows in groups.items()]
 
 
 class _Outbox:
@@ -59,18 +96,18 @@ class _Outbox:
     def __init__(self, ctx: NodeContext, route: OutputRoute) -> None:
         self.ctx = ctx
         self.route = route
-        self.entries: deque[tuple[list[tuple[str, asyncio.Future[Any]]], float, list[str], dict[str, Any]]] = deque()
+        self.entries: deque[tuple[list[tuple[str, asyncio.Future[Any]]], float, Item]] = deque()
         self.task: asyncio.Future[None] | None = None
 
-    async def put(self, items: list[tuple[list[tuple[str, asyncio.Future[Any]]], list[str], dict[str, Any]]]) -> None:
-        """Deliver ``(sends, subjects, message)`` items in order once archived (at once when they already are)."""
-        if not self.entries and all(sent.done() for sends, _, _ in items for _, sent in sends):
-            for sends, _, message in items:
-                self._settle(sends, message)
-            await self.ctx._deliver_many(self.route, [(subjects, message) for _, subjects, message in items])
+    async def put(self, items: list[tuple[list[tuple[str, asyncio.Future[Any]]], Item]]) -> None:
+        """Deliver ``(sends, item)`` pairs in order once archived (at once when they already are)."""
+        if not self.entries and all(sent.done() for sends, _ in items for _, sent in sends):
+            for sends, item in items:
+                self._settle(sends, item[1])
+            await self.ctx._deliver_many(self.route, [item for _, item in items])
             return
         deadline = asyncio.get_running_loop().time() + self.ctx._archive_wait
-        self.entries.extend((sends, deadline, subjects, message) for sends, subjects, message in items)
+        self.entries.extend((sends, deadline, item) for sends, item in items)
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
 
@@ -85,17 +122,17 @@ class _Outbox:
         loop = asyncio.get_running_loop()
         entries = self.entries
         while entries:
-            sends, deadline, subjects, message = entries[0]
+            sends, deadline, item = entries[0]
             waiting = [sent for _, sent in sends if not sent.done()]
             if waiting and (left := deadline - loop.time()) > 0:
                 await asyncio.wait(waiting, timeout=left)
             entries.popleft()
-            self._settle(sends, message)
+            self._settle(sends, item[1])
             try:
-                await self.ctx._deliver_many(self.route, [(subjects, message)])
+                await self.ctx._deliver_many(self.route, [item])
             except Exception as exc:
                 reason = f"delivery after archiving failed: {type(exc).__name__}: {exc}"
-                await self.ctx.dead_letter(reason, message, origin=f"publish:{self.route.port}")
+                await self.ctx.dead_letter(reason, item[1], origin=f"publish:{self.route.port}")
 
     async def drain(self) -> None:
         while self.task is not None and not self.task.done():
@@ -163,6 +200,7 @@ class NodeContext:
         data_dir: Any,
         replay_topics: Mapping[str, tuple[str, ...]] | None = None,
         archive_wait: float = 2.0,
+        id_epoch: str = "0",
     ) -> None:
         self.service = service
         self.clock = clock
@@ -183,17 +221,29 @@ class NodeContext:
         self._replay_topics = dict(replay_topics or {})
         self._archive_wait = archive_wait
         self._outboxes: dict[str, _Outbox] = {}
-        self._headers = {PRODUCER_HEADER: service}
+        self._ids = itertools.count(1)
+        self._chunk_validators: dict[str, ChunkValidator] = {}
+        self._id_prefix = f"{service}-{id_epoch}-"
+        self._cause: str | None = None
+        self.artifacts: Any = None
+        """The artifact store (models, agents), where the topology declares one."""
         self.input_complete = False
         """True once every source of a bounded run has finished: a node may then close what
         it holds open (an aggregator its last buckets), as a batch job would at end of input."""
 
-    async def publish(self, port: str, message: dict[str, Any], **values: Any) -> bool:
+    @property
+    def current_id(self) -> str | None:
+        """The id of the message being handled now (None in a timer or a source's loop): a node
+        that publishes later what a message made it do passes it as ``caused_by``."""
+        return self._cause
+
+    async def publish(self, port: str, message: dict[str, Any], caused_by: str | None | object = _HANDLED, **values: Any) -> bool:
         """Validate ``message`` against the port's contract and send it everywhere the port is wired.
 
         ``values`` fill subject placeholders the message itself does not carry. Returns
         False when the message was dead-lettered instead (invalid, or a subject could not
-        be rendered); the node keeps running either way.
+        be rendered); the node keeps running either way. The message's cause is the message
+        being handled, or ``caused_by`` (see :attr:`current_id`).
 
         A port with a Kafka archive commits there first: the message goes to its subjects
         and tables once the log has acknowledged it (or ``archive_wait`` has passed), so a
@@ -202,23 +252,28 @@ class NodeContext:
         Messages of one port keep their order; the handler does not wait for the
         acknowledgement (the in-process log acknowledges at once, so nothing changes there).
         """
-        route = self._route(port)
+        route = self._routes.get(port) or self._route(port)
         if route.contracts and self._validating:
             reason = self._check(route.contracts, message)
             if reason is not None:
                 await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
                 return False
-        subjects = await self._subjects(route, message, values)
-        if subjects is None:
+        subjects = self._render(route, message, values)
+        if type(subjects) is str:
+            await self.dead_letter(subjects, message, origin=f"publish:{port}")
             return False
         self.metrics.published += 1
+        cause = self._cause if caused_by is _HANDLED else caused_by
+        headers = {ID_HEADER: f"{self._id_prefix}{next(self._ids)}"} if cause is None else {
+            ID_HEADER: f"{self._id_prefix}{next(self._ids)}", CAUSE_HEADER: cause}  # fmt: skip
         if route.topics:
-            await self._archive(route, [(subjects, message)], values)
+            await self._archive(route, [(subjects, message, headers)], values)
             return True
+        publish = self._pubsub.publish
         for subject in subjects:
-            await self._pubsub.publish(subject, message)
-        for writer in route.writers:
-            await writer.add(message)
+            await publish(subject, message, headers)
+        if route.writers:
+            await self._write(route, ((subjects, message, headers),))
         return True
 
     async def publish_many(self, port: str, messages: Sequence[dict[str, Any]], **values: Any) -> int:
@@ -229,16 +284,18 @@ class NodeContext:
         faster. Invalid messages are dead-lettered.
         """
         route = self._route(port)
-        accepted: list[tuple[list[str], dict[str, Any]]] = []
+        accepted: list[Item] = []
         for message in messages:
             if route.contracts and self._validating:
                 reason = self._check(route.contracts, message)
                 if reason is not None:
                     await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
                     continue
-            subjects = await self._subjects(route, message, values)
-            if subjects is not None:
-                accepted.append((subjects, message))
+            subjects = self._render(route, message, values)
+            if type(subjects) is str:
+                await self.dead_letter(subjects, message, origin=f"publish:{port}")
+            else:
+                accepted.append((subjects, message, self._stamp()))
         self.metrics.published += len(accepted)
         if route.topics:
             await self._archive(route, accepted, values)
@@ -246,14 +303,63 @@ class NodeContext:
             await self._deliver_many(route, accepted)
         return len(accepted)
 
+    async def publish_batch(self, port: str, chunk: Chunk, **values: Any) -> int:
+        """Publish a :class:`~framework.chunk.Chunk` of messages on ``port``; returns how many rows went out.
+
+        Validated per column (rows that fail are dead-lettered, the rest go on), then routed
+        like :meth:`publish_many`, with one difference on the in-process bus: a subscriber of
+        the runtime gets the chunk whole (a batch handler takes it as it is; a single-message
+        handler takes its rows in order), so a backtest moves columns, not dicts, from node to
+        node. On NATS and Kafka the rows travel as messages, as every other consumer expects.
+        """
+        route = self._routes.get(port) or self._route(port)
+        if not len(chunk):
+            return 0
+        if route.contracts and self._validating:
+            failed = self._chunk_validator(route).check(chunk)
+            if failed:
+                rows = chunk.rows()
+                for index, reason in failed:
+                    await self.dead_letter(f"contract {route.contracts[0].ref}: {reason}", rows[index], origin=f"publish:{port}",
+                                           contract=route.contracts[0].ref)  # fmt: skip
+                keep = np.ones(len(chunk), dtype=bool)
+                keep[[i for i, _ in failed]] = False
+                chunk = chunk.take(keep)
+                if not len(chunk):
+                    return 0
+        if route.topics or route.writers or values:  # archives and tables take rows
+            return await self.publish_many(port, chunk.rows(), **values)
+        for template, render in route.subjects:
+            for subject, part in _by_subject(template, render, chunk):
+                await self._publish_chunk(subject, part)
+        self.metrics.published += len(chunk)
+        return len(chunk)
+
+    async def _publish_chunk(self, subject: str, chunk: Chunk) -> None:
+        n = len(chunk)
+        first = next(self._ids)
+        if n > 1:
+            self._ids = itertools.count(first + n)
+        headers = {ID_HEADER: f"{self._id_prefix}{first}", COUNT_HEADER: str(n)}
+        if self._cause is not None:
+            headers[CAUSE_HEADER] = self._cause
+        await self._pubsub.publish_chunk(subject, chunk, headers)
+
+    def _chunk_validator(self, route: OutputRoute) -> ChunkValidator:
+        validator = self._chunk_validators.get(route.port)
+        if validator is None:
+            validator = self._chunk_validators[route.port] = ChunkValidator(route.contracts[0])
+        return validator
+
     def _route(self, port: str) -> OutputRoute:
         route = self._routes.get(port)
         if route is None:
             raise KeyError(f"{self.service}: publish on {port!r}, which is not a wired output port ({', '.join(self._routes)})")
         return route
 
-    async def _subjects(self, route: OutputRoute, message: dict[str, Any], values: Mapping[str, Any]) -> list[str] | None:
-        """The concrete subjects of ``message``, or None (dead-lettered) when one cannot be rendered."""
+    @staticmethod
+    def _render(route: OutputRoute, message: dict[str, Any], values: Mapping[str, Any]) -> list[str] | str:
+        """The concrete subjects of ``message``, or why one cannot be rendered (a str)."""
         if not route.subjects:
             return []
         fields = {**message, **values} if values else message
@@ -262,23 +368,24 @@ class NodeContext:
             try:
                 out.append(render(fields))
             except KeyError as exc:
-                await self.dead_letter(str(exc.args[0]), message, origin=f"publish:{route.port}:{template}")
-                return None
+                return f"{exc.args[0]} (subject {template})"
         return out
 
-    async def _archive(self, route: OutputRoute, accepted: list[tuple[list[str], dict[str, Any]]], values: Mapping[str, Any]) -> None:
+    async def _archive(self, route: OutputRoute, accepted: Sequence[Item], values: Mapping[str, Any]) -> None:
         items = []
-        for subjects, message in accepted:
+        for item in accepted:
+            message = item[1]
             stamp = self.known_time(message, route.time_field)
             fields = {**message, **values} if values else message
+            headers = {PRODUCER_HEADER: self.service, **item[2]}
             sends = []
             for topic, key_field in route.topics:
                 key = fields.get(key_field) if key_field else None
                 sent = await self._log.send(
-                    topic, message, key=None if key is None else str(key), headers=self._headers, timestamp_ms=stamp
+                    topic, message, key=None if key is None else str(key), headers=headers, timestamp_ms=stamp
                 )
                 sends.append((topic, sent))
-            items.append((sends, subjects, message))
+            items.append((sends, item))
         outbox = self._outboxes.get(route.port)
         if outbox is None:
             outbox = self._outboxes[route.port] = _Outbox(self, route)
@@ -295,19 +402,52 @@ class NodeContext:
         stamp = message.get(time_field) if time_field else None
         return stamp if isinstance(stamp, int) else None
 
-    async def _deliver_many(self, route: OutputRoute, items: Sequence[tuple[list[str], dict[str, Any]]]) -> None:
+    async def _deliver_many(self, route: OutputRoute, items: Sequence[Item]) -> None:
         publish = self._pubsub.publish
-        for subjects, message in items:
+        for subjects, message, headers in items:
             for subject in subjects:
-                await publish(subject, message)
+                await publish(subject, message, headers)
         if route.writers:
-            if len(items) == 1:
-                for writer in route.writers:
-                    await writer.add(items[0][1])
+            await self._write(route, items)
+
+    @staticmethod
+    async def _write(route: OutputRoute, items: Sequence[Item]) -> None:
+        rows = [message for _, message, _ in items]
+        traced = [{**message, "msg_id": h.get(ID_HEADER), "cause_id": h.get(CAUSE_HEADER)} for _, message, h in items] if route.traced else rows
+        for writer in route.writers:
+            batch = traced if writer in route.traced else rows
+            if len(batch) == 1:
+                await writer.add(batch[0])
             else:
-                rows = [message for _, message in items]
-                for writer in route.writers:
-                    await writer.add_many(rows)
+                await writer.add_many(batch)
+
+    # --- causation --------------------------------------------------------------------
+
+    def _stamp(self) -> dict[str, str]:
+        """Headers of a new message: its id, and the id of the message being handled (its cause,
+        set by the runtime in ``_cause`` while a handler runs)."""
+        cause = self._cause
+        if cause is None:
+            return {ID_HEADER: f"{self._id_prefix}{next(self._ids)}"}
+        return {ID_HEADER: f"{self._id_prefix}{next(self._ids)}", CAUSE_HEADER: cause}
+
+    async def request(self, port: str, message: dict[str, Any], *, timeout: float = 5.0, **values: Any) -> dict[str, Any]:
+        """Send ``message`` on output ``port`` to the one service answering there, and return its reply.
+
+        Live this is NATS request/reply; in-process the responder's handler runs and its return
+        value is the reply (on simulated time within this very step, so replies are as
+        deterministic as the rest). Raises :class:`~framework.transport.base.NoResponders` when
+        nobody answers, TimeoutError after ``timeout`` seconds."""
+        route = self._route(port)
+        if route.contracts and self._validating:
+            reason = self._check(route.contracts, message)
+            if reason is not None:
+                raise ValueError(f"{self.service}: request on {port!r} refused by its contract: {reason}")
+        subjects = self._render(route, message, values)
+        if type(subjects) is str or len(subjects) != 1:
+            raise ValueError(f"{self.service}: a request needs output {port!r} bound to exactly one NATS subject")
+        self.metrics.published += 1
+        return await self._pubsub.request(subjects[0], message, self._stamp(), timeout)
 
     def _archive_failed(self, topic: str, message: dict[str, Any], sent: asyncio.Future[Any]) -> None:
         """A record the log did not acknowledge is dead-lettered with the reason, never lost."""

@@ -2,7 +2,8 @@
 
 Nothing is dropped silently: every dead letter is appended to
 ``<data_dir>/deadletter/<service>.jsonl`` (one ``dead_letter.v1`` record per line), counted
-in the service's metrics and published on ``deadletter.<service>`` for live monitoring.
+in the service's metrics and published on ``deadletter.<service>`` for live monitoring
+(the subject names are in :mod:`framework.deadletter_subjects`, which lint and docgen read).
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from typing import IO, Any
 
 import orjson
 
+from framework.deadletter_subjects import TRANSPORT_SERVICE, subject
+from framework.transport.codec import encode
+
+__all__ = ["TRANSPORT_SERVICE", "DeadLetters"]
+
 log = logging.getLogger(__name__)
-SUBJECT_PREFIX = "deadletter"
-TRANSPORT_SERVICE = "transport"
-"""The service name undecodable messages are dead-lettered under (no node could read them)."""
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` if the wire can carry it (the dead letter is published too), else its repr."""
     try:
-        orjson.dumps(value)
+        encode(value)
         return value
     except TypeError:
         return repr(value)
@@ -66,7 +70,7 @@ class DeadLetters:
         log.warning("dead letter from %s (%s): %s", service, origin, reason)
         if self._publish is not None:
             try:
-                await self._publish(f"{SUBJECT_PREFIX}.{service}", record)
+                await self._publish(subject(service), record)
             except Exception as exc:
                 log.error("could not publish dead letter of %s: %s (kept on disk)", service, exc)
         return record

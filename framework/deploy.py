@@ -89,8 +89,8 @@ class ComposeBuilder:
         self._nats()
         self._kafka()
         for name, store in self.topology.stores.items():
-            if store.kind == "memory":
-                continue  # in-process: nothing to deploy
+            if store.kind in ("memory", "files"):
+                continue  # in-process, or a directory / object-store URL: no server to deploy
             {"postgres": self._timescaledb, "clickhouse": self._clickhouse, "redis": self._dragonfly}[store.kind](
                 name, store.password_env
             )

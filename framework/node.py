@@ -22,14 +22,21 @@ P = TypeVar("P", bound=BaseModel)
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 HANDLER_ATTR = "__fxflow_handles__"
+BATCH_ATTR = "__fxflow_batch__"
 TIMER_ATTR = "__fxflow_every__"
 
 
-def handles(port: str) -> Callable[[F], F]:
-    """Mark ``async def method(self, message[, origin])`` as the handler of input ``port``."""
+def handles(port: str, *, batch: bool = False) -> Callable[[F], F]:
+    """Mark ``async def method(self, message[, origin])`` as the handler of input ``port``.
+
+    With ``batch=True`` it takes a :class:`~framework.chunk.Chunk` of messages instead (one
+    kernel for live chunks of a few and backtest chunks of thousands); the runtime gathers
+    single messages into chunks and splits chunks for single-message handlers.
+    """
 
     def mark(fn: F) -> F:
         setattr(fn, HANDLER_ATTR, port)
+        setattr(fn, BATCH_ATTR, batch)
         return fn
 
     return mark
@@ -71,10 +78,21 @@ class Node(Generic[P]):
     """
 
     spec: ClassVar[NodeSpec]
+    state_version: ClassVar[int] = 1
+    """Bump when :meth:`snapshot`'s shape changes: a snapshot of another version is not restored."""
+    snapshot_every: ClassVar[str | None] = None
+    """Also save a snapshot this often (a duration or a params field), not only at stop."""
 
     def __init__(self, ctx: NodeContext, params: P) -> None:
         self.ctx = ctx
         self.params = params
+
+    def snapshot(self) -> Any:
+        """State to keep across a restart, as JSON-able data (None: nothing). Saved at stop."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Take back what :meth:`snapshot` returned, before ``on_start``."""
 
     async def on_start(self) -> None:
         """Open resources, load state. Subscriptions are already live."""

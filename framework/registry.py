@@ -64,7 +64,12 @@ class NodeSpec:
     params: type[BaseModel] = NoParams
     inputs: dict[str, Port] = field(default_factory=dict)
     outputs: dict[str, Port] = field(default_factory=dict)
-    role: Literal["source", "transform", "sink", "risk_gate", "execution", "batch"] = "transform"
+    role: Literal["source", "transform", "sink", "risk_gate", "execution", "batch", "server"] = "transform"
+    """``server``: a long-running ``run()`` (an HTTP server) that is no source: it does not keep a
+    bounded run alive and never holds simulated time back."""
+    concurrent: bool = False
+    """True if the node's handlers may run at the same time (it guards its own state): it skips
+    the mailbox that otherwise gives a node one message at a time."""
     extras: tuple[str, ...] = ()
     """Optional-dependency groups the implementation needs (``pip install fxflow[ml]``)."""
 

@@ -18,11 +18,29 @@ services under test, records what they publish and queries what they wrote::
 
 Overrides are the same Hydra strings ``fxrun`` takes; the project is found as ``fxrun`` finds
 it (``$FXFLOW_PROJECT``, else the working directory or a parent), or passed explicitly.
+
+The recording bus delivers through the NATS wire codec (``InProcessPubSub(wire=True)``, as the
+demo runs): a message NATS could not carry (a numpy number, a datetime) fails the test, and
+each subscriber gets its own copy. The same test runs on a real NATS server when
+``recording_bus`` is given its URL (``recording_bus("risk.alert.>", nats=nats_server.url)``
+with the ``nats_server`` fixture of ``tests/conftest.py``, or ``fxrun infra up``'s server).
+Delivery over NATS is asynchronous, so a test that must know its messages were handled
+before it goes on awaits :func:`handled` (immediate in-process)::
+
+    @pytest.mark.parametrize("transport", ["inprocess", "nats"])
+    async def test_spread_alerts(tmp_path, transport, request):
+        url = request.getfixturevalue("nats_server").url if transport == "nats" else None
+        bus, alerts = await recording_bus("risk.alert.>", nats=url)
+        ...
+        await bus.publish("ticks.EURUSD", tick)
+        await handled(rt, "spread-watch", 1)
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -32,12 +50,13 @@ from framework.contracts import ContractRegistry
 from framework.registry import Registry
 from framework.runtime import Runtime
 from framework.topology.load import LoadedRun, find_project, load_run
+from framework.transport.base import PubSubTransport
 from framework.transport.inprocess import InProcessPubSub
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["contracts", "load", "make_runtime", "query", "query_df", "recording_bus"]
+__all__ = ["contracts", "handled", "load", "make_runtime", "query", "query_df", "recording_bus"]
 
 
 @lru_cache(maxsize=8)
@@ -64,9 +83,23 @@ def make_runtime(loaded: LoadedRun, data_dir: Path, **kwargs: Any) -> Runtime:
     )
 
 
-async def recording_bus(*patterns: str) -> tuple[InProcessPubSub, list[tuple[str, dict[str, Any]]]]:
-    """An in-process bus to hand to the runtime, recording ``(subject, payload)`` of every match."""
-    bus = InProcessPubSub()
+async def recording_bus(
+    *patterns: str, nats: str | None = None, durable: Sequence[str] = ()
+) -> tuple[PubSubTransport, list[tuple[str, dict[str, Any]]]]:
+    """A bus to hand to the runtime, recording ``(subject, payload)`` of every match.
+
+    In-process through the wire codec; with ``nats`` (a server URL) a NATS connection to that
+    server, whose ``durable`` subject patterns are kept in JetStream streams of this bus alone.
+    """
+    bus: PubSubTransport
+    if nats is None:
+        bus = InProcessPubSub(wire=True)
+    else:
+        from framework.topology.model import NatsConfig
+        from framework.transport.nats import NatsPubSub
+
+        prefix = f"TEST{uuid.uuid4().hex[:8].upper()}"
+        bus = NatsPubSub(NatsConfig(servers=[nats], durable=list(durable)), name="fxflow-test", stream_prefix=prefix)
     await bus.connect()
     got: list[tuple[str, dict[str, Any]]] = []
 
@@ -76,6 +109,19 @@ async def recording_bus(*patterns: str) -> tuple[InProcessPubSub, list[tuple[str
     for pattern in patterns:
         await bus.subscribe(pattern, record)
     return bus, got
+
+
+async def handled(runtime: Runtime, service: str, count: int, timeout: float = 30.0) -> None:
+    """Return once the handlers of ``service`` have returned (or raised) for ``count`` messages in all.
+
+    In-process that is at once (delivery is inline); over NATS, a moment after the publish."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    metrics = runtime.hosts[service].metrics
+    while metrics.latency_count < count:  # counted when a handler call ends
+        if loop.time() > deadline:
+            raise TimeoutError(f"{service} handled {metrics.latency_count} of {count} messages within {timeout:.0f}s")
+        await asyncio.sleep(0.005)
 
 
 @asynccontextmanager

@@ -1,4 +1,5 @@
-"""The layering the design rests on: framework/ never imports nodes/, and nodes reach transports and stores only through their context."""
+"""The layering the design rests on: framework/ never imports nodes/, nodes reach transports and stores only through
+their context, and lint and docgen (which only read a topology) import nothing that runs one."""
 
 from __future__ import annotations
 
@@ -34,3 +35,21 @@ def test_framework_never_imports_nodes() -> None:
 
 def test_nodes_never_import_a_transport_or_a_database_client() -> None:
     assert offending("nodes", CLIENT_LIBRARIES) == []
+
+
+RUNTIME_MODULES = (
+    "framework.runtime",
+    "framework.context",
+    "framework.node",
+    "framework.deadletter",
+    "framework.refill",
+    "framework.sequencing",
+    "framework.observability",
+    "framework.transport",
+)
+"""Modules that run a topology; what only reads one (lint, docgen) takes its names from static modules."""
+
+
+def test_lint_and_docgen_import_no_runtime_module() -> None:
+    assert offending("framework/lint", RUNTIME_MODULES) == []
+    assert offending("framework/docgen", RUNTIME_MODULES) == []

@@ -40,6 +40,7 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
         ["-n", "2000", "-r", "3"],
         [
             Figure(rf"ratio bus/bare\s+{NUMBER}\s+\(target >= 0\.5"),
+            Figure(rf"ratio codec/no codec {NUMBER}"),
             Figure(rf"strict validation adds\s+{NUMBER} us/msg", signed=True),
             Figure(rf"strict adds\s+{NUMBER} us/msg", signed=True),
             Figure(rf"ratio strict/off rate {NUMBER}"),
@@ -58,6 +59,15 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
         ["-n", "20000", "-s", "5000"],
         [Figure(rf"StreamingAggregator .*ratio {NUMBER}"), Figure(rf"aggregate_frame .*speed-up {NUMBER}x")],
     ),
+    "bench_chunks.py": (
+        ["-n", "500", "-r", "1"],
+        [
+            Figure(rf"(?:tick|features)\.v1 .*row-wise is_valid\s+{NUMBER} rows/s", 2),
+            Figure(rf"ChunkValidator\.check\s+[\d,]+ rows/s\s+ratio {NUMBER}x", 2),
+            Figure(rf"from_rows \+ check\s+\S+ rows/s\s+ratio {NUMBER}x", 2),
+            Figure(rf"^1 row: from_rows {NUMBER} us"),
+        ],
+    ),
     "bench_bi5.py": (
         ["--hours", "1", "--publish-hours", "1", "--mean-interval-ms", "2000"],
         [Figure(rf"ratio numpy/struct\s+{NUMBER}x"), Figure(rf"^\s+ratio\s+{NUMBER}x$"), Figure(rf"validation=\w+\s+{NUMBER} ticks/s", 2)],
@@ -74,6 +84,10 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
     "bench_polygon_live.py": (
         ["-m", "1"],
         [Figure(rf"ratio parse/bare {NUMBER}"), Figure(rf"ratio client/bare {NUMBER}"), Figure(rf"ratio polygon/synthetic {NUMBER}")],
+    ),
+    "bench_runtime.py": (
+        ["-n", "2000", "-r", "1", "--rows", "20000", "--chunk", "1000"],
+        [Figure(rf"per hop\s+ratio bare/runtime {NUMBER}"), Figure(rf"per firing\s+ratio bare/runtime {NUMBER}"), Figure(rf"{NUMBER} rows/s through the chain")],
     ),
     "bench_replay.py": (["-n", "500", "-r", "1"], [Figure(rf"speed-up {NUMBER}x")]),
     "bench_stores.py": (

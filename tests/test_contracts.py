@@ -15,9 +15,9 @@ from framework.contracts import (
     Contract,
     ContractRegistry,
     ValidationMode,
-    compatible,
 )
 from framework.errors import UserError, UserErrors
+from framework.lint.compatibility import compatible
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTRACTS = ROOT / "contracts"

@@ -55,36 +55,42 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     assert metrics["spread-watch"]["in"] == produced  # delivered over NATS
     assert all(s["dead_lettered"] == 0 and s["errors"] == 0 for s in metrics.values())
 
-    async def pg_count() -> int:
+    async def pg_ids() -> list[str]:
         conn = await asyncpg.connect(postgres_server.url)
         try:
-            return await conn.fetchval("SELECT count(*) FROM live_ticks WHERE symbol = ANY($1::text[])", ["EURUSD", "XAUUSD"])
+            rows = await conn.fetch("SELECT msg_id FROM live_ticks WHERE symbol = ANY($1::text[])", ["EURUSD", "XAUUSD"])
+            return [r["msg_id"] for r in rows]
         finally:
             await conn.close()
 
-    async def kafka_count() -> int:
+    async def kafka_ids() -> list[str]:
         consumer = AIOKafkaConsumer("tick_archive", bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False)
         await consumer.start()
-        seen = 0
+        ids: list[str] = []
         try:
             for _ in range(20):
                 batch = await consumer.getmany(timeout_ms=500)
-                got = sum(len(v) for v in batch.values())
-                seen += got
-                if not got and seen >= produced:
+                got = [dict(r.headers).get("fxflow-id", b"").decode() for records in batch.values() for r in records]
+                ids += got
+                if not got and len(ids) >= produced:
                     break
         finally:
             await consumer.stop()
-        return seen
+        return ids
 
-    assert asyncio.run(pg_count()) >= produced
-    assert asyncio.run(kafka_count()) >= produced
+    tick_ids = asyncio.run(pg_ids())
+    archived_ids = asyncio.run(kafka_ids())
+    assert len(tick_ids) >= produced and len(archived_ids) >= produced
+    # causation: each tick's id travels in its Kafka headers and its NATS headers (data-bridge, tick-aggregator)
+    assert all(i.startswith("polygon-live-collector-") for i in tick_ids) and set(archived_ids) == set(tick_ids)
     client = clickhouse_connect.get_client(dsn=f"chdb://{data_dir.resolve()}/clickhouse")
     ticks_in_stats = client.query("SELECT sum(ticks) FROM tick_stats").result_rows[0][0]
     archived = client.query("SELECT count() FROM historical_ticks WHERE source = 'polygon'").result_rows[0][0]
     downloaded = client.query("SELECT count() FROM historical_ticks WHERE source = 'dukascopy'").result_rows[0][0]
     bars = dict(client.query("SELECT timeframe, count() FROM historical_aggregates WHERE source = 'aggregator' GROUP BY timeframe").result_rows)
     backfilled = client.query("SELECT count() FROM historical_aggregates WHERE source = 'polygon'").result_rows[0][0]
+    bridged_causes = {r[0] for r in client.query("SELECT cause_id FROM historical_ticks WHERE source = 'polygon'").result_rows}
+    bar_causes = {r[0] for r in client.query("SELECT cause_id FROM live_aggregates").result_rows}
     external = {
         t: client.query(f"SELECT count() FROM {t}").result_rows[0][0]
         for t in ("external_economic_calendar", "external_fred_indicators", "external_commodity_prices")
@@ -92,6 +98,8 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     client.close()
     assert ticks_in_stats == produced
     assert archived == produced  # each tick once, without FINAL
+    assert bridged_causes == set(tick_ids)  # data-bridge names the tick it archived
+    assert bar_causes <= set(tick_ids) | {None}  # a bar the clock closed has no cause
     # the feed runs 4 s: no whole minute, and a live aggregator publishes only buckets it saw from their
     # start (tests/test_chaos.py checks its bars on real servers); here it got every tick over NATS
     assert metrics["tick-aggregator"]["in"] == produced and set(bars) <= {"1m", "5m", "15m", "30m", "1h", "4h", "1d"}

@@ -84,9 +84,9 @@ async def test_open_buckets_survive_a_stop_so_bars_spanning_a_restart_are_whole(
     ticks = _random_ticks(5 * 60)
     cut = T0 + 150 * MINUTE + 7_000  # inside an open 1h, 4h and 1d bucket
     before = await _aggregate(tmp_path, ticks[ticks.ts < cut], complete=False)
-    assert (tmp_path / "services" / "tick-aggregator" / "open-buckets.pickle").exists()
+    assert (tmp_path / "services" / "tick-aggregator" / "state.json").exists()
     after = await _aggregate(tmp_path, ticks[ticks.ts >= cut], complete=True)
-    assert not (tmp_path / "services" / "tick-aggregator" / "open-buckets.pickle").exists()
+    assert not (tmp_path / "services" / "tick-aggregator" / "state.json").exists()
 
     published = pd.DataFrame(before + after)
     assert not published.duplicated(["timeframe", "ts"]).any()  # no bucket was published twice

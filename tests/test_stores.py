@@ -382,7 +382,9 @@ async def test_postgres_without_a_key_every_row_is_kept_and_a_changed_key_is_reb
     with pytest.raises(StoreError, match="already holds rows that repeat its key") as info:
         await pg.ensure_table(name, Table(store="timescale", key=["symbol", "ts"], retention="30d"), TICK_COLUMNS, "ts")
     assert "\n" not in str(info.value)
-    await pg.execute(f"DELETE FROM {name} WHERE ctid IN (SELECT min(ctid) FROM {name} GROUP BY symbol, ts)")
+    await pg.execute(  # one copy of each pair; ctid is per partition, so with tableoid
+        f"DELETE FROM {name} WHERE (tableoid, ctid) IN (SELECT tableoid, min(ctid) FROM {name} GROUP BY tableoid, symbol, ts)"
+    )
     await pg.ensure_table(name, Table(store="timescale", key=["symbol", "ts"], retention="30d"), TICK_COLUMNS, "ts")
     await pg.insert(name, rows)
     await pg.ensure_table(name, Table(store="timescale", key=["ts", "symbol", "seq"], retention="30d"), TICK_COLUMNS, "ts")

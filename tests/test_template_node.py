@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from framework.clock import SimulatedClock
-from framework.testing import contracts, load, make_runtime, query, recording_bus
+from framework.testing import contracts, handled, load, make_runtime, query, recording_bus
 from framework.topology.model import Instrument
 from nodes.synthetic_ticks.node import SyntheticTicks, in_weekend, weekend_end
 from nodes.synthetic_ticks.spec import SyntheticTicksParams
@@ -75,22 +75,26 @@ def quote(symbol: str, ts: int, bid: float, spread: float, digits: int = 5) -> d
     return {"symbol": symbol, "ts": ts, "bid": bid, "ask": round(bid + spread, digits), "source": "test"}
 
 
-async def test_wide_spread_alert_respects_limits_and_cooldown(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["inprocess", "nats"])
+async def test_wide_spread_alert_respects_limits_and_cooldown(tmp_path: Path, transport: str, request: pytest.FixtureRequest) -> None:
+    """The same test on the in-process bus and on a real NATS server (framework.testing)."""
     loaded = load(tmp_path)
-    bus, alerts = await recording_bus("risk.alert.>")
+    url = request.getfixturevalue("nats_server").url if transport == "nats" else None
+    bus, alerts = await recording_bus("risk.alert.>", nats=url)
     rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["spread-watch"])
     await rt.start()
     try:
-        for tick in (
+        for n, tick in enumerate((
             quote("EURUSD", T0, 1.10000, 0.00010),  # 1 pip: fine
             quote("EURUSD", T0 + 1_000, 1.10000, 0.00050),  # 5 pips > 3: alert
             quote("EURUSD", T0 + MINUTE, 1.10000, 0.00060),  # within the 5-minute cooldown
             quote("XAUUSD", T0 + MINUTE, 2650.00, 0.40, digits=2),  # 40 pips, XAUUSD's limit is 60
             quote("XAUUSD", T0 + 2 * MINUTE, 2650.00, 0.70, digits=2),  # 70 pips: alert
             quote("EURUSD", T0 + 1_000 + 5 * MINUTE, 1.10000, 0.00040),  # cooldown over: alert
-        ):
+        ), 1):
             await rt.clock.wait_until(tick["ts"])  # as a source on the simulated clock does
             await bus.publish(f"ticks.{tick['symbol']}", tick)
+            await handled(rt, "spread-watch", n)  # over NATS, before the clock moves on
         node = rt.hosts["spread-watch"].node
         await node.write_stats()
         await rt.writers[("spread-watch", "tick_stats")].flush()

@@ -11,8 +11,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from framework.contracts import ContractRegistry
-from framework.deadletter import SUBJECT_PREFIX as DEADLETTER
-from framework.deadletter import TRANSPORT_SERVICE
+from framework.deadletter_subjects import CONTRACT as DEADLETTER_CONTRACT
+from framework.deadletter_subjects import SUBJECT_PREFIX as DEADLETTER
+from framework.deadletter_subjects import SUBJECT_TEMPLATE as DEADLETTER_TEMPLATE
+from framework.deadletter_subjects import TRANSPORT_SERVICE
+from framework.deadletter_subjects import VARIABLE as DEADLETTER_VARIABLE
 from framework.registry import NodeSpec, Registry
 from framework.subjects import SubjectError, check_subject, intersects
 from framework.topology.model import PHASES, Binding, Table, Topic, Topology
@@ -23,9 +26,6 @@ SOURCE = "topology/services.yaml"
 ANY_CONTRACT = "any"
 FRAMEWORK = "framework"
 """The publisher of what the runtime sends on its own (dead letters), shown beside the services."""
-DEADLETTER_VARIABLE = "service"
-DEADLETTER_TEMPLATE = f"{DEADLETTER}.{{{DEADLETTER_VARIABLE}}}"
-DEADLETTER_CONTRACT = "dead_letter.v1"
 TRANSPORT = TRANSPORT_SERVICE
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from framework.contracts import Contract, ContractRegistry, compatible
+from framework.contracts import Contract, ContractRegistry
+from framework.lint.compatibility import compatible
 from framework.lint.findings import Finding, Level
 from framework.registry import NodeSpec, Registry
 from framework.subjects import check_pattern, intersects

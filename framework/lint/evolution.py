@@ -2,7 +2,7 @@
 
 Each released version ``contracts/<name>.v<N>.json`` has a snapshot, the file as it was
 released, in ``contracts/published/`` (written by ``fxrun contracts publish``). The current
-file is compared with its snapshot through :func:`framework.contracts.compatible`, both ways:
+file is compared with its snapshot through :func:`framework.lint.compatibility.compatible`, both ways:
 messages of the edited contract must satisfy consumers of the published one (services not
 redeployed yet), and messages of the published one must satisfy the edited contract (archives
 replayed, producers not upgraded yet). A failure is breaking: the change belongs in the next
@@ -31,8 +31,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from framework.contracts import Contract, ContractRegistry, compatible
+from framework.contracts import Contract, ContractRegistry
 from framework.errors import UserError, UserErrors
+from framework.lint.compatibility import compatible
 from framework.lint.context import LintContext
 from framework.lint.findings import Finding, Level, exit_code, format_finding
 from framework.topology.source import display_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
-from framework.deadletter import SUBJECT_PREFIX as DEADLETTER
+from framework.deadletter_subjects import SUBJECT_PREFIX as DEADLETTER
 from framework.lint.context import Link, LintContext, Wire, did_you_mean
 from framework.lint.findings import Finding
 from framework.subjects import check_pattern, check_subject, covers

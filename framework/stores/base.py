@@ -187,4 +187,6 @@ def open_store(name: str, config: StoreConfig, data_dir: str) -> Store:
         from framework.stores.memory import MemoryKeyValueStore
 
         return MemoryKeyValueStore(name, config.url, options=config.options)
+    if config.kind == "files":
+        raise StoreError(f"store {name!r} (files) holds artifacts, not tables: put its tables in a clickhouse or postgres store")
     raise StoreError(f"store {name!r}: unknown kind {config.kind!r} (postgres, clickhouse, redis or memory)")

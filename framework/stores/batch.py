@@ -6,7 +6,8 @@ Rows are buffered per table and one background task writes them, in batches of a
 - **Store down**: a failed write keeps its rows and is retried, in order, with exponential
   backoff (``backoff_initial`` doubling to ``backoff_max``, jittered) until it succeeds. An
   outage is logged once, as an error, when it begins and once, as a warning, when writes
-  recover; every failed attempt is counted (``failures``), as is every outage (``outages``).
+  recover; every failed attempt is counted (``failures``), as is every outage (``outages``)
+  (:class:`framework.outage.Outage`).
 - **Bounded memory**: the buffer, including the batch being retried, holds at most
   ``max_buffer`` rows; ``add`` waits while it is full, so back-pressure reaches the producer.
 - **Rejected rows** (``StoreRejected``: a wrong type, a constraint) can never be written: the
@@ -25,8 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Any
 
 import orjson
 
+from framework.outage import Outage
 from framework.stores.base import Store, StoreError, StoreRejected
 
 log = logging.getLogger(__name__)
@@ -69,16 +69,21 @@ class BatchWriter:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self._down_since: float | None = None
-        self._down_attempts = 0
+        self._outage = Outage(
+            log,
+            began=lambda o: (
+                f"writes to table {self.table} are failing; {len(self._rows)} rows kept and retried with backoff "
+                f"(up to {self.backoff_max:.0f}s apart): {o.last_error}"
+            ),
+            ended=lambda o: f"writes to table {self.table} recovered after {o.duration:.1f}s ({o.attempts} failed attempts)",
+            initial=self.backoff_initial,
+            maximum=self.backoff_max,
+        )
         self.added = 0
         self.written = 0
-        self.failures = 0
-        self.outages = 0
         self.rejected = 0
         self.spilled = 0
         self.waits = 0
-        self.last_error: str | None = None
 
     def start(self) -> None:
         if self._task is None and not self._closed and not self._closing.is_set():
@@ -97,7 +102,20 @@ class BatchWriter:
     @property
     def failing(self) -> bool:
         """True from the first failed write of an outage until a write succeeds again."""
-        return self._down_since is not None
+        return self._outage.down
+
+    @property
+    def failures(self) -> int:
+        """Failed write attempts, retries included."""
+        return self._outage.failures
+
+    @property
+    def outages(self) -> int:
+        return self._outage.outages
+
+    @property
+    def last_error(self) -> str | None:
+        return self._outage.last_error
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -157,7 +175,14 @@ class BatchWriter:
 
     async def flush(self, retry: bool = True) -> bool:
         """Write everything buffered now. With ``retry`` keep retrying (with backoff) until it is
-        written or the writer closes; without, stop at the first failure. True when all was written."""
+        written or the writer closes; without, stop at the first failure. True when all was written.
+
+        A caller cancelled meanwhile stops waiting, not writing: an insert under way (a thread,
+        a server's round trip) would complete anyway, and rows it wrote must leave the buffer,
+        or ``close`` would write them again."""
+        return await asyncio.shield(asyncio.ensure_future(self._flush(retry)))
+
+    async def _flush(self, retry: bool) -> bool:
         async with self._lock:
             return await self._drain(None if retry else asyncio.get_running_loop().time())
 
@@ -212,14 +237,13 @@ class BatchWriter:
         """Write the first ``count`` buffered rows. Only this removes rows, always from the front,
         so the buffer's head is exactly the pieces still to write, in order."""
         pieces = deque([count])
-        delay = self.backoff_initial
         while pieces:
             size = pieces[0]
             rows = self._rows[:size]
             try:
                 await self.store.insert(self.table, rows)
             except StoreRejected as exc:
-                self._recovered()
+                self._outage.recovered()
                 pieces.popleft()
                 if size == 1:
                     self._reject(rows[0], exc)
@@ -229,15 +253,13 @@ class BatchWriter:
                     pieces.extendleft((size - half, half))
                 continue
             except Exception as exc:
-                self._failed(exc)
-                if not await self._pause(delay * (0.75 + random.random() / 2), deadline):
+                self._outage.failed(str(exc) if isinstance(exc, StoreError) else exc)
+                if not await self._pause(self._outage.delay(), deadline):
                     return False
-                delay = min(delay * 2, self.backoff_max)
                 continue
-            self._recovered()
+            self._outage.recovered()
             pieces.popleft()
             await self._consume(size)
-            delay = self.backoff_initial
         return True
 
     async def _pause(self, delay: float, deadline: float | None) -> bool:
@@ -263,27 +285,6 @@ class BatchWriter:
             self.written += count
         async with self._space:
             self._space.notify_all()
-
-    def _failed(self, exc: Exception) -> None:
-        self.failures += 1
-        self.last_error = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-        self._down_attempts += 1
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-            self.outages += 1
-            log.error(
-                "writes to table %s are failing; %d rows kept and retried with backoff (up to %.0fs apart): %s",
-                self.table, len(self._rows), self.backoff_max, self.last_error,
-            )
-
-    def _recovered(self) -> None:
-        if self._down_since is not None:
-            log.warning(
-                "writes to table %s recovered after %.1fs (%d failed attempts)",
-                self.table, time.monotonic() - self._down_since, self._down_attempts,
-            )
-            self._down_since = None
-            self._down_attempts = 0
 
     def _reject(self, row: Mapping[str, Any], exc: StoreRejected) -> None:
         self.rejected += 1

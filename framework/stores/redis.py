@@ -11,10 +11,16 @@ A kv table is a key prefix (``<table>:<key>``) and its retention is the keys' TT
 
 ``insert`` (what a table writer calls) stores each row as the latest value under its ``key``
 column (the first column when there is none), in one MULTI/EXEC. There is no SQL here.
+
+A call that finds the connection lost is tried once more at once (the server may have closed a
+pooled connection on restart). A server still unreachable begins an outage, logged once when
+it begins and once when a call succeeds again (:class:`framework.outage.Outage`); the calls
+in between raise :class:`~framework.stores.base.StoreUnavailable` to their callers, who retry.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from framework.outage import Outage
 from framework.stores import base
 from framework.stores.base import KeyValueStore, Store, StoreError, StoreUnavailable
 from framework.topology.model import Table
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     import redis.asyncio
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +66,14 @@ class RedisStore(Store, KeyValueStore):
         self.timeout = float(opts.get("timeout", 5))
         self._client: redis.asyncio.Redis | None = None
         self._tables: dict[str, _KvTable] = {}
+        self.outage = Outage(
+            log,
+            began=lambda o: f"{o.last_error} (its calls fail until it is back)",
+            ended=lambda o: (
+                f"store {self.name!r} ({self.kind}) at {self.safe_url} is reachable again after {o.duration:.1f}s "
+                f"({o.attempts} failed calls)"
+            ),
+        )
 
     @property
     def safe_url(self) -> str:
@@ -82,19 +98,29 @@ class RedisStore(Store, KeyValueStore):
 
         return isinstance(exc, (rx.ConnectionError, rx.TimeoutError)) and not isinstance(exc, rx.AuthenticationError)
 
-    async def _call(self, work: Callable[[redis.asyncio.Redis], Awaitable[T]], *, retry: bool = True) -> T:
-        """``work`` once more on a lost connection (a pooled one the server closed on restart)."""
+    async def _call(
+        self, work: Callable[[redis.asyncio.Redis], Awaitable[T]], *, retry: bool = True, final: bool = True
+    ) -> T:
+        """``work``, once more on a lost connection (a pooled one the server closed on restart) when
+        ``retry``. The outcome of a ``final`` call (one the caller will not retry itself) is the
+        outage's: an unreachable server is a failed attempt, a success ends an outage."""
         if self._client is None:
             raise StoreError(f"store {self.name!r} ({self.kind}) is not connected")
         try:
-            return await work(self._client)
+            try:
+                result = await work(self._client)
+            except Exception as exc:
+                if not (retry and self._connection_lost(exc)):
+                    raise
+                result = await work(self._client)
         except Exception as exc:
-            if not (retry and self._connection_lost(exc)):
-                raise self._error(exc) from None
-        try:
-            return await work(self._client)
-        except Exception as exc:
-            raise self._error(exc) from None
+            error = self._error(exc)
+            if final and isinstance(error, StoreUnavailable):
+                self.outage.failed(str(error))
+            raise error from None
+        if self.outage.down:
+            self.outage.recovered()
+        return result
 
     async def connect(self) -> None:
         import redis.asyncio
@@ -154,7 +180,7 @@ class RedisStore(Store, KeyValueStore):
             return await pipe.execute()
 
         try:
-            results = [bool(r) for r in await self._call(set_nx, retry=False)]
+            results = [bool(r) for r in await self._call(set_nx, retry=False, final=False)]
         except StoreUnavailable:
             results = [bool(r) for r in await self._call(set_nx, retry=False)]
             undecided = [i for i, ok in enumerate(results) if not ok]

@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from framework.durations import parse_ms
 from framework.topology.templates import ANY_TOKEN
@@ -119,7 +119,7 @@ class KafkaConfig(Strict):
 
 
 class StoreConfig(Strict):
-    kind: Literal["postgres", "clickhouse", "redis", "memory"]
+    kind: Literal["postgres", "clickhouse", "redis", "memory", "files"]
     url: str
     password_env: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -178,6 +178,11 @@ class Table(Strict):
         description="ReplacingMergeTree: of the rows with the same ordering key, the one with the highest value of this "
         "integer column is kept (a bar's revision), whatever order they were written in",
     )
+    trace: bool = Field(
+        default=False,
+        description="keep each row's message id and the id of the message that caused it (columns msg_id, cause_id): "
+        "`fxrun trace ID` follows the chain through such tables",
+    )
     writers: Literal["shared"] | None = Field(
         default=None,
         description="shared: several services write this table on purpose and their rows never repeat each other "
@@ -204,6 +209,21 @@ class RuntimeVariable(Strict):
     description: str | None = None
 
 
+class BufferSpec(Strict):
+    """A slow consumer's input buffer: ``block`` (the publisher waits: nothing lost), ``drop_oldest``
+    (the oldest message goes), ``conflate`` (only the newest message per ``key`` value is kept)."""
+
+    size: int = Field(ge=1)
+    policy: Literal["block", "drop_oldest", "conflate"] = "block"
+    key: str | None = Field(default=None, description="conflate: the message field whose latest value per key is kept")
+
+    @model_validator(mode="after")
+    def _key(self) -> BufferSpec:
+        if self.policy == "conflate" and not self.key:
+            raise ValueError("policy conflate needs `key`: the field whose newest message per value is kept")
+        return self
+
+
 class Binding(Strict):
     """Where one port of a node is wired: NATS subjects, Kafka topics and tables.
 
@@ -224,7 +244,12 @@ class Binding(Strict):
     replay: bool = Field(
         default=False,
         description="inputs: the Kafka topics are not consumed continuously; the node reads them on demand "
-        "with ctx.replay(port, start_ms, end_ms) (gap filling)",
+        "with ctx.replay(port, start_ms, end_ms) (gap filling), and the runtime refills gaps of numbered streams",
+    )
+    buffer: BufferSpec | None = Field(
+        default=None,
+        description="inputs: a bounded buffer between the transport and the node, so a slow node (a dashboard, a "
+        "notifier) never slows its publishers; what happens when it is full is the policy",
     )
     description: str | None = None
 
@@ -287,6 +312,20 @@ class RuntimeConfig(Strict):
             utc_ms(value)
         return value
     persist_log: bool = True
+    archive: bool = Field(
+        default=True,
+        description="false: ports do not send to their Kafka topics, except topics a service of the run reads "
+        "(a backtest has no use for an archive nothing replays)",
+    )
+    log_max_records: int | None = Field(
+        default=None, ge=1, description="the in-process log keeps at most this many records per partition (the oldest go)"
+    )
+    wire_codec: bool = Field(
+        default=True,
+        description="in-process pub/sub only: every subscriber gets its own copy decoded from the JSON NATS would "
+        "carry, so a message the wire cannot carry (a numpy number, a datetime, a set) fails at publish as on NATS "
+        "(false: the published objects themselves, faster; for backtests)",
+    )
     archive_wait: str = Field(
         default="2s",
         description="a message on a port with a Kafka archive waits this long at most for the archive's acknowledgement "

@@ -35,6 +35,10 @@ class UnknownTopicError(TransportError, LookupError):
     """A topic was used that the topology never declared through ``ensure_topics``."""
 
 
+class NoResponders(TransportError):
+    """A request found nobody subscribed to answer it."""
+
+
 class PartitionNotAssignedError(TransportError, ValueError):
     """``commit``/``seek`` named a partition this group member does not own (any more)."""
 
@@ -58,6 +62,21 @@ def isolated(handler: Handler) -> Handler:
     """
     setattr(handler, ISOLATED_ATTR, True)
     return handler
+
+
+CHUNK_ATTR = "accepts_chunks"
+"""Set on a subscriber that takes a whole chunk (the runtime's deliveries); others get its rows."""
+
+
+def row_headers(headers: Headers | None, n: int) -> list[Headers | None]:
+    """The headers of each of a chunk's ``n`` rows: the chunk's, with ids counted on from its first."""
+    if not headers or "fxflow-count" not in headers:
+        return [headers] * n
+    first = headers["fxflow-id"]
+    prefix, _, number = first.rpartition("-")
+    base = {k: v for k, v in headers.items() if k not in ("fxflow-id", "fxflow-count")}
+    start = int(number)
+    return [{**base, "fxflow-id": f"{prefix}-{start + i}"} for i in range(n)]
 
 
 class Subscription(abc.ABC):
@@ -97,6 +116,24 @@ class PubSubTransport(abc.ABC):
 
     async def flush(self) -> None:
         """Wait until everything published so far has been handed to the server (or delivered)."""
+
+    async def publish_chunk(self, subject: str, chunk: Any, headers: Headers | None = None) -> None:
+        """Publish a :class:`~framework.chunk.Chunk` on ``subject``: its rows, in order, as messages.
+
+        A chunk's headers give the first row's id and ``fxflow-count``; each row gets its own
+        id (:func:`row_headers`). The in-process bus hands the chunk whole to subscribers that
+        take chunks (``accepts_chunks``)."""
+        for row, row_hdrs in zip(chunk.rows(), row_headers(headers, len(chunk))):
+            await self.publish(subject, row, row_hdrs)
+
+    async def request(self, subject: str, payload: Message, headers: Headers | None = None, timeout: float = 5.0) -> Message:
+        """Publish ``payload`` to one subscriber of ``subject`` and return its reply.
+
+        The subscriber's handler returns the reply (a dict); a handler object with a
+        ``request`` attribute is called through it (the runtime's mailbox deliveries, which
+        return only once the reply exists). Raises :class:`NoResponders` when nobody is
+        subscribed, TimeoutError after ``timeout`` seconds."""
+        raise NotImplementedError(f"{type(self).__name__} does not do request/reply")
 
     def on_connection(self, listener: Callable[[bool], None]) -> None:
         """Call ``listener(False)`` when the connection to the server drops and ``listener(True)``

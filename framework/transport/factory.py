@@ -19,7 +19,7 @@ def make_pubsub(topology: Topology, *, service: str, on_undecodable: Undecodable
     if kind == "inprocess":
         from framework.transport.inprocess import InProcessPubSub
 
-        return InProcessPubSub()
+        return InProcessPubSub(wire=topology.runtime.wire_codec)
     if topology.nats is None:
         raise UserError("runtime.pubsub is 'nats' but the topology has no `nats:` section", path="nats")
     from framework.transport.nats import NatsPubSub
@@ -36,7 +36,9 @@ def make_log(
 
         # written through: a record is on disk (the kernel's, which outlives the process) when it is
         # acknowledged, as a broker's acknowledgement means it is stored
-        return InProcessLog(data_dir / "log" if topology.runtime.persist_log else None, flush_every=1)
+        return InProcessLog(
+            data_dir / "log" if topology.runtime.persist_log else None, flush_every=1, max_records=topology.runtime.log_max_records
+        )
     if topology.kafka is None:
         raise UserError("runtime.log is 'kafka' but the topology has no `kafka:` section", path="kafka")
     from framework.transport.kafka import KafkaLog

@@ -3,7 +3,8 @@
 :class:`InProcessPubSub` is the demo's hot path. ``publish`` dispatches inline: it awaits
 every matching handler before returning, with no queue or task per message (the design of
 NautilusTrader's message bus). A handler therefore runs on the publisher's stack; a slow
-handler slows its publisher, exactly as it would throttle a single-threaded consumer.
+handler slows its publisher, exactly as it would throttle a single-threaded consumer. With
+``wire=True`` every message goes through the NATS codec on the way (see the class).
 
 :class:`InProcessLog` keeps Kafka's contract (keyed partitions with Kafka's own
 partitioner, consumer groups with range assignment, explicit commits, replay) and can
@@ -27,12 +28,14 @@ import orjson
 
 from framework.subjects import SubjectIndex, validate_pattern
 from framework.transport.base import (
+    CHUNK_ATTR,
     ISOLATED_ATTR,
     Handler,
     Headers,
     LogConsumer,
     LogTransport,
     Message,
+    NoResponders,
     PartitionNotAssignedError,
     PubSubTransport,
     Record,
@@ -44,7 +47,9 @@ from framework.transport.base import (
     TransportError,
     UnknownTopicError,
     check_consumer_args,
+    row_headers,
 )
+from framework.transport.codec import decode, encode
 
 __all__ = [
     "InProcessConsumer",
@@ -159,17 +164,37 @@ def _join_queues(entries: tuple[_Entry, ...]) -> tuple[_Entry, ...]:
 _ROUTE_CACHE_SIZE = 100_000
 
 
+def _responder(entry: _Entry) -> Handler:
+    """The handler that answers a request: the subscriber, or the next member of a queue group."""
+    if isinstance(entry, _Subscription):
+        return entry.target
+    members = entry.members if isinstance(entry, _QueueGroup) else [m for g in entry.groups for m in g.members]
+    member = members[entry._next % len(members)]
+    entry._next += 1
+    return member.target
+
+
 class InProcessPubSub(PubSubTransport):
     """NATS semantics inside one process, with inline (synchronous-await) delivery.
 
-    Delivery order equals publish order per subscriber. Payload and headers objects are
-    handed to every subscriber as they are (not copied): handlers must not mutate them.
-    Once :meth:`close` has begun, ``publish`` raises (also from handlers still running,
-    where it is logged like any handler error). Do not call :meth:`close` from inside a
-    handler: it waits for that very delivery.
+    Delivery order equals publish order per subscriber. Once :meth:`close` has begun,
+    ``publish`` raises (also from handlers still running, where it is logged like any handler
+    error). Do not call :meth:`close` from inside a handler: it waits for that very delivery.
+
+    ``wire=False``: payload and headers objects are handed to every subscriber as they are
+    (not copied), so handlers must not mutate them; the fastest, for backtests.
+    ``wire=True``: the payload is encoded once with the NATS codec (:mod:`framework.transport.codec`)
+    and each subscriber gets its own decoded copy, headers copied likewise (``None`` when
+    empty, as from NATS). A payload NATS cannot carry raises
+    :class:`~framework.transport.codec.EncodeError` at publish, subscribers or not; a
+    subscriber sees what it would over NATS (tuples as lists, NaN as None) and cannot change
+    what another one sees.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, wire: bool = False) -> None:
+        self.wire = wire
+        if wire:
+            self.publish = self._publish_wire  # type: ignore[method-assign]
         self._index: SubjectIndex[_Entry] = SubjectIndex()
         self._routes: dict[str, tuple[_Entry, ...]] = {}
         self._groups: dict[tuple[str, str], _QueueGroup] = {}
@@ -205,20 +230,80 @@ class InProcessPubSub(PubSubTransport):
                 return entry.target(subject, payload, headers)
         return self._fan_out(entries, subject, payload, headers)
 
+    def _publish_wire(self, subject: str, payload: Message, headers: Headers | None = None) -> Awaitable[None]:
+        """:meth:`publish` through the codec (``wire=True``), with a decoded copy per subscriber."""
+        try:
+            entries = self._routes[subject]
+        except (KeyError, TypeError):
+            entries = self._route(subject)
+        data = encode(payload, subject)
+        if len(entries) == 1:
+            entry = entries[0]
+            if entry.isolated:
+                return entry.target(subject, decode(data), dict(headers) if headers else None)
+        return self._fan_out(entries, subject, payload, headers, data)
+
     async def _fan_out(
-        self, entries: tuple[_Entry, ...], subject: str, payload: Message, headers: Headers | None
+        self, entries: tuple[_Entry, ...], subject: str, payload: Message, headers: Headers | None, data: bytes | None = None
     ) -> None:
+        """Deliver to each entry in turn; with ``data`` (the wire), each gets its own decoded copy."""
         self._inflight += 1
         try:
             for entry in entries:
                 try:
-                    await entry.target(subject, payload, headers)
+                    if data is None:
+                        await entry.target(subject, payload, headers)
+                    else:
+                        await entry.target(subject, decode(data), dict(headers) if headers else None)
                 except Exception:
                     logger.exception("subscriber of %r (queue %r) failed on %r", entry.pattern, entry.queue, subject)
         finally:
             self._inflight -= 1
             if self._drained is not None and not self._inflight:
                 self._drained.set()
+
+    async def publish_chunk(self, subject: str, chunk: Any, headers: Headers | None = None) -> None:
+        """Subscribers that take chunks (the runtime's) get it whole; the others its rows, in order.
+
+        With ``wire=True`` the rows go through the codec first (a value NATS could not carry
+        fails here too) and chunk subscribers get a chunk rebuilt from the decoded rows."""
+        try:
+            entries = self._routes[subject]
+        except (KeyError, TypeError):
+            entries = self._route(subject)
+        rows: list[Message] | None = None
+        if self.wire:
+            data = [encode(row, subject) for row in chunk.rows()]
+            rows = [decode(d) for d in data]
+            chunk = type(chunk).from_rows(rows, chunk.names)
+        per_row: list[Headers | None] | None = None
+        for entry in entries:
+            target = entry.target if isinstance(entry, _Subscription) else _responder(entry)
+            try:
+                if getattr(target, CHUNK_ATTR, False):
+                    await target(subject, chunk, headers)
+                    continue
+                rows = rows if rows is not None else chunk.rows()
+                per_row = per_row if per_row is not None else row_headers(headers, len(rows))
+                for row, row_hdrs in zip(rows, per_row):
+                    await target(subject, dict(row) if self.wire else row, row_hdrs)
+            except Exception:
+                logger.exception("subscriber of %r (queue %r) failed on %r", entry.pattern, entry.queue, subject)
+
+    async def request(self, subject: str, payload: Message, headers: Headers | None = None, timeout: float = 5.0) -> Message:
+        try:
+            entries = self._routes[subject]
+        except (KeyError, TypeError):
+            entries = self._route(subject)
+        entries = tuple(e for e in entries if e.target is not _discard)
+        if not entries:
+            raise NoResponders(f"no responder for a request on {subject!r}")
+        target = _responder(entries[0])
+        answer = getattr(target, "request", None)
+        reply = await asyncio.wait_for(answer(subject, payload, headers) if answer else target(subject, payload, headers), timeout)
+        if not isinstance(reply, dict):
+            raise TransportError(f"the responder on {subject!r} gave no reply (its handler returned {type(reply).__name__})")
+        return reply
 
     def _route(self, subject: str) -> tuple[_Entry, ...]:
         """The slow path of ``publish``: state check, validation and index lookup, memoised.
@@ -430,6 +515,8 @@ class InProcessLog(LogTransport):
     killed process, and ``close()`` also fsyncs. A torn last line is dropped on reopen.
 
     ``now_ms`` supplies record timestamps and the retention clock (wall clock by default).
+    ``max_records`` bounds every partition: beyond it the oldest records go (offsets are
+    never reused), so a long backtest's log does not grow without end.
     """
 
     def __init__(
@@ -438,8 +525,10 @@ class InProcessLog(LogTransport):
         *,
         flush_every: int = 1000,
         now_ms: Callable[[], int] = _wall_ms,
+        max_records: int | None = None,
     ) -> None:
         self.directory = Path(directory) if directory is not None else None
+        self.max_records = max_records
         self._flush_every = max(1, flush_every)
         self._now_ms = now_ms
         self._topics: dict[str, _Topic] = {}
@@ -531,6 +620,10 @@ class InProcessLog(LogTransport):
         part.end += 1
         if t.spec.retention_ms is not None:
             part.expire(self._now_ms() - t.spec.retention_ms)
+        if self.max_records is not None and len(part.records) > self.max_records:
+            drop = len(part.records) - self.max_records
+            del part.records[:drop]
+            part.start += drop
         for member in t.members:
             member._wakeup.set()
         return RecordMetadata(topic, p, record.offset, ts)

@@ -80,6 +80,7 @@ from framework.transport.base import (
     UnknownTopicError,
     check_consumer_args,
 )
+from framework.transport.codec import encode
 from framework.transport.inprocess import DEFAULT_MAX_RECORDS
 
 __all__ = ["KafkaConsumer", "KafkaLog", "OnUndecodable", "bootstrap_servers"]
@@ -435,7 +436,7 @@ class KafkaLog(LogTransport):
         ts = _now_ms() if timestamp_ms is None else int(timestamp_ms)
         sent = await producer.send(
             topic,
-            orjson.dumps(value),
+            encode(value, topic),
             key=None if key is None else key.encode(),
             headers=[(k, v.encode()) for k, v in headers.items()] if headers else None,
             timestamp_ms=ts,

@@ -1,7 +1,8 @@
 """NATS pub/sub transport: core NATS for live subjects, JetStream for durable ones.
 
 :class:`NatsPubSub` implements :class:`~framework.transport.base.PubSubTransport` over
-nats-py. Payloads are ``dict`` messages encoded as JSON (orjson); headers pass through.
+nats-py. Payloads are ``dict`` messages encoded as JSON by :mod:`framework.transport.codec`;
+headers pass through.
 
 Subjects matching one of ``NatsConfig.durable`` are kept in JetStream: one stream per
 durable pattern (``signals.>`` → stream ``FXFLOW_SIGNALS``), published with ``js.publish``
@@ -26,7 +27,6 @@ import hashlib
 import inspect
 import logging
 import os
-import random
 import re
 import ssl
 import time
@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import orjson
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as CoreSubscription
@@ -45,6 +44,7 @@ from nats.errors import (
     ConnectionClosedError,
     ConnectionDrainingError,
     MaxPayloadError,
+    NoRespondersError,
     NoServersError,
     OutboundBufferLimitError,
     SlowConsumerError,
@@ -62,6 +62,7 @@ from nats.js.errors import (
 from nats.nuid import NUID
 
 from framework.errors import UserError
+from framework.outage import Outage
 from framework.subjects import (
     SubjectError,
     SubjectIndex,
@@ -75,11 +76,13 @@ from framework.transport.base import (
     Handler,
     Headers,
     Message,
+    NoResponders,
     PubSubTransport,
     Subscription,
     TransportClosedError,
     TransportError,
 )
+from framework.transport.codec import DecodeError, decode, encode
 
 __all__ = [
     "DurablePublishError",
@@ -304,15 +307,19 @@ class _NatsSubscription(Subscription):
     async def on_core(self, msg: Msg) -> None:
         if not self.active:
             return
-        payload = self._decode(msg)
-        if payload is None:
-            await self._owner._undecodable(msg.subject, msg.data, self._reason(msg.data))
+        try:
+            payload = decode(msg.data)
+        except DecodeError as exc:
+            await self._owner._undecodable(msg.subject, msg.data, str(exc))
             return
         if self._task is None:
             self._task = asyncio.current_task()
         self._busy = True
         try:
-            await self._handler(msg.subject, payload, msg.headers)
+            if msg.reply:
+                await self._answer(msg, payload)
+            else:
+                await self._handler(msg.subject, payload, msg.headers)
         except Exception:
             logger.exception("NATS: subscriber of %r (queue %r) failed on %s", self.pattern, self.queue, msg.subject)
         finally:
@@ -320,13 +327,23 @@ class _NatsSubscription(Subscription):
             if self._idle is not None:
                 self._idle.set()
 
+    async def _answer(self, msg: Msg, payload: Message) -> None:
+        """A request: the handler's return value (through its ``request``, for a mailbox) is the reply."""
+        answer = getattr(self._handler, "request", None)
+        reply = await (answer(msg.subject, payload, msg.headers) if answer else self._handler(msg.subject, payload, msg.headers))
+        if isinstance(reply, dict):
+            await msg.respond(encode(reply, msg.reply))
+        else:
+            logger.error("NATS: the subscriber of %r gave no reply to a request on %s", self.pattern, msg.subject)
+
     async def on_durable(self, msg: Msg) -> None:
         if not self.active:
             await _settle(msg.nak)
             return
-        payload = self._decode(msg)
-        if payload is None:
-            await self._owner._undecodable(msg.subject, msg.data, self._reason(msg.data))
+        try:
+            payload = decode(msg.data)
+        except DecodeError as exc:
+            await self._owner._undecodable(msg.subject, msg.data, str(exc))
             await _settle(msg.term)
             return
         headers = msg.headers
@@ -365,22 +382,6 @@ class _NatsSubscription(Subscription):
             "; giving up on this message" if final else "; it will be redelivered",
         )
         return msg.term if final else lambda: msg.nak(delay=_NAK_DELAY)
-
-    @staticmethod
-    def _decode(msg: Msg) -> Message | None:
-        try:
-            payload = orjson.loads(msg.data)
-        except orjson.JSONDecodeError:
-            return None
-        return payload if type(payload) is dict else None
-
-    @staticmethod
-    def _reason(raw: bytes) -> str:
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            return f"payload is not valid JSON: {_one_line(exc)}"
-        return f"payload is a JSON {type(value).__name__}, not an object"
 
     async def unsubscribe(self) -> None:
         if self._unsubscribed:
@@ -525,15 +526,13 @@ class NatsPubSub(PubSubTransport):
         self._warned_partial: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._restore: asyncio.Task[None] | None = None
-        self._still_down_logged = 0.0
         self._nuid = NUID()
         self._up = asyncio.Event()
         self._closing = False
         self._connecting = False
         self._last_error: BaseException | None = None
         self._connect_errors: list[BaseException] = []
-        self._down_since: float | None = None
-        self._down_mono = 0.0
+        self._outage = self._new_outage()
         self._reconnect_attempt = 0
 
         self.disconnects = 0
@@ -571,8 +570,37 @@ class NatsPubSub(PubSubTransport):
             "duplicates": self.duplicates,
             "buffered_bytes": self.buffered_bytes,
             "last_gap_s": None if last is None else round(last[1] - last[0], 3),
-            "down_for_s": None if self._down_since is None else round(time.time() - self._down_since, 3),
+            "down_for_s": None if self._outage.started_at is None else round(time.time() - self._outage.started_at, 3),
         }
+
+    def _new_outage(self) -> Outage:
+        """Disconnected until reconnected: logged when it begins, every 30 s while it lasts, and when it ends."""
+
+        def still(o: Outage) -> str:
+            reason = f"; last error: {_one_line(self._last_error)}" if self._last_error is not None else ""
+            return (
+                f"NATS: {self.service} still disconnected from {self._urls} after {o.duration:.0f}s "
+                f"({self._reconnect_attempt - 1} attempts){reason}"
+            )
+
+        def ended(o: Outage) -> str:
+            nc = self._nc
+            url = redact_url(_url_of(nc)) if nc is not None else self._urls
+            return f"NATS: {self.service} reconnected to {url} after a {o.duration:.3f}s gap"
+
+        return Outage(
+            logger,
+            began=lambda o: (
+                f"NATS: {self.service} disconnected from {self._urls}; reconnecting, "
+                f"publishes buffered up to {self.config.reconnect_buffer_bytes} bytes"
+            ),
+            still=still,
+            ended=ended,
+            began_level=logging.WARNING,
+            initial=_RECONNECT_BASE_DELAY,
+            maximum=self._reconnect_max_delay,
+            jitter=(0.5, 1.0),
+        )
 
     # --- connection -----------------------------------------------------------------------
 
@@ -585,7 +613,7 @@ class NatsPubSub(PubSubTransport):
         self._connecting = True
         self._last_error = None
         self._connect_errors = []
-        self._down_since = None
+        self._outage = self._new_outage()
         self._reconnect_attempt = 0
         nc = Client()
         self._fatal_connect = asyncio.Event()
@@ -725,23 +753,12 @@ class NatsPubSub(PubSubTransport):
         """Reconnect pacing: every server once without waiting, then rounds with doubling delays."""
         attempt = self._reconnect_attempt
         self._reconnect_attempt += 1
-        now = time.monotonic()
-        if self._down_since is not None and now - max(self._down_mono, self._still_down_logged) >= 30.0:
-            self._still_down_logged = now
-            reason = f"; last error: {_one_line(self._last_error)}" if self._last_error is not None else ""
-            logger.warning(
-                "NATS: %s still disconnected from %s after %.0fs (%d attempts)%s",
-                self.service,
-                self._urls,
-                now - self._down_mono,
-                attempt,
-                reason,
-            )
         if attempt == 0:
             return servers[0], 0.0
+        if self._outage.down:
+            self._outage.failed(self._last_error)
         rounds = (attempt - 1) // max(len(servers), 1)
-        delay = min(self._reconnect_max_delay, _RECONNECT_BASE_DELAY * 2 ** min(rounds, 16))
-        return servers[attempt % len(servers)], delay * random.uniform(0.5, 1.0)
+        return servers[attempt % len(servers)], self._outage.delay(rounds)
 
     async def _on_error(self, exc: Exception) -> None:
         if isinstance(exc, SlowConsumerError):
@@ -766,38 +783,23 @@ class NatsPubSub(PubSubTransport):
         logger.warning("NATS: %s: %s", self.service, _one_line(exc))
 
     async def _on_disconnected(self) -> None:
-        if self._closing or self._down_since is not None:
+        if self._closing or self._outage.down:
             return
         self.disconnects += 1
-        self._down_since = time.time()
-        self._down_mono = time.monotonic()
         self._up.clear()
+        self._outage.failed(self._last_error)
         self._connection_changed(False)
-        logger.warning(
-            "NATS: %s disconnected from %s; reconnecting, publishes buffered up to %d bytes",
-            self.service,
-            self._urls,
-            self.config.reconnect_buffer_bytes,
-        )
 
     async def _on_reconnected(self) -> None:
         self.reconnects += 1
         self._reconnect_attempt = 0
         now = time.time()
-        since = self._down_since if self._down_since is not None else now
-        gap = time.monotonic() - self._down_mono if self._down_since is not None else 0.0
-        self._down_since = None
+        since = self._outage.started_at if self._outage.started_at is not None else now
         self.gaps.append((since, now))
         del self.gaps[:-_MAX_GAPS]
         self._up.set()
         self._connection_changed(True)
-        nc = self._nc
-        logger.warning(
-            "NATS: %s reconnected to %s after a %.3fs gap",
-            self.service,
-            redact_url(_url_of(nc)) if nc is not None else self._urls,
-            gap,
-        )
+        self._outage.recovered()
         if self.streams:
             if self._restore is not None:
                 self._restore.cancel()
@@ -891,7 +893,7 @@ class NatsPubSub(PubSubTransport):
         nc = self._nc
         if nc is None:
             raise TransportClosedError(f"publish to {subject!r} on a closed NATS transport")
-        data = orjson.dumps(payload)
+        data = encode(payload, subject)
         if stream is not None:
             await self._publish_durable(stream, subject, payload, data, headers)
             return
@@ -910,6 +912,26 @@ class NatsPubSub(PubSubTransport):
             self.publish_errors += 1
             raise NatsTransportError(f"publish to {subject!r} failed: {_one_line(exc)}") from None
 
+    async def request(self, subject: str, payload: Message, headers: Headers | None = None, timeout: float = 5.0) -> Message:
+        nc = self._nc
+        if nc is None:
+            raise TransportClosedError(f"request on {subject!r} on a closed NATS transport")
+        reason = check_subject(subject)
+        if reason is not None:
+            raise SubjectError(reason)
+        try:
+            msg = await nc.request(subject, encode(payload, subject), timeout=timeout, headers=None if headers is None else dict(headers))
+        except NoRespondersError:
+            raise NoResponders(f"no responder for a request on {subject!r}") from None
+        except NatsTimeoutError:
+            raise TimeoutError(f"no reply to a request on {subject!r} within {timeout:g}s") from None
+        except (ConnectionClosedError, ConnectionDrainingError):
+            raise TransportClosedError(f"request on {subject!r} on a closed NATS connection") from None
+        try:
+            return decode(msg.data)
+        except DecodeError as exc:
+            raise NatsTransportError(f"undecodable reply to a request on {subject!r}: {exc}") from None
+
     def _route(self, subject: str) -> DurableStream | None:
         """Validate a subject once and remember whether it is durable (memo cleared on close)."""
         reason = check_subject(subject)
@@ -926,7 +948,8 @@ class NatsPubSub(PubSubTransport):
 
     def _buffer_full(self, subject: str, size: int) -> PublishBufferFullError:
         self.publish_errors += 1
-        down = f" for {time.time() - self._down_since:.1f}s" if self._down_since is not None else ""
+        started = self._outage.started_at
+        down = f" for {time.time() - started:.1f}s" if started is not None else ""
         return PublishBufferFullError(
             f"publish of {size} bytes to {subject!r} refused: disconnected from NATS ({self._urls}){down} "
             f"and the reconnect buffer (nats.reconnect_buffer_bytes={self.config.reconnect_buffer_bytes}) is full"

@@ -1,13 +1,16 @@
 """The data bridge: everything real-time lands in the archive tables once.
 
 Messages are collected into batches. For each batch the bridge asks the key-value store
-(Dragonfly/Redis live, in-process in the demo) which dedup keys are already claimed, writes
-the rest through its table ports, waits until those rows are durably written
-(:meth:`~framework.context.NodeContext.flush`), and only then claims their keys. A claim
+(Dragonfly/Redis live, in-process in the demo) which dedup keys are already claimed, and
+hands the rest to its table ports, remembering their keys as unclaimed (a repeat of one is
+dropped too). Its claimer waits until those rows are durably written
+(:meth:`~framework.context.NodeContext.flush`) and only then claims their keys. A claim
 therefore always stands for a row in the table: a bridge killed between the write and the
 claim writes the row again after its restart (ReplacingMergeTree ordering keys collapse the
 copy), and one killed before the write has claimed nothing, so the catch-up replay writes
-it (docs/decisions.md, "Claim after the write").
+it (docs/decisions.md, "Claim after the write"). Handlers never wait for a write; which
+messages are archived does not depend on when the claims land (claimed or unclaimed, a key
+counts as seen).
 
 Gaps in the real-time path (NATS is at most once) are filled from the Kafka archive:
 - sequence gaps of the tick stream by the runtime (the input is bound to the archive with
@@ -55,7 +58,7 @@ def external_key(e: dict[str, Any]) -> str:
 
 class DataBridge(Node[DataBridgeParams]):
     async def on_start(self) -> None:
-        self.pending: list[tuple[str, str, dict[str, Any]]] = []
+        self.pending: list[tuple[str, str, dict[str, Any], str | None]] = []
         self.duplicates = 0
         self.written = 0
         self.replayed = 0
@@ -64,21 +67,26 @@ class DataBridge(Node[DataBridgeParams]):
         self._replays: asyncio.Queue[Span] = asyncio.Queue()
         self._unfilled: list[Span] = []
         self._flush_lock = asyncio.Lock()
-        self._unclaimed: set[str] = set()
+        self._unclaimed: dict[str, int | None] = {}
+        """Keys handed to the table writers and not yet claimed, with the tick time of each tick."""
+        self._claims = asyncio.Event()
         state = self._load_state()
         self.archived_through: int | None = state.get("archived_through")
         self._replayer = asyncio.create_task(self._replay_loop(), name=f"{self.ctx.service}.replay")
+        self._claimer = asyncio.create_task(self._claim_loop(), name=f"{self.ctx.service}.claims")
         for start, end, why in state.get("unfilled", []):
             self._request_replay((int(start), int(end), str(why)))
         await self._catch_up()
 
     async def on_stop(self) -> None:
-        self._replayer.cancel()
-        try:
-            await self._replayer
-        except (asyncio.CancelledError, Exception):
-            pass
+        for task in (self._replayer, self._claimer):
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
         await self.flush()
+        await self._claim_written()
         for start, end, why in self._unfilled:
             self.ctx.log.warning(
                 "stopping before the replay of %s (%d..%d): that gap is not filled yet; it is replayed on the next start",
@@ -113,7 +121,7 @@ class DataBridge(Node[DataBridgeParams]):
     # --- batching, dedup, claims ---------------------------------------------------------
 
     async def _add(self, port: str, key: str, message: dict[str, Any]) -> None:
-        self.pending.append((port, key, message))
+        self.pending.append((port, key, message, self.ctx.current_id))
         if len(self.pending) >= self.params.batch_size:
             await self.flush()
 
@@ -122,39 +130,52 @@ class DataBridge(Node[DataBridgeParams]):
         async with self._flush_lock:
             while self.pending:
                 batch = self.pending[: self.params.batch_size]
-                if not await self._archive(batch):  # cancelled (a stop) or failed: the batch stays pending
-                    return
                 del self.pending[: len(batch)]
-            self._save_state()
+                try:
+                    await self._archive(batch)
+                except BaseException:
+                    self.pending[:0] = batch  # a stop interrupted it: kept for the next flush (handed keys are skipped)
+                    raise
 
-    async def _archive(self, batch: list[tuple[str, str, dict[str, Any]]]) -> bool:
-        """Write the batch's new messages, then claim their keys; False if the writes could not complete."""
-        unique: dict[str, tuple[str, dict[str, Any]]] = {}
-        for port, key, message in batch:
-            unique.setdefault(key, (port, message))
+    async def _archive(self, batch: list[tuple[str, str, dict[str, Any], str | None]]) -> None:
+        """Hand the batch's new messages to the table writers; the claimer claims them once written."""
+        unique: dict[str, tuple[str, dict[str, Any], str | None]] = {}
+        for port, key, message, cause in batch:
+            unique.setdefault(key, (port, message, cause))
         self.duplicates += len(batch) - len(unique)
-        keys = list(unique)
-        dedup = self.ctx.table(self.params.dedup_table)
-        known = await dedup.seen(keys)
+        keys = [key for key in unique if key not in self._unclaimed]
+        known = await self.ctx.table(self.params.dedup_table).seen(keys)
         fresh = [key for key, old in zip(keys, known) if not old]
-        self.duplicates += len(keys) - len(fresh)
-        if not fresh:
-            return True
-        newest = self.archived_through
+        self.duplicates += len(unique) - len(fresh)
         for key in fresh:
-            port, message = unique[key]
-            if key not in self._unclaimed:  # not handed over already by an attempt a stop interrupted
-                await self.ctx.publish(port, message)
-                self._unclaimed.add(key)
-            if port == "archived_ticks":
-                newest = max(newest or 0, message["ts"])
+            port, message, cause = unique[key]
+            self._unclaimed[key] = message["ts"] if port == "archived_ticks" else None
+            await self.ctx.publish(port, message, caused_by=cause)
+        if fresh:
+            self._claims.set()
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await self._claims.wait()
+            self._claims.clear()
+            await self._claim_written()
+
+    async def _claim_written(self) -> bool:
+        """Wait until what was handed over so far is written, then claim its keys."""
+        handed = dict(self._unclaimed)
+        if not handed:
+            return True
         if not await self.ctx.flush():
-            self.ctx.log.error("%d archived row(s) could not be written (spilled); their keys stay unclaimed", len(fresh))
+            self.ctx.log.error("%d archived row(s) could not be written (spilled); their keys stay unclaimed", len(handed))
             return False
-        await dedup.claim(fresh)
-        self._unclaimed.difference_update(fresh)
-        self.written += len(fresh)
-        self.archived_through = newest
+        await self.ctx.table(self.params.dedup_table).claim(list(handed))
+        for key in handed:
+            self._unclaimed.pop(key, None)
+        self.written += len(handed)
+        ticks = [ts for ts in handed.values() if ts is not None]
+        if ticks:
+            self.archived_through = max(self.archived_through or 0, max(ticks))
+        self._save_state()
         return True
 
     # --- state ----------------------------------------------------------------------------

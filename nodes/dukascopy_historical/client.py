@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -103,37 +104,39 @@ class Bi5Source:
 
 
 async def download(source: HourSource, jobs: Iterable[tuple[str, int]], concurrency: int) -> AsyncIterator[HourResult]:
-    """Fetch ``(symbol, hour_ms)`` jobs with at most ``concurrency`` in flight; yield each as it completes.
+    """Fetch ``(symbol, hour_ms)`` jobs with at most ``concurrency`` in flight; yield them in job order.
 
-    Results come in completion order. Jobs are taken from ``jobs`` lazily, so memory holds at
-    most ``concurrency`` hours. Closing the iterator early cancels what is still in flight.
+    Downloads overlap, but results come in the order of ``jobs``, whatever the network does,
+    so a run publishes the same hours in the same order every time (the simulation driver's
+    determinism needs it). Jobs are taken from ``jobs`` lazily, so memory holds at most
+    ``concurrency`` hours. Closing the iterator early cancels what is still in flight.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be at least 1")
     queue = iter(jobs)
-    running: dict[asyncio.Task[HourResult], tuple[str, int]] = {}
+    running: deque[tuple[asyncio.Task[HourResult], tuple[str, int]]] = deque()
 
     def fill() -> None:
         while len(running) < concurrency:
             job = next(queue, None)
             if job is None:
                 return
-            running[asyncio.ensure_future(source.hour(*job))] = job
+            running.append((asyncio.ensure_future(source.hour(*job)), job))
 
     fill()
     try:
         while running:
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                symbol, hour_ms = running.pop(task)
-                exc = task.exception()
-                if exc is not None:  # a source must not raise; if it does, that hour fails alone
-                    yield HourResult(symbol, hour_ms, "failed", error=f"{type(exc).__name__}: {exc}")
-                else:
-                    yield task.result()
+            task, (symbol, hour_ms) = running[0]
+            await asyncio.wait([task])
+            running.popleft()
             fill()
+            exc = task.exception()
+            if exc is not None:  # a source must not raise; if it does, that hour fails alone
+                yield HourResult(symbol, hour_ms, "failed", error=f"{type(exc).__name__}: {exc}")
+            else:
+                yield task.result()
     finally:
-        for task in running:
+        for task, _ in running:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*running, return_exceptions=True)
+            await asyncio.gather(*(task for task, _ in running), return_exceptions=True)

@@ -109,7 +109,7 @@ class ExternalDataCollector(Node[ExternalDataParams]):
         clock = self.ctx.clock
         if clock.simulated and not getattr(clock, "started", True):
             self.ctx.log.info("waiting for the simulated clock's first event time before the first poll")
-            await clock.sleep(0.001)
+            await clock.wait_started()
         sources: dict[str, tuple[int, Callable[[], Awaitable[None]]]] = {}
         if self.calendar is not None:
             sources["calendar"] = (parse_ms(self.params.calendar_every) or 0, self.poll_calendar)

@@ -694,6 +694,51 @@ class StreamingAggregator:
     def open_ticks(self) -> int:
         return sum(len(s.ts) for s in self.states.values())
 
+    # --- state across restarts (JSON: lists and numbers only) ---------------------------
+
+    _SCALARS = ("watermark", "closed_until", "first_bucket", "_next_close", "late", "revised", "_arrivals", "before_start", "complete_from")
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything still open, as JSON-able data (:meth:`load_state` takes it back)."""
+        return {
+            **{name: getattr(self, name) for name in self._SCALARS},
+            "symbols": {
+                symbol: {
+                    "ts": st.ts, "bid": st.bid, "ask": st.ask, "seq": st.seq, "ordered": st.ordered,
+                    "pending": {tf: [_bars_state(b) for b in bars] for tf, bars in st.pending.items()},
+                    "due": st.due, "last_close": st.last_close, "last_base_start": st.last_base_start,
+                    "kept": [[start, *columns] for start, columns in st.kept.items()],
+                    "history": {tf: _bars_state(b) for tf, b in st.history.items()},
+                    "revisions": [[tf, start, n] for (tf, start), n in st.revisions.items()],
+                }
+                for symbol, st in self.states.items()
+            },
+        }  # fmt: skip
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        for name in self._SCALARS:
+            setattr(self, name, state[name])
+        self.states = {}
+        for symbol, saved in state["symbols"].items():
+            st = self.states[symbol] = _SymbolState(self.steps)
+            st.ts, st.bid, st.ask, st.seq = list(saved["ts"]), list(saved["bid"]), list(saved["ask"]), list(saved["seq"])
+            st.ordered = bool(saved["ordered"])
+            st.pending = {tf: [_bars_of(b) for b in bars] for tf, bars in saved["pending"].items()}
+            st.due = {tf: int(v) for tf, v in saved["due"].items()}
+            st.last_close, st.last_base_start = saved["last_close"], saved["last_base_start"]
+            st.kept = {int(k[0]): (list(k[1]), list(k[2]), list(k[3]), list(k[4])) for k in saved["kept"]}
+            st.history = {tf: _bars_of(b) for tf, b in saved["history"].items()}
+            st.revisions = {(tf, int(start)): int(n) for tf, start, n in saved["revisions"]}
+
+
+def _bars_state(bars: Bars) -> dict[str, list[Any]]:
+    return {f: getattr(bars, f).tolist() for f in _FIELDS}
+
+
+def _bars_of(state: Mapping[str, list[Any]]) -> Bars:
+    kinds = {"ts": np.int64, "ts_close": np.int64, "tick_count": np.int64}
+    return Bars(*(np.asarray([np.nan if v is None else v for v in state[f]], dtype=kinds.get(f, np.float64)) for f in _FIELDS))
+
 
 def closed_messages(closed: Iterable[ClosedBar], source: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []

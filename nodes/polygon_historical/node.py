@@ -37,8 +37,6 @@ PRESENT_SQL = (
     "SELECT DISTINCT ts FROM {table} WHERE symbol = {symbol:String} AND timeframe = {timeframe:String} "
     "AND ts >= {start:Int64} AND ts < {end:Int64} AND coalesce(complete, true)"
 )
-EARLIEST_NOW_MS = 946_684_800_000
-"""2000-01-01: a clock reading before this has not been started by any event."""
 
 
 def iso(ms: int) -> str:
@@ -68,6 +66,8 @@ class JobResult:
     ignored: int = 0
     empty_at_source: int = 0
     error: str | None = None
+    bars: list[dict[str, Any]] = field(default_factory=list)
+    """Downloaded, not yet published (the scan publishes jobs in order)."""
 
 
 @dataclass(slots=True)
@@ -226,8 +226,7 @@ class PolygonHistoricalDownloader(Node[PolygonHistoricalParams]):
 
     async def _clock_started(self) -> None:
         """On a simulated clock, wait for the first event time (before it the clock reads 0)."""
-        while self.ctx.clock.now_ms() < EARLIEST_NOW_MS:
-            await self.ctx.clock.sleep(1.0)
+        await self.ctx.clock.wait_started()
 
     # ------------------------------------------------------------------ scanning
 
@@ -246,7 +245,17 @@ class PolygonHistoricalDownloader(Node[PolygonHistoricalParams]):
                     await self._fill(result, lookbacks[tf], now_ms)
                 return result
 
-        report.jobs = list(await asyncio.gather(*(one(s, tf) for s in self.ctx.pairs for tf in lookbacks)))
+        # downloads overlap; bars are published job by job in this order, whatever the network
+        # does, so a run publishes the same bars in the same order every time
+        jobs = [asyncio.ensure_future(one(s, tf)) for s in self.ctx.pairs for tf in lookbacks]
+        try:
+            for job in jobs:
+                result = await job
+                await self._publish(result)
+                report.jobs.append(result)
+        finally:
+            for job in jobs:
+                job.cancel()
         report.aborted = self._abort
         self.memory.save()
         self._log_report(report)
@@ -311,15 +320,20 @@ class PolygonHistoricalDownloader(Node[PolygonHistoricalParams]):
                 if not (span.start_ms <= bar["ts"] < span.end_ms and bar["ts_close"] <= now_ms):
                     result.ignored += 1
                     continue
-                if await self.ctx.publish("bars", bar):
-                    result.written += 1
-                else:
-                    result.dead_lettered += 1
+                result.bars.append(bar)
         lo = bisect.bisect_left(plan.missing, span.start_ms)
         hi = bisect.bisect_left(plan.missing, span.end_ms)
         horizon = now_ms - self.settle_ms
         empty = [b for b in plan.missing[lo:hi] if b not in seen and buckets.end(b) <= horizon]
         result.empty_at_source += self.memory.add(symbol, buckets.timeframe.name, empty)
+
+    async def _publish(self, result: JobResult) -> None:
+        bars, result.bars = result.bars, []
+        for bar in bars:
+            if await self.ctx.publish("bars", bar):
+                result.written += 1
+            else:
+                result.dead_lettered += 1
 
     async def _failed(self, result: JobResult, reason: str, span: RequestRange | None) -> None:
         result.error = reason

@@ -52,6 +52,11 @@ def inprocess_pubsub(tmp_path: Path) -> AbstractAsyncContextManager[PubSubTransp
     return _connected(InProcessPubSub())
 
 
+def inprocess_wire_pubsub(tmp_path: Path) -> AbstractAsyncContextManager[PubSubTransport]:
+    """Through the NATS codec, as the demo runs."""
+    return _connected(InProcessPubSub(wire=True))
+
+
 def inprocess_log(tmp_path: Path) -> AbstractAsyncContextManager[LogTransport]:
     return _connected(InProcessLog())
 
@@ -111,6 +116,7 @@ def nats_pubsub(tmp_path: Path) -> AbstractAsyncContextManager[PubSubTransport]:
 
 PUBSUB_FACTORIES: dict[str, PubSubFactory] = {
     "inprocess": inprocess_pubsub,
+    "inprocess-wire": inprocess_wire_pubsub,
     "nats": nats_pubsub,
 }
 

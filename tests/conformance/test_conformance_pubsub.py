@@ -156,3 +156,29 @@ async def test_publish_rejects_invalid_subjects(pubsub: PubSubTransport, subject
 async def test_subscribe_rejects_invalid_patterns(pubsub: PubSubTransport, pattern: str) -> None:
     with pytest.raises(ValueError):
         await pubsub.subscribe(pattern, Inbox())
+
+
+async def test_request_gets_the_reply_of_one_responder(pubsub: PubSubTransport, uid: str) -> None:
+    from framework.transport.base import NoResponders
+
+    asked: list[Message] = []
+
+    async def double(subject: str, payload: Message, headers: Headers | None) -> Message:
+        asked.append(payload)
+        return {"x": payload["x"] * 2, "who": "plain"}
+
+    async def unused(subject: str, payload: Message, headers: Headers | None) -> None:
+        raise AssertionError("a mailbox responder answers through its request attribute")
+
+    async def through_mailbox(subject: str, payload: Message, headers: Headers | None) -> Message:
+        return {"x": payload["x"] + 1, "who": "mailbox", "cause": (headers or {}).get("fxflow-id")}
+
+    unused.request = through_mailbox  # type: ignore[attr-defined]
+    await pubsub.subscribe(f"{uid}.ask", double)
+    await pubsub.subscribe(f"{uid}.ask2", unused)
+    assert await pubsub.request(f"{uid}.ask", {"x": 21}, timeout=5) == {"x": 42, "who": "plain"}
+    assert asked == [{"x": 21}]
+    reply = await pubsub.request(f"{uid}.ask2", {"x": 1}, {"fxflow-id": "a-1"}, timeout=5)
+    assert reply == {"x": 2, "who": "mailbox", "cause": "a-1"}
+    with pytest.raises(NoResponders):
+        await pubsub.request(f"{uid}.nobody", {"x": 1}, timeout=5)
