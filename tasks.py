@@ -43,13 +43,13 @@ def ensure_installed(extras: str) -> None:
 
 
 def demo(args: list[str]) -> None:
-    ensure_installed("test")
+    ensure_installed("test,data,ml")
     overrides = args if any(a.startswith("topology=") for a in args) else ["topology=demo", *args]
     run(BIN / "fxrun", *overrides)
 
 
 def test(args: list[str]) -> None:
-    ensure_installed("test,live,infra")
+    ensure_installed("test,live,infra,data,ml")
     for profile in PROFILES:
         run(BIN / "fxrun", "lint", "--quiet", f"topology={profile}")
     run(BIN / "fxrun", "docs", "--check")

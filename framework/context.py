@@ -258,10 +258,18 @@ class NodeContext:
             if reason is not None:
                 await self.dead_letter(reason, message, origin=f"publish:{port}", contract=route.contracts[0].ref)
                 return False
-        subjects = self._render(route, message, values)
-        if type(subjects) is str:
-            await self.dead_letter(subjects, message, origin=f"publish:{port}")
-            return False
+        if values or len(route.subjects) != 1:
+            subjects = self._render(route, message, values)
+            if type(subjects) is str:
+                await self.dead_letter(subjects, message, origin=f"publish:{port}")
+                return False
+        else:  # the common case, inline: one subject template filled from the message
+            template, render = route.subjects[0]
+            try:
+                subjects = [render(message)]
+            except KeyError as exc:
+                await self.dead_letter(f"{exc.args[0]} (subject {template})", message, origin=f"publish:{port}")
+                return False
         self.metrics.published += 1
         cause = self._cause if caused_by is _HANDLED else caused_by
         headers = {ID_HEADER: f"{self._id_prefix}{next(self._ids)}"} if cause is None else {

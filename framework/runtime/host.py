@@ -140,12 +140,22 @@ class ServiceHost:
         per_port.setdefault(port, 0)
         stopwatch = self.runtime.stopwatch
         ctx = self.ctx
-        observe = metrics.observe_latency
         perf = time.perf_counter
 
         batch = bool(getattr(getattr(self.node_cls, method), BATCH_ATTR, False))
 
-        async def handle_one(origin: str, message: Any, headers: Any, count: int) -> Any:
+        async def handle(origin: str, message: Any, headers: Any = None) -> Any:
+            if type(message) is Chunk:
+                if not batch:  # a single-message handler takes a chunk's rows in order
+                    for row, row_hdrs in zip(message.rows(), row_headers(headers, len(message))):
+                        await handle(origin, row, row_hdrs)
+                    return None
+                count = len(message)
+            elif batch:  # a batch handler takes a single message as a chunk of one
+                message = Chunk.from_rows([message])
+                count = 1
+            else:
+                count = 1
             metrics.received += count
             per_port[port] += count
             node = self.node
@@ -170,18 +180,11 @@ class ServiceHost:
                 return None
             finally:
                 ctx._cause = cause
-                observe(stopwatch.leave(frame) if stopwatch is not None else perf() - frame)
-
-        async def handle(origin: str, message: Any, headers: Any = None) -> Any:
-            if type(message) is Chunk:
-                if batch:
-                    return await handle_one(origin, message, headers, len(message))
-                for row, row_hdrs in zip(message.rows(), row_headers(headers, len(message))):
-                    await handle_one(origin, row, row_hdrs, 1)
-                return None
-            if batch:
-                return await handle_one(origin, Chunk.from_rows([message]), headers, 1)
-            return await handle_one(origin, message, headers, 1)
+                elapsed = stopwatch.leave(frame) if stopwatch is not None else perf() - frame
+                metrics.latency_count += 1
+                metrics.latency_total_s += elapsed
+                if elapsed > metrics.latency_max_s:
+                    metrics.latency_max_s = elapsed
 
         return handle
 
