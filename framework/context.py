@@ -12,7 +12,7 @@ import functools
 import itertools
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,17 @@ class TableHandle:
         """``sql`` may use ``{table}`` for this table's name and ``{name:Type}`` parameters."""
         return await self.store.query(sql.replace("{table}", self.name), parameters)
 
+    async def query_frame(self, sql: str, parameters: Mapping[str, Any] | None = None) -> Any:
+        """:meth:`query` as a pandas DataFrame, typed columns straight from the store where it can
+        (ClickHouse), for the bulk reads of batch work (feature backfills, training sets)."""
+        sql = sql.replace("{table}", self.name)
+        query_df = getattr(self.store, "query_df", None)
+        if query_df is not None:
+            return await query_df(sql, parameters)
+        import pandas
+
+        return pandas.DataFrame(await self.store.query(sql, parameters))
+
     async def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         if self._writer is None:
             raise PermissionError(f"table {self.name!r} is read-only for this service (declare it under an output)")
@@ -226,6 +237,8 @@ class NodeContext:
         self._id_prefix = f"{service}-{id_epoch}-"
         self._cause: str | None = None
         self.artifacts: Any = None
+        self._offloader: Any = None
+        self._background_hook: Callable[..., Awaitable[None]] | None = None
         """The artifact store (models, agents), where the topology declares one."""
         self.input_complete = False
         """True once every source of a bounded run has finished: a node may then close what
@@ -438,6 +451,38 @@ class NodeContext:
         if cause is None:
             return {ID_HEADER: f"{self._id_prefix}{next(self._ids)}"}
         return {ID_HEADER: f"{self._id_prefix}{next(self._ids)}", CAUSE_HEADER: cause}
+
+    async def offload(self, fn: Callable[..., Any], *args: Any, process: bool = False) -> Any:
+        """``fn(*args)`` off the event loop: in a thread, or with ``process=True`` in a worker
+        process (CPU-heavy work such as training; ``fn`` must be a module-level function and its
+        arguments picklable). The handler waits for the result; other nodes keep running."""
+        if self._offloader is None:
+            raise RuntimeError(f"{self.service}: offload needs the runtime")
+        return await self._offloader.run(fn, *args, process=process)
+
+    async def background(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        then: Callable[[Any], Awaitable[None]],
+        failed: Callable[[Exception], Awaitable[None]] | None = None,
+        process: bool = False,
+        name: str | None = None,
+    ) -> None:
+        """Start :meth:`offload` work and return at once; its result reaches ``then`` later as a
+        delivery of its own through this node's mailbox (never during another handler), with
+        the message being handled now as its cause. An exception goes to ``failed`` (default:
+        counted and logged as a handler failure). Live the node keeps handling messages
+        meanwhile; on simulated time the work takes its turn in the run's queue, so the result
+        arrives at the same point of every run (see :mod:`framework.runtime.offload`)."""
+        if self._background_hook is None or self._offloader is None:
+            raise RuntimeError(f"{self.service}: background work needs the runtime")
+        offloader = self._offloader
+
+        async def work() -> Any:
+            return await offloader.run(fn, *args, process=process)
+
+        await self._background_hook(name or getattr(fn, "__name__", "work"), work, then, failed)
 
     async def request(self, port: str, message: dict[str, Any], *, timeout: float = 5.0, **values: Any) -> dict[str, Any]:
         """Send ``message`` on output ``port`` to the one service answering there, and return its reply.

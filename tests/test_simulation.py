@@ -555,3 +555,108 @@ async def test_a_handlers_latency_leaves_out_the_handlers_that_ran_inside_it(tmp
     assert m["slow"]["count"] == 5 and m["relay"]["count"] == 5
     assert m["slow"]["total"] >= 5 * 20 * 0.9
     assert m["relay"]["total"] < m["slow"]["total"] / 10  # the relay waited on "slow", but that time is slow's
+
+
+# --------------------------------------------------------------------------- work off the loop
+
+
+def pid_and_square(n: int) -> tuple[int, int]:
+    import os
+    import time as _time
+
+    _time.sleep(0.05)
+    if n < 0:
+        raise ValueError(f"negative: {n}")
+    return os.getpid(), n * n
+
+
+class OffloadParams(Strict):
+    process: bool = True
+
+
+class Offloading(Node[OffloadParams]):
+    """Starts work for every tick and publishes its result when it comes back."""
+
+    async def on_start(self) -> None:
+        self.inside = False
+
+    @handles("ticks")
+    async def on_tick(self, message: dict) -> None:
+        assert not self.inside, "re-entered"
+        LOG.append(("tick", message["seq"]))
+        n = -1 if message["seq"] == 3 else message["seq"]
+        await self.ctx.background(pid_and_square, n, then=self.done, failed=self.failed, process=self.params.process)
+
+    async def done(self, result: tuple[int, int]) -> None:
+        assert not self.inside, "re-entered"
+        self.inside = True
+        pid, square = result
+        LOG.append(("done", square, pid != __import__("os").getpid()))
+        await self.ctx.publish("out", tick(square, T0))
+        self.inside = False
+
+    async def failed(self, exc: Exception) -> None:
+        LOG.append(("failed", str(exc)))
+
+
+class Caused(Node[Strict]):
+    @handles("ticks")
+    async def on_tick(self, message: dict, origin: str) -> None:
+        LOG.append(("out", message["seq"]))
+
+
+REGISTRY.register(_spec("offloading", Offloading, OffloadParams, inputs=["ticks"], outputs=["out"]))
+
+
+@pytest.mark.parametrize("clock", ["simulated", "wall"])
+async def test_background_work_comes_back_through_the_mailbox_with_its_cause(tmp_path: Path, clock: str) -> None:
+    from framework.transport.inprocess import InProcessPubSub
+
+    bus = InProcessPubSub(wire=True)
+    await bus.connect()
+    causes: dict[int, str | None] = {}
+    ids: dict[int, str] = {}
+
+    async def watch(subject: str, payload: dict, headers: Any) -> None:
+        if subject.startswith("ticks."):
+            ids[payload["seq"]] = headers["fxflow-id"]
+        else:
+            causes[payload["seq"]] = (headers or {}).get("fxflow-cause")
+
+    await bus.subscribe(">", watch)
+    services = {
+        "feed": {"node": "feed", "phase": "data", "params": {"count": 4, "step_ms": 1_000}, "outputs": {"ticks": {"nats": "ticks.{symbol}"}}},
+        "work": {"node": "offloading", "phase": "data", "inputs": {"ticks": {"nats": "ticks.{symbol}"}},
+                 "outputs": {"out": {"nats": "squares.{symbol}"}}},
+    }  # fmt: skip
+    extra: dict[str, Any] = {"domains": ["ticks", "squares", "deadletter"], "runtime": {"clock": clock}}
+    if clock == "wall":
+        extra["runtime"].update(clock_speed=100.0, clock_origin="2026-11-02T00:00:00Z")
+    rt = runtime(tmp_path, services, extra=extra, pubsub=bus)
+    await rt.start()
+    try:
+        await asyncio.wait_for(_until(lambda: len([e for e in LOG if e[0] in ("done", "failed")]) == 4), TIMEOUT)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    done = [e for e in LOG if e[0] == "done"]
+    assert sorted(s for _, s, _ in done) == [1, 4, 16] and all(other for *_, other in done)  # in a worker process
+    assert ("failed", "negative: -1") in LOG
+    assert causes == {1: ids[1], 4: ids[2], 16: ids[4]}  # each result names the tick that started its work
+    if clock == "simulated":  # each result right after its tick: the work took its turn, the clock held
+        assert [e[0] for e in LOG] == ["tick", "done", "tick", "done", "tick", "failed", "tick", "done"]
+
+
+async def test_background_work_lets_the_node_go_on_handling_messages_live(tmp_path: Path) -> None:
+    services = {
+        "feed": {"node": "burst", "phase": "data", "params": {"count": 6}, "outputs": {"ticks": {"nats": "ticks.{symbol}"}}},
+        "work": {"node": "offloading", "phase": "data", "params": {"process": False},
+                 "inputs": {"ticks": {"nats": "ticks.{symbol}"}}, "outputs": {"out": {"nats": "squares.{symbol}"}}},
+    }  # fmt: skip
+    rt = runtime(tmp_path, services, extra={"domains": ["ticks", "squares", "deadletter"], "runtime": {"clock": "wall"}})
+    await rt.start()
+    try:
+        await asyncio.wait_for(_until(lambda: len([e for e in LOG if e[0] in ("done", "failed")]) == 6), TIMEOUT)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    kinds = [e[0] for e in LOG if e[0] in ("tick", "done", "failed")]
+    assert kinds[:6] == ["tick"] * 6  # every tick handled while the first work (50 ms) still ran

@@ -6,6 +6,8 @@ subjects, topics and writers, so nothing on the hot path looks anything up by na
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
@@ -151,6 +153,8 @@ def build_host(rt: Runtime, name: str) -> ServiceHost:
     if rt.artifacts is not None:
         ctx.artifacts = rt.artifacts.for_service(name)
     host = ServiceHost(name, service, spec, node_cls, params, ctx, metrics, rt, routes=routes)
+    ctx._offloader = rt.offloader
+    ctx._background_hook = functools.partial(rt.dispatch.background, host)
     archived = {w.table: w for route in routes.values() if route.topics for w in route.writers}
     if archived:
         host.watermarks = Watermarks(rt.data_dir / "services" / name, archived, rt.clock)

@@ -29,6 +29,7 @@ from framework.runtime.consume import consume
 from framework.runtime.dispatch import LiveDispatch, Stopwatch
 from framework.runtime.graph import dependency_order
 from framework.runtime.host import ServiceHost
+from framework.runtime.offload import Offloader
 from framework.runtime.simulation import SimulationDriver
 from framework.stores.base import Store
 from framework.stores.batch import BatchWriter
@@ -80,6 +81,7 @@ class Runtime:
             self.dispatch = LiveDispatch(self.clock)
             self.id_epoch = _base36(int(time.time() * 1000))
         self.stopwatch = None if isinstance(self.dispatch, SimulationDriver) else Stopwatch()
+        self.offloader = Offloader(self.topology.runtime.workers)
         """Live, inline delivery nests handlers, whose time it subtracts; simulated delivery never nests."""
         self.pubsub = pubsub
         self.log = log_transport
@@ -341,6 +343,7 @@ class Runtime:
             if host.metrics.state != "failed":
                 host.metrics.state = "stopped"
         await self.dispatch.close()
+        self.offloader.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)

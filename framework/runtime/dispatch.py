@@ -24,6 +24,7 @@ from framework.transport.base import isolated
 
 if TYPE_CHECKING:
     from framework.runtime.host import Handle, ServiceHost
+    from framework.runtime.offload import Then, Work
 
 Deliver = Callable[..., Awaitable[None]]
 
@@ -141,6 +142,27 @@ class LiveDispatch:
 
     def start_run(self, host: ServiceHost, run: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         return asyncio.create_task(run, name=f"{host.name}.run")
+
+    async def background(self, host: ServiceHost, name: str, work: Work, then: Then, failed: Then | None) -> None:
+        """Run ``work`` as a task; its outcome reaches ``then`` (or ``failed``) through the mailbox."""
+        cause = host.ctx._cause
+
+        async def run() -> None:
+            try:
+                outcome, fn = await work(), then
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                outcome, fn = exc, failed
+
+            async def call(origin: str, message: Any, headers: Any = None) -> None:
+                await host.callback(fn, outcome, origin, cause)
+
+            await self.deliverer(host, call)(f"background:{name}", None)
+
+        task = asyncio.create_task(run(), name=f"{host.name}.background.{name}")
+        host.tasks.append(task)
+        task.add_done_callback(lambda t: host.tasks.remove(t) if t in host.tasks else None)
 
     def source_finished(self) -> None:
         """Nothing to do live: sources do not drive the wall clock."""

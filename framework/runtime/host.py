@@ -188,6 +188,23 @@ class ServiceHost:
 
         return handle
 
+    async def callback(self, fn: Callable[[Any], Awaitable[None]] | None, outcome: Any, origin: str, cause: str | None) -> None:
+        """Hand a background work's ``outcome`` to ``fn`` (a node method), as a handler would run
+        it; an exception with no ``fn`` to take it is a handler failure."""
+        node = self.node
+        if node is None or self.restarting:
+            return
+        ctx = self.ctx
+        saved, ctx._cause = ctx._cause, cause
+        try:
+            if fn is None:
+                raise outcome
+            await fn(outcome)
+        except Exception as exc:
+            await self._failed(exc, None, origin)
+        finally:
+            ctx._cause = saved
+
     def timer_handle(self, method: str) -> Callable[[], Awaitable[None]]:
         async def fire() -> None:
             node = self.node

@@ -35,6 +35,7 @@ from framework.transport.base import isolated
 if TYPE_CHECKING:
     from framework.runtime.dispatch import Deliver
     from framework.runtime.host import Handle, ServiceHost
+    from framework.runtime.offload import Then, Work
 
 log = logging.getLogger("fxflow.runtime")
 
@@ -144,6 +145,22 @@ class SimulationDriver:
         self.start()
         self._kick.set()
         return task
+
+    async def background(self, host: ServiceHost, name: str, work: Work, then: Then, failed: Then | None) -> None:
+        """``work`` takes its turn in the run's queue like a delivery: it runs, with the clock held,
+        when everything queued before it was handled, and its outcome reaches ``then`` at once."""
+        cause = host.ctx._cause
+
+        async def handle(origin: str, message: Any, headers: Any = None) -> None:
+            try:
+                outcome, fn = await work(), then
+            except Exception as exc:
+                outcome, fn = exc, failed
+            await host.callback(fn, outcome, origin, cause)
+
+        self._queue.append((handle, f"background:{name}", None, None, None))
+        if not self._draining:
+            await self._drain()
 
     def all_started(self) -> None:
         """Every service has started: from now on a run with nothing left to do may end."""

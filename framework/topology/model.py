@@ -312,6 +312,9 @@ class RuntimeConfig(Strict):
             utc_ms(value)
         return value
     persist_log: bool = True
+    workers: int = Field(
+        default=1, ge=1, description="worker processes for nodes' CPU-heavy work (ctx.offload(..., process=True): training)"
+    )
     archive: bool = Field(
         default=True,
         description="false: ports do not send to their Kafka topics, except topics a service of the run reads "

@@ -1,0 +1,1 @@
+"""What training and inference share: the model interface, model cards, and loading from artifacts."""
