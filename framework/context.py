@@ -26,7 +26,7 @@ from framework.deadletter import DeadLetters
 from framework.metrics import ServiceMetrics
 from framework.stores.base import KeyValueStore, Store, StoreError
 from framework.stores.batch import BatchWriter
-from framework.topology.model import Instrument
+from framework.topology.model import Account, Instrument
 from framework.topology.templates import placeholders
 from framework.transport.base import LogTransport, PubSubTransport, Record
 
@@ -208,6 +208,7 @@ class NodeContext:
         pairs: Sequence[str],
         timeframes: Sequence[str],
         instruments: Mapping[str, Instrument],
+        account: Account | None = None,
         data_dir: Any,
         replay_topics: Mapping[str, tuple[str, ...]] | None = None,
         archive_wait: float = 2.0,
@@ -220,6 +221,7 @@ class NodeContext:
         self.pairs = list(pairs)
         self.timeframes = list(timeframes)
         self.instruments = dict(instruments)
+        self._account = account or Account()
         self.data_dir = data_dir
         self._pubsub = pubsub
         self._log = log
@@ -571,3 +573,8 @@ class NodeContext:
 
     def instrument(self, symbol: str) -> Instrument:
         return self.instruments[symbol]
+
+    @property
+    def account(self) -> Account:
+        """The topology's trading account (currency, starting balance, leverage, stop-out)."""
+        return self._account

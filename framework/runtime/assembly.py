@@ -145,6 +145,7 @@ def build_host(rt: Runtime, name: str) -> ServiceHost:
         pairs=rt.pairs,
         timeframes=rt.topology.timeframes,
         instruments=rt.topology.instruments,
+        account=rt.topology.account,
         data_dir=rt.data_dir / "services" / name,
         replay_topics={port: tuple(b.topics) for port, b in service.inputs.items() if b.replay and b.topics},
         archive_wait=parse_seconds(rt.topology.runtime.archive_wait),

@@ -70,17 +70,45 @@ ColumnType = Annotated[str, AfterValidator(_column_type)]
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+CONTRACT_SIZES = {"fx": 100_000, "metal": 100}
+"""Units per lot when the instrument does not say (FX: 100,000 of the base currency; gold: 100 oz)."""
+
+
 class Instrument(Strict):
-    """A tradable symbol. ``pip`` is the pip size, ``digits`` the quote precision (point = 10**-digits)."""
+    """A tradable symbol. ``pip`` is the pip size, ``digits`` the quote precision (point = 10**-digits).
+
+    The trading rules (a lot's size, the volume step and bounds, the base and quote currencies)
+    default from the kind and a six-letter symbol (EURUSD: 100,000 EUR per lot, P&L in USD);
+    brokers differ, so each can be set."""
 
     kind: Literal["fx", "metal", "index", "commodity", "crypto"] = "fx"
     pip: float = Field(gt=0)
     digits: int = Field(ge=0, le=10)
     description: str | None = None
+    contract_size: float | None = Field(default=None, gt=0, description="units per lot (default: 100,000 for fx, 100 for metal)")
+    lot_step: float = Field(default=0.01, gt=0, description="volume granularity in lots")
+    min_lot: float = Field(default=0.01, gt=0)
+    max_lot: float = Field(default=100.0, gt=0)
+    base: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="default: the symbol's first three letters")
+    quote: str | None = Field(default=None, pattern=r"^[A-Z]{3}$", description="P&L currency; default: the symbol's last three letters")
 
     @property
     def point(self) -> float:
         return 10.0 ** -self.digits
+
+    def lot_units(self) -> float:
+        size = self.contract_size or CONTRACT_SIZES.get(self.kind)
+        if size is None:
+            raise ValueError(f"an instrument of kind {self.kind!r} needs contract_size")
+        return size
+
+    def currencies(self, symbol: str) -> tuple[str, str]:
+        """(base, quote) of ``symbol`` under this instrument's rules."""
+        base = self.base or (symbol[:3] if len(symbol) == 6 else None)
+        quote = self.quote or (symbol[3:] if len(symbol) == 6 else None)
+        if base is None or quote is None:
+            raise ValueError(f"instrument {symbol!r}: set base and quote (not a six-letter pair)")
+        return base, quote
 
 
 class TLSConfig(Strict):
@@ -348,9 +376,19 @@ class RuntimeConfig(Strict):
     )
 
 
+class Account(Strict):
+    """The trading account every money-handling service shares (risk, execution, the broker, performance)."""
+
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$", description="the account currency: balances and P&L")
+    balance: float = Field(default=100_000.0, gt=0, description="the starting balance of a paper or backtest account")
+    leverage: float = Field(default=30.0, gt=0, description="margin required = notional / leverage")
+    stop_out: float = Field(default=0.5, gt=0, description="positions are closed when equity / margin falls below this")
+
+
 class Topology(Strict):
     name: str = "fxflow"
     instruments: dict[str, Instrument] = Field(min_length=1)
+    account: Account = Field(default_factory=Account)
     timeframes: list[str] = Field(min_length=1)
     variables: dict[str, list[str] | Literal["*"] | RuntimeVariable] = Field(
         default_factory=dict,
