@@ -1,0 +1,152 @@
+"""Performance metrics: one implementation for the live monitor and the backtest report.
+
+Conventions (those of empyrical, the reference the tests compare with): returns are simple
+returns of the equity per period (a UTC day by default); Sharpe is the mean over the sample
+standard deviation (ddof 1), Sortino the mean over the root mean square of the negative
+returns, both annualised by √periods_per_year (252 trading days: FX trades five days a week);
+the annual return is compounded; Calmar is the annual return over the maximum drawdown.
+Drawdown is measured on the equity series itself (every mark, not only period ends), its
+duration from the peak to the mark that regains it (or to the end, if none does). Trade
+statistics come from closed trades' P&L in the account currency: win rate, profit factor
+(gross profit over gross loss), expectancy (mean P&L per trade).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DAY_MS = 86_400_000
+TRADING_DAYS = 252
+
+
+@dataclass(frozen=True, slots=True)
+class Drawdown:
+    max: float
+    """The deepest fall from a peak, as a fraction of the peak (0.12 = 12 %)."""
+    max_duration_ms: int
+    """The longest time from a peak to the mark that regained it (or to the end)."""
+    current: float
+
+
+def drawdown(ts_ms: Sequence[int] | np.ndarray, equity: Sequence[float] | np.ndarray) -> Drawdown:
+    equity = np.asarray(equity, dtype=np.float64)
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    if not len(equity):
+        return Drawdown(0.0, 0, 0.0)
+    peaks = np.maximum.accumulate(equity)
+    dd = 1.0 - equity / peaks
+    underwater = dd > 0
+    longest = 0
+    if underwater.any():
+        # each underwater run starts after a peak mark and ends at the mark that regains it (or the end)
+        edges = np.diff(np.r_[0, underwater.astype(np.int8), 0])
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        for start, end in zip(starts, ends):
+            recovered = ts[end] if end < len(ts) else ts[-1]
+            longest = max(longest, int(recovered - ts[start - 1]))
+    return Drawdown(float(dd.max()), longest, float(dd[-1]))
+
+
+def period_returns(ts_ms: Sequence[int] | np.ndarray, equity: Sequence[float] | np.ndarray, period_ms: int = DAY_MS) -> np.ndarray:
+    """Simple returns between the last marks of consecutive periods (UTC days by default) that have marks."""
+    ts = np.asarray(ts_ms, dtype=np.int64)
+    equity = np.asarray(equity, dtype=np.float64)
+    if len(ts) < 2:
+        return np.empty(0)
+    bucket = ts // period_ms
+    last = np.r_[bucket[1:] != bucket[:-1], True]
+    closes = equity[last]
+    return closes[1:] / closes[:-1] - 1.0
+
+
+def annual_return(returns: np.ndarray, periods_per_year: int = TRADING_DAYS) -> float:
+    if not len(returns):
+        return math.nan
+    growth = float(np.prod(1.0 + returns))
+    return growth ** (periods_per_year / len(returns)) - 1.0 if growth > 0 else -1.0
+
+
+def sharpe(returns: np.ndarray, periods_per_year: int = TRADING_DAYS) -> float:
+    if len(returns) < 2:
+        return math.nan
+    std = float(np.std(returns, ddof=1))
+    return float(np.mean(returns)) / std * math.sqrt(periods_per_year) if std > 0 else math.nan
+
+
+def sortino(returns: np.ndarray, periods_per_year: int = TRADING_DAYS) -> float:
+    if len(returns) < 2:
+        return math.nan
+    downside = math.sqrt(float(np.mean(np.minimum(returns, 0.0) ** 2)))
+    return float(np.mean(returns)) / downside * math.sqrt(periods_per_year) if downside > 0 else math.nan
+
+
+def calmar(returns: np.ndarray, max_drawdown: float, periods_per_year: int = TRADING_DAYS) -> float:
+    return annual_return(returns, periods_per_year) / max_drawdown if max_drawdown > 0 else math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class TradeStats:
+    trades: int
+    win_rate: float
+    profit_factor: float
+    expectancy: float
+    gross_profit: float
+    gross_loss: float
+
+
+def trade_stats(pnls: Sequence[float] | np.ndarray) -> TradeStats:
+    pnl = np.asarray(pnls, dtype=np.float64)
+    if not len(pnl):
+        return TradeStats(0, math.nan, math.nan, math.nan, 0.0, 0.0)
+    profit, loss = float(pnl[pnl > 0].sum()), float(-pnl[pnl < 0].sum())
+    return TradeStats(
+        trades=len(pnl),
+        win_rate=float((pnl > 0).mean()),
+        profit_factor=profit / loss if loss > 0 else math.inf if profit > 0 else math.nan,
+        expectancy=float(pnl.mean()),
+        gross_profit=profit,
+        gross_loss=loss,
+    )
+
+
+def pnl_by_symbol(trades: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    out: dict[str, float] = defaultdict(float)
+    for trade in trades:
+        out[trade["symbol"]] += float(trade["pnl"])
+    return dict(sorted(out.items()))
+
+
+def summary(
+    ts_ms: Sequence[int] | np.ndarray,
+    equity: Sequence[float] | np.ndarray,
+    trade_pnls: Sequence[float] | np.ndarray = (),
+    *,
+    period_ms: int = DAY_MS,
+    periods_per_year: int = TRADING_DAYS,
+) -> dict[str, float]:
+    """Every metric, by name, as the monitor writes them to performance_metrics and a report shows them."""
+    equity = np.asarray(equity, dtype=np.float64)
+    returns = period_returns(ts_ms, equity, period_ms)
+    dd = drawdown(ts_ms, equity)
+    stats = trade_stats(trade_pnls)
+    return {
+        "equity": float(equity[-1]) if len(equity) else math.nan,
+        "total_return": float(equity[-1] / equity[0] - 1.0) if len(equity) else math.nan,
+        "annual_return": annual_return(returns, periods_per_year),
+        "sharpe": sharpe(returns, periods_per_year),
+        "sortino": sortino(returns, periods_per_year),
+        "calmar": calmar(returns, dd.max, periods_per_year),
+        "max_drawdown": dd.max,
+        "max_drawdown_duration_ms": float(dd.max_duration_ms),
+        "current_drawdown": dd.current,
+        "trades": float(stats.trades),
+        "win_rate": stats.win_rate,
+        "profit_factor": stats.profit_factor,
+        "expectancy": stats.expectancy,
+    }
