@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import clickhouse_connect
+import pytest
 
 from framework.transport.inprocess import InProcessLog
 
@@ -52,7 +53,8 @@ def table(data_dir: Path, final: bool) -> list[tuple[str, int, int]]:
     return [tuple(r) for r in rows]
 
 
-def test_rows_a_killed_writer_held_are_refilled_from_the_archive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("after_s", [4.0, 1.5], ids=["later", "before-the-first-watermark"])
+def test_rows_a_killed_writer_held_are_refilled_from_the_archive(tmp_path: Path, after_s: float) -> None:
     data_dir = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(tmp_path / "first.log", "wb") as out:
@@ -61,7 +63,7 @@ def test_rows_a_killed_writer_held_are_refilled_from_the_archive(tmp_path: Path)
         while not (data_dir / "services" / SERVICE / "watermarks.json").exists() and time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
             time.sleep(0.2)
-        time.sleep(4.0)  # ticks flow; the table writer flushes every 3 s, so it holds rows now
+        time.sleep(after_s)  # ticks flow; the table writer flushes every 3 s, so it holds rows now
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     before = asyncio.run(archived(data_dir))

@@ -183,6 +183,9 @@ async def refill_host(rt: Runtime, host: ServiceHost) -> None:
                         "(refill after a crash)",
                         host.name, count, writer.table,
                     )  # fmt: skip
+    start = rt.clock.now_ms() if getattr(rt.clock, "started", True) else 0
+    for table in marks.writers:  # a first start: complete up to now, so a crash before the first checkpoint refills
+        marks.marks.setdefault(table, start)
     marks.save(clean=False)  # from here on, a crash needs a refill
 
 

@@ -298,11 +298,15 @@ class InProcessPubSub(PubSubTransport):
         entries = tuple(e for e in entries if e.target is not _discard)
         if not entries:
             raise NoResponders(f"no responder for a request on {subject!r}")
-        target = _responder(entries[0])
-        answer = getattr(target, "request", None)
-        reply = await asyncio.wait_for(answer(subject, payload, headers) if answer else target(subject, payload, headers), timeout)
-        if not isinstance(reply, dict):
-            raise TransportError(f"the responder on {subject!r} gave no reply (its handler returned {type(reply).__name__})")
+        reply: Message | None = None
+        for entry in entries:  # as on NATS, every subscriber gets the request; the first reply is the answer
+            target = _responder(entry)
+            answer = getattr(target, "request", None)
+            result = await asyncio.wait_for(answer(subject, payload, headers) if answer else target(subject, payload, headers), timeout)
+            if reply is None and isinstance(result, dict):
+                reply = result
+        if reply is None:
+            raise TransportError(f"no subscriber of {subject!r} replied (their handlers returned no dict)")
         return reply
 
     def _route(self, subject: str) -> tuple[_Entry, ...]:

@@ -334,7 +334,7 @@ class _NatsSubscription(Subscription):
         if isinstance(reply, dict):
             await msg.respond(encode(reply, msg.reply))
         else:
-            logger.error("NATS: the subscriber of %r gave no reply to a request on %s", self.pattern, msg.subject)
+            logger.debug("NATS: the subscriber of %r does not answer requests on %s", self.pattern, msg.subject)
 
     async def on_durable(self, msg: Msg) -> None:
         if not self.active:

@@ -9,6 +9,7 @@ it would be too.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -182,3 +183,24 @@ async def test_request_gets_the_reply_of_one_responder(pubsub: PubSubTransport, 
     assert reply == {"x": 2, "who": "mailbox", "cause": "a-1"}
     with pytest.raises(NoResponders):
         await pubsub.request(f"{uid}.nobody", {"x": 1}, timeout=5)
+
+
+async def test_a_subscriber_that_does_not_answer_does_not_take_the_request(pubsub: PubSubTransport, uid: str) -> None:
+    """An observer of the request's subject (a dashboard on ``broker.>``) sees it; the responder answers it."""
+    seen: list[Message] = []
+
+    async def observer(subject: str, payload: Message, headers: Headers | None) -> None:
+        seen.append(payload)
+
+    async def responder(subject: str, payload: Message, headers: Headers | None) -> Message:
+        return {"state": "ok", "x": payload["x"]}
+
+    await pubsub.subscribe(f"{uid}.>", observer)
+    await pubsub.subscribe(f"{uid}.query", responder)
+    for x in range(3):
+        assert await pubsub.request(f"{uid}.query", {"x": x}, timeout=5) == {"state": "ok", "x": x}
+    for _ in range(100):
+        if len(seen) == 3:
+            break
+        await asyncio.sleep(0.01)
+    assert seen == [{"x": 0}, {"x": 1}, {"x": 2}]
