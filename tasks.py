@@ -54,6 +54,8 @@ def test(args: list[str]) -> None:
         run(BIN / "fxrun", "lint", "--quiet", f"topology={profile}")
     run(BIN / "fxrun", "docs", "--check")
     run(BIN / "fxrun", "deploy", "--check")
+    run(BIN / "fxrun", "check", "lookahead", "topology=live")  # the declared feature set: nothing from the future
+    run(BIN / "fxrun", "check", "recursive", "topology=live")  # and W long enough for every recursive indicator
     os.environ.setdefault("FXFLOW_REQUIRE_SERVERS", "1")  # a server that cannot start fails, never skips
     run(BIN / "python", "-m", "pytest", *args)
 

@@ -90,6 +90,30 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
         [Figure(rf"per hop\s+ratio bare/runtime {NUMBER}"), Figure(rf"per firing\s+ratio bare/runtime {NUMBER}"), Figure(rf"{NUMBER} rows/s through the chain")],
     ),
     "bench_replay.py": (["-n", "500", "-r", "1"], [Figure(rf"speed-up {NUMBER}x")]),
+    "bench_features.py": (
+        ["-n", "20000", "-r", "1", "--hours", "0.25"],
+        [Figure(rf"batch TA-Lib subset .* ratio {NUMBER}x"), Figure(rf"batch full set .* ratio to TA-Lib alone {NUMBER}x"),
+         Figure(rf"streaming 14 pairs x 7 timeframes: .* p99 {NUMBER} ms")],
+    ),
+    "bench_training.py": (
+        ["-n", "300", "-s", "2", "-f", "4", "-t", "5", "-k", "2", "-r", "1"],
+        [Figure(rf"training set\s+{NUMBER} us/row", 3), Figure(rf"ratio run/fit\s+{NUMBER}", 3)],
+    ),
+    "bench_execution.py": (
+        ["-n", "100", "--skip-nats"],
+        [Figure(rf"in-process ratio p50 order/bare\s+{NUMBER}"), Figure(rf"in-process ratio p99 order/bare\s+{NUMBER}"),
+         Figure(rf"persisted ratio p99 order/bare\s+{NUMBER}"), Figure(rf"approved signal → orders\.submitted\s+p50\s+{NUMBER} us", 2)],
+    ),
+    "bench_risk_gate.py": (["-n", "100"], [Figure(rf"ratio p50 gate/bare\s+{NUMBER}"), Figure(rf"ratio p99 gate/bare\s+{NUMBER}")]),
+    "bench_inference.py": (
+        ["-n", "200", "--features", "20", "--rounds", "3", "--train-rows", "200", "--chunk", "100"],
+        [
+            Figure(rf"bare model\.predict, 1 row\s+p50\s+{NUMBER} us", 2),
+            Figure(rf"features -> signal\s+p50 .*ratio node/bare {NUMBER}", 4),
+            Figure(rf"{NUMBER} msg/s", 4),
+            Figure(rf"a chunk \(batch path\)\s+{NUMBER} rows/s", 4),
+        ],
+    ),
     "bench_stores.py": (
         ["-n", "2000", "--batch", "500", "--single", "20", "--skip-postgres"],
         [Figure(rf"\(\s*{NUMBER}x baseline\)", 2)],

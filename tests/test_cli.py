@@ -107,8 +107,8 @@ def test_unknown_pair_suggests_one(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_disabled_service_in_only(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    lines = assert_user_error(*fxrun(capsys, "only=[inference-service]", f"data_dir={tmp_path}"))
-    assert any("'inference-service' is disabled" in line for line in lines)
+    lines = assert_user_error(*fxrun(capsys, "topology.services.spread-watch.enabled=false", "only=[spread-watch]", f"data_dir={tmp_path}"))
+    assert any("'spread-watch' is disabled" in line for line in lines)
 
 
 def test_unknown_option(capsys: pytest.CaptureFixture[str]) -> None:

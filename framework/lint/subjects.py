@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 
+from framework.control import subject as control_subject
 from framework.deadletter_subjects import SUBJECT_PREFIX as DEADLETTER
 from framework.lint.context import Link, LintContext, Wire, did_you_mean
 from framework.lint.findings import Finding
@@ -29,8 +30,9 @@ def _nearby(name: str, published: Sequence[str]) -> str:
 
 
 def _runtime_subjects(ctx: LintContext) -> list[str]:
-    """What the runtime itself publishes: ``deadletter.<service>`` for every service."""
-    subjects = (f"{DEADLETTER}.{name}" for name in ctx.topology.services)
+    """What the runtime itself publishes: ``deadletter.<service>`` for every service; and what an operator's
+    ``fxrun`` verb sends a service: ``control.<service>`` (:mod:`framework.control`)."""
+    subjects = (s for name in ctx.topology.services for s in (f"{DEADLETTER}.{name}", control_subject(name)))
     return [s for s in subjects if check_subject(s) is None]
 
 

@@ -254,6 +254,10 @@ class Runtime:
             return
         sources = [h for h in self.hosts.values() if h.is_source]
         if not sources:
+            if isinstance(self.dispatch, SimulationDriver) and self._started and self.dispatch.quiet():
+                log.warning("no source runs here to move simulated time; stopping")
+                self._drain = True
+                self._stop.set()
             return
         waiting = [h for h in sources if not h.finished]
         if waiting and isinstance(self.dispatch, SimulationDriver) and self.dispatch.quiet():

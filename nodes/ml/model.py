@@ -149,6 +149,9 @@ def check_feature_set(card: ModelCard, feature_set: str) -> None:
         )
 
 
+_NOT_NUMBERS = frozenset({str, bytes, bool})
+
+
 def feature_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -> np.ndarray:
     """Rows of ``features.v1`` ``values`` as an n × len(features) float64 matrix in the model's order.
 
@@ -158,12 +161,17 @@ def feature_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -
     X = np.empty((len(rows), len(features)), dtype=np.float64)
     for i, values in enumerate(rows):
         try:
-            X[i] = [values[f] for f in features]
+            row = [values[f] for f in features]
         except KeyError as exc:
             raise FeatureShapeError(f"feature vector lacks {exc.args[0]!r} ({len(values)} values, the model takes {len(features)})") from None
-        except TypeError:
-            bad = next(f for f in features if not isinstance(values[f], (int, float)))
-            raise FeatureShapeError(f"feature {bad!r} is {values[bad]!r}, not a number") from None
+        try:
+            if _NOT_NUMBERS.isdisjoint(map(type, row)):  # numpy would take "1.5" and True as numbers
+                X[i] = row
+                continue
+        except (TypeError, ValueError):  # a list, a dict, ...
+            pass
+        bad = next(f for f, v in zip(features, row) if v is not None and (type(v) in _NOT_NUMBERS or not isinstance(v, (int, float))))
+        raise FeatureShapeError(f"feature {bad!r} is {values[bad]!r}, not a number") from None
     if not np.isfinite(X).all():
         i, j = map(int, np.argwhere(~np.isfinite(X))[0])
         raise FeatureShapeError(f"feature {features[j]!r} is {rows[i][features[j]]!r} in row {i}: not a finite number")

@@ -196,7 +196,8 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             self.tickers,
             backoff=Backoff(parse_seconds(params.backoff_initial), parse_seconds(params.backoff_max), jitter=params.backoff_jitter),
             max_reconnects=params.max_reconnects,
-            heartbeat=parse_seconds(params.heartbeat) if params.heartbeat else None,
+            # on a simulated clock the run may hold the feed while other services work (a training): no pong deadline
+            heartbeat=parse_seconds(params.heartbeat) if params.heartbeat and not self.ctx.clock.simulated else None,
             connect_timeout=parse_seconds(params.connect_timeout),
             handshake_timeout=parse_seconds(params.connect_timeout),
             on_malformed=self._malformed,

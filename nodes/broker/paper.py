@@ -1,0 +1,582 @@
+"""The paper broker: a netting account filled on the market data it is fed, exact to the cent.
+
+Its clock is the market data: nothing happens between two prices, and the same prices and
+orders give the same deals, so a backtest is deterministic and a live paper account behaves
+as it would on replay.
+
+- **Fills** (:class:`~nodes.broker.models.PaperParams` ``fill_on``): a market order fills at the
+  ask (buy) or bid (sell) of the first tick *strictly after* the order's time, or at the open of
+  the first bar that starts at or after it (the signal's own bar closed at the order's time at
+  the earliest, so that is the next bar). Never a price from before the order.
+- **Costs**: the quote's spread or a fixed one, adverse slippage, commission per lot and per
+  notional, swap at each daily roll (three nights on the triple day), all booked to the cent in
+  the account currency through :class:`~nodes.trading.money.Rates`.
+- **Refusals** carry MT5 return codes: unknown symbol 10013, a volume off the lot rules 10014,
+  the weekend or no recent price 10018, not enough free margin 10019, an order type it does not
+  fill 10035.
+- **Margin** is notional / leverage converted from the base currency; when equity falls below
+  ``stop_out`` × margin the worst position is closed at the market, then the next, until the
+  account is back above it.
+
+State (balance, positions, working orders, deals) is :meth:`PaperBroker.snapshot` JSON.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from framework.topology.model import Account, Instrument
+from nodes.broker import retcodes as rc
+from nodes.broker.base import (
+    Ack,
+    AccountView,
+    AckStatus,
+    Broker,
+    BrokerState,
+    Deal,
+    Notice,
+    OrderRequest,
+    OrderView,
+    PositionView,
+)
+from nodes.broker.journal import Journal
+from nodes.broker.models import PaperParams
+from nodes.marketdata.synthetic import in_weekend
+from nodes.trading.instruments import Rules, VolumeError, dec
+from nodes.trading.money import MissingRate, Rates, book
+from nodes.trading.positions import Position
+
+ZERO = Decimal(0)
+STATE_VERSION = 1
+ESTIMATE_MARGIN = 1.5
+ESTIMATE_FOR_MS = 3_600_000
+
+
+@dataclass(slots=True)
+class _Quote:
+    ts: int
+    bid: Decimal
+    ask: Decimal
+
+
+@dataclass(slots=True)
+class _Held:
+    position: Position
+    ticket: int
+    opened: int
+    swap: Decimal = ZERO
+    """Accrued swap in the account currency (booked at each roll, realized as the position closes)."""
+
+
+@dataclass(slots=True)
+class _Order:
+    client_order_id: str
+    order_id: str
+    symbol: str
+    side: str
+    quantity: Decimal
+    ts: int
+    ticket: int
+    filled: Decimal = ZERO
+    status: str = "accepted"
+    retcode: int | None = None
+    done_ts: int | None = None
+
+    @property
+    def working(self) -> bool:
+        return self.status in ("accepted", "partially_filled")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client_order_id": self.client_order_id, "order_id": self.order_id, "symbol": self.symbol, "side": self.side,
+            "quantity": str(self.quantity), "ts": self.ts, "ticket": self.ticket, "filled": str(self.filled),
+            "status": self.status, "retcode": self.retcode, "done_ts": self.done_ts,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> _Order:
+        return cls(**{**d, "quantity": Decimal(d["quantity"]), "filled": Decimal(d["filled"])})
+
+
+class _Refusal(Exception):
+    def __init__(self, retcode: int, message: str) -> None:
+        super().__init__(message)
+        self.retcode = retcode
+        self.message = message
+
+
+class PaperBroker(Broker):
+    kind = "paper"
+
+    def __init__(
+        self, params: PaperParams, instruments: Mapping[str, Instrument], account: Account | None = None, journal: Journal | None = None
+    ) -> None:
+        super().__init__(journal)
+        self.params = params
+        self.account = account or Account()
+        self.rules = {s: Rules.of(s, inst) for s, inst in instruments.items()}
+        self.rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
+        self.currency = self.account.currency
+        self.leverage = dec(self.account.leverage)
+        self.stop_out = dec(self.account.stop_out)
+        self.balance = dec(self.account.balance)
+        self.positions: dict[str, _Held] = {}
+        self.orders: dict[str, _Order] = {}
+        self.deals: list[Deal] = []
+        """In (time, ticket) order (a bar-open fill can be dated before a deal made by a later tick)."""
+        self.quotes: dict[str, _Quote] = {}
+        """The latest price per symbol, exact; made from ``_raw`` when something needs it (most prices
+        of a backtest move nothing: kept as received, they cost no Decimal arithmetic)."""
+        self._raw: dict[str, tuple[int, Any, Any, Any]] = {}
+        """symbol → (ts, bid, ask or None, a bar's spread or None), as received."""
+        self._stale: set[str] = set()
+        self._open: dict[str, list[_Order]] = {}
+        """symbol → its working orders, in arrival order."""
+        self.now: int | None = None
+        self.last_roll: int | None = None
+        self._next_roll = 0
+        self._next_prune = 0
+        self._estimate: tuple[int, float, list[tuple[str, float, float, float, float, float]]] | None = None
+        self.ticket = 0
+
+    # --- orders ---------------------------------------------------------------------
+
+    async def submit(self, order: OrderRequest) -> Ack:
+        self.journal.record("request", "submit", _request_payload(order), order.order_id)
+        self.revision += 1
+        known = self.orders.get(order.client_order_id)
+        if known is not None and known.status != "rejected":
+            ack = Ack(AckStatus.DUPLICATE, known.retcode, f"order {order.client_order_id} is known ({known.status})", str(known.ticket))
+        else:
+            try:
+                lots = self._check(order)
+            except _Refusal as refusal:
+                ack = self._refuse(order, refusal)
+            else:
+                self.ticket += 1
+                working = _Order(order.client_order_id, order.order_id, order.symbol, order.side, lots, order.ts, self.ticket)
+                self.orders[order.client_order_id] = working
+                self._open.setdefault(order.symbol, []).append(working)
+                ack = Ack(AckStatus.ACCEPTED, rc.PLACED, "accepted, fills on the next price", str(working.ticket))
+                quote = self.quote(order.symbol)
+                if self.params.fill_on == "tick" and quote is not None and quote.ts > order.ts:
+                    self._fill(working, quote.ts, quote.bid, quote.ask)  # the order arrived after a newer price
+        self.journal.record("response", "submit", _ack_payload(ack), order.order_id)
+        return ack
+
+    def _refuse(self, order: OrderRequest, refusal: _Refusal) -> Ack:
+        self.orders[order.client_order_id] = _Order(
+            order.client_order_id, order.order_id, order.symbol, order.side, order.quantity if order.quantity > 0 else ZERO,
+            order.ts, 0, status="rejected", retcode=refusal.retcode, done_ts=order.ts,
+        )  # fmt: skip
+        return Ack(AckStatus.REJECTED, refusal.retcode, refusal.message)
+
+    def _check(self, order: OrderRequest) -> Decimal:
+        """The order's volume in lots, or the MT5 code the order is refused with."""
+        rules = self.rules.get(order.symbol)
+        if rules is None:
+            raise _Refusal(rc.INVALID, f"unknown symbol {order.symbol}")
+        if order.order_type != "market":
+            raise _Refusal(rc.INVALID_ORDER, f"the paper broker fills market orders only, not {order.order_type}")
+        if order.side not in ("buy", "sell"):
+            raise _Refusal(rc.INVALID, f"unknown side {order.side!r}")
+        try:
+            lots = rules.lots(order.quantity)
+        except VolumeError as exc:
+            raise _Refusal(rc.INVALID_VOLUME, str(exc)) from None
+        if lots != order.quantity:
+            raise _Refusal(rc.INVALID_VOLUME, f"{order.symbol}: volume {order.quantity} is not a multiple of the lot step {rules.lot_step}")
+        if in_weekend(order.ts):
+            raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: the market is closed (weekend)")
+        self._fresh()
+        quote = self.quotes.get(order.symbol)
+        if quote is None:
+            raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price yet")
+        if order.ts - quote.ts > self.params.max_quote_age_ms:
+            raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {quote.ts} ({self.params.max_quote_age} before the order)")
+        try:
+            held = self.positions.get(order.symbol)
+            current = held.position.quantity if held else ZERO
+            after = current + (lots if order.side == "buy" else -lots)
+            extra = self._margin(order.symbol, after) - self._margin(order.symbol, current) if abs(after) > abs(current) else ZERO
+            free = self._equity() - self._total_margin()
+            self.rates.rate(rules.quote, self.currency)
+        except MissingRate as exc:
+            raise _Refusal(rc.PRICE_OFF, f"{order.symbol}: {exc}") from None
+        if extra > free:
+            raise _Refusal(rc.NO_MONEY, f"not enough money: {extra} {self.currency} margin needed, {free} free")
+        return lots
+
+    # --- market data ----------------------------------------------------------------
+
+    async def on_tick(self, tick: Mapping[str, Any]) -> None:
+        symbol = tick["symbol"]
+        if symbol not in self.rules:
+            return
+        ts = tick["ts"]
+        self._advance(ts)
+        self._set(symbol, ts, tick["bid"], tick["ask"], None)
+        if self.params.fill_on == "tick" and self._open.get(symbol):
+            quote = self.quote(symbol)
+            assert quote is not None
+            for order in list(self._open[symbol]):
+                if order.ts < ts:
+                    self._fill(order, quote.ts, quote.bid, quote.ask)
+        if self.positions:
+            self._check_stop_out(ts)
+
+    async def on_bar(self, bar: Mapping[str, Any]) -> None:
+        symbol = bar["symbol"]
+        if symbol not in self.rules or bar["timeframe"] != self.params.bar_timeframe:
+            return
+        if bar.get("complete") is False or bar.get("revision"):
+            return
+        start = bar["ts"]
+        self._advance(start)
+        if self.params.fill_on == "bar_open" and self._open.get(symbol):
+            working = [o for o in self._open[symbol] if o.ts <= start]
+            if working:
+                opening = (start, bar["open"], None, bar.get("spread_mean"))
+                self._set(symbol, *opening)
+                quote = self._exact(symbol, opening)  # the open, even when a later tick came first
+                for order in working:
+                    self._fill(order, start, quote.bid, quote.ask)
+        self._advance(bar["ts_close"])
+        self._set(symbol, bar["ts_close"], bar["close"], None, bar.get("spread_mean"))
+        if self.positions:
+            self._check_stop_out(bar["ts_close"])
+
+    def _set(self, symbol: str, ts: int, bid: Any, ask: Any, spread: Any) -> None:
+        """A price as received; an older one than the symbol's latest is ignored."""
+        latest = self._raw.get(symbol)
+        if latest is None or latest[0] <= ts:
+            self._raw[symbol] = (ts, bid, ask, spread)
+            self._stale.add(symbol)
+
+    def quote(self, symbol: str) -> _Quote | None:
+        """The latest price of ``symbol``, exact."""
+        if symbol in self._stale:
+            self._materialize(symbol)
+        return self.quotes.get(symbol)
+
+    def _materialize(self, symbol: str) -> None:
+        quote = self.quotes[symbol] = self._exact(symbol, self._raw[symbol])
+        self.rates.update(symbol, quote.bid, quote.ask)
+        self._stale.discard(symbol)
+
+    def _exact(self, symbol: str, raw: tuple[int, Any, Any, Any]) -> _Quote:
+        ts, bid, ask, spread = raw
+        rules = self.rules[symbol]
+        exact_bid = rules.price(bid)
+        if ask is not None:
+            quoted = rules.price(ask)
+        else:
+            quoted = None if spread is None else rules.price(exact_bid + dec(spread))
+        return _Quote(ts, exact_bid, self.params.spread.ask(rules, exact_bid, quoted))
+
+    def _fresh(self) -> None:
+        """Every price exact, so conversions use the latest of each pair."""
+        for symbol in sorted(self._stale):
+            self._materialize(symbol)
+
+    def _working(self, symbol: str) -> list[_Order]:
+        return list(self._open.get(symbol, ()))
+
+    def _advance(self, ts: int) -> None:
+        """Move the broker's time to ``ts``: swap at every roll passed, old history dropped."""
+        now = self.now
+        if now is None:
+            self.now = self.last_roll = ts
+            self._next_roll = self.params.swap.rolls(ts, ts + 86_400_000)[0]
+            return
+        if ts <= now:
+            return
+        if ts >= self._next_roll:
+            if self.positions:
+                self._fresh()
+            for roll in self.params.swap.rolls(self.last_roll if self.last_roll is not None else now, ts):
+                self._roll(roll)
+                self.last_roll = roll
+            self._next_roll = self.params.swap.rolls(ts, ts + 86_400_000)[0]
+        self.now = ts
+        if ts >= self._next_prune:
+            self._prune()
+            self._next_prune = ts + 3_600_000
+
+    def _roll(self, roll_ts: int) -> None:
+        nights = self.params.swap.nights(roll_ts)
+        if not nights:
+            return
+        for symbol, held in sorted(self.positions.items()):
+            pos = held.position
+            points = self.params.swap.points(symbol, pos.quantity > 0)
+            if not points or pos.flat:
+                continue
+            rules = self.rules[symbol]
+            in_quote = points * rules.tick * rules.units(abs(pos.quantity)) * nights
+            try:
+                amount = book(self.rates.convert(in_quote, rules.quote, self.currency))
+            except MissingRate:
+                continue
+            held.swap += amount
+            self.revision += 1
+            self._estimate = None
+            self.journal.record("event", "swap", {"symbol": symbol, "ts": roll_ts, "nights": nights, "amount": amount})
+
+    # --- execution ------------------------------------------------------------------
+
+    def _fill(self, order: _Order, ts: int, bid: Decimal, ask: Decimal) -> None:
+        self._fresh()
+        rules = self.rules[order.symbol]
+        lots = order.quantity - order.filled
+        if self.params.partial_fills is not None:
+            lots = min(lots, dec(self.params.partial_fills.max_lots))
+        expected = ask if order.side == "buy" else bid
+        price = self.params.slippage.price(rules, order.side, expected, lots)
+        self._execute(order.symbol, order.side, lots, price, ts, order.ticket, order.client_order_id, "client", price - expected)
+        order.filled += lots
+        order.status = "filled" if order.filled == order.quantity else "partially_filled"
+        if order.status == "filled":
+            order.done_ts = ts
+            self._open[order.symbol].remove(order)
+
+    def _execute(
+        self,
+        symbol: str,
+        side: str,
+        lots: Decimal,
+        price: Decimal,
+        ts: int,
+        order_ticket: int,
+        client_id: str | None,
+        reason: str,
+        slippage: Decimal | None = None,
+    ) -> Deal:
+        rules = self.rules[symbol]
+        held = self.positions.get(symbol)
+        if held is None:
+            held = self.positions[symbol] = _Held(Position(rules), ticket=order_ticket, opened=ts)
+        before = held.position.quantity
+        realized = held.position.apply(side, lots, price)
+        after = held.position.quantity
+        profit = book(self.rates.convert(realized, rules.quote, self.currency)) if realized else ZERO
+        swap = ZERO
+        if before == 0 or (before > 0) == (side == "buy"):
+            entry = "in"
+        else:  # this deal reduces the position, closes it, or reverses it
+            closed = min(abs(before), lots)
+            swap = held.swap if closed == abs(before) else book(held.swap * closed / abs(before))
+            held.swap -= swap
+            entry = "out" if after == 0 or (after > 0) == (before > 0) else "inout"
+        notional = self.rates.convert(rules.units(lots) * price, rules.quote, self.currency)
+        commission = book(self.params.commission.amount(lots, notional))
+        self.balance += profit + swap - commission
+        if after == 0:
+            del self.positions[symbol]
+        elif entry == "inout":
+            held.ticket, held.opened = order_ticket, ts
+        self.ticket += 1
+        self.revision += 1
+        self._estimate = None
+        deal = Deal(self.ticket, order_ticket, client_id, symbol, side, entry, lots, price, ts, commission, swap, profit, reason, slippage)
+        bisect.insort(self.deals, deal, key=_deal_order)
+        order = self.orders.get(client_id) if client_id else None
+        self.journal.record("event", "deal", deal.to_json(), order.order_id if order else None)
+        return deal
+
+    # --- money ----------------------------------------------------------------------
+
+    def _margin(self, symbol: str, quantity: Decimal) -> Decimal:
+        if quantity == 0:
+            return ZERO
+        rules = self.rules[symbol]
+        return book(self.rates.convert(rules.units(abs(quantity)) / self.leverage, rules.base, self.currency))
+
+    def _total_margin(self) -> Decimal:
+        return sum((self._margin(s, h.position.quantity) for s, h in self.positions.items()), ZERO)
+
+    def _floating(self, symbol: str, held: _Held) -> Decimal:
+        quote = self.quotes[symbol]
+        rules = self.rules[symbol]
+        return book(self.rates.convert(held.position.unrealized(quote.bid, quote.ask), rules.quote, self.currency))
+
+    def _equity(self) -> Decimal:
+        return self.balance + sum((self._floating(s, h) + h.swap for s, h in self.positions.items()), ZERO)
+
+    def _check_stop_out(self, ts: int) -> None:
+        """Close the worst position while equity < stop_out × margin (exact), after a cheap float estimate.
+
+        Most prices leave the account far from its stop-out level: an estimate in floats, from the
+        conversion rates of the last exact check (at most ``ESTIMATE_FOR_MS`` old) and the latest
+        marks, skips the exact check while the level is above ``ESTIMATE_MARGIN`` × stop_out. The
+        decision itself is always the exact one."""
+        estimate = self._estimate
+        if estimate is not None and ts < estimate[0]:
+            level = self._level_estimate(estimate)
+            if level is None or level > ESTIMATE_MARGIN * float(self.stop_out):
+                return
+        self._fresh()
+        while self.positions:
+            try:
+                margin = self._total_margin()
+                equity = self._equity()
+                if margin == 0 or equity >= self.stop_out * margin:
+                    self._estimate = self._estimator(ts)
+                    return
+                worst = min(sorted(self.positions), key=lambda s: self._floating(s, self.positions[s]))
+            except MissingRate:
+                return
+            held = self.positions[worst]
+            quote = self.quotes[worst]
+            long = held.position.quantity > 0
+            lots = abs(held.position.quantity)
+            self.ticket += 1
+            ticket = self.ticket
+            level = equity / margin
+            deal = self._execute(worst, "sell" if long else "buy", lots, quote.bid if long else quote.ask, ts, ticket, None, "stop_out")
+            message = (f"stop out: equity {equity} / margin {margin} = {level:.4f} below {self.stop_out}; "
+                       f"closed {worst} {lots} lots at {deal.price}")  # fmt: skip
+            self.notices.append(Notice(worst, f"stop-out-{ticket}", ts, "stop_out", message))
+            self.journal.record("event", "stop_out", {"symbol": worst, "equity": equity, "margin": margin, "deal": deal.ticket})
+
+    def _estimator(self, ts: int) -> tuple[int, float, list[tuple[str, float, float, float, float, float]]]:
+        """What :meth:`_level_estimate` needs, from the exact state now."""
+        rows = []
+        for symbol, held in self.positions.items():
+            rules = self.rules[symbol]
+            pos = held.position
+            rows.append((symbol, float(pos.quantity), float(pos.avg_price), float(rules.units(abs(pos.quantity))),
+                         float(self.rates.rate(rules.quote, self.currency)), float(self._margin(symbol, pos.quantity))))  # fmt: skip
+        swaps = float(sum((h.swap for h in self.positions.values()), ZERO))
+        return ts + ESTIMATE_FOR_MS, float(self.balance) + swaps, rows
+
+    def _level_estimate(self, estimate: tuple[int, float, list[tuple[str, float, float, float, float, float]]]) -> float | None:
+        _, equity, rows = estimate
+        margin = 0.0
+        for symbol, quantity, avg, units, to_account, symbol_margin in rows:
+            _, bid, ask, spread = self._raw[symbol]
+            if quantity > 0:
+                equity += (float(bid) - avg) * units * to_account
+            else:
+                offer = float(ask) if ask is not None else float(bid) + float(spread or 0.0)
+                equity += (avg - offer) * units * to_account
+            margin += symbol_margin
+        return equity / margin if margin else None
+
+    # --- queries ----------------------------------------------------------------------
+
+    async def poll(self, since_ms: int | None = None) -> list[Deal]:
+        if since_ms is None:
+            return list(self.deals)
+        return self.deals[bisect.bisect_left(self.deals, (since_ms, -1), key=_deal_order) :]
+
+    def account_view(self) -> AccountView:
+        self._fresh()
+        margin = self._total_margin_safe()
+        try:
+            equity = self._equity()
+        except MissingRate:
+            equity = self.balance + sum((h.swap for h in self.positions.values()), ZERO)
+        return AccountView(self.currency, self.balance, equity, margin, equity - margin)
+
+    def _total_margin_safe(self) -> Decimal:
+        try:
+            return self._total_margin()
+        except MissingRate:
+            return ZERO
+
+    async def state(self, since_ms: int | None, client_order_ids: Iterable[str] = ()) -> BrokerState:
+        ids = list(client_order_ids)
+        chosen = [self.orders[i] for i in ids if i in self.orders] if ids else [o for o in self.orders.values() if o.working]
+        orders = [
+            OrderView(o.client_order_id, o.symbol, o.side, o.quantity, o.filled, o.status, str(o.ticket) if o.ticket else None)
+            for o in chosen
+        ]
+        positions = [
+            PositionView(s, h.position.quantity, h.position.avg_price, h.swap) for s, h in sorted(self.positions.items())
+        ]
+        deals = [] if since_ms is None else await self.poll(since_ms)
+        return BrokerState(self.account_view(), positions, orders, deals)
+
+    def _prune(self) -> None:
+        horizon = self.params.history_ms
+        if horizon is None or self.now is None:
+            return
+        cutoff = self.now - horizon
+        if self.deals and self.deals[0].ts < cutoff:
+            self.deals = self.deals[bisect.bisect_left(self.deals, (cutoff, -1), key=_deal_order) :]
+        old = [k for k, o in self.orders.items() if not o.working and (o.done_ts or o.ts) < cutoff]
+        for key in old:
+            del self.orders[key]
+
+    # --- state ------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        self._fresh()
+        return {
+            "version": STATE_VERSION,
+            "balance": str(self.balance),
+            "ticket": self.ticket,
+            "now": self.now,
+            "last_roll": self.last_roll,
+            "quotes": {s: [q.ts, str(q.bid), str(q.ask)] for s, q in sorted(self.quotes.items())},
+            "positions": {
+                s: {"quantity": str(h.position.quantity), "avg_price": str(h.position.avg_price), "swap": str(h.swap),
+                    "ticket": h.ticket, "opened": h.opened}
+                for s, h in sorted(self.positions.items())
+            },  # fmt: skip
+            "orders": [o.to_json() for o in self.orders.values()],
+            "deals": [d.to_json() for d in self.deals],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"paper broker state version {state.get('version')!r}, expected {STATE_VERSION}")
+        self.balance = Decimal(state["balance"])
+        self.ticket = state["ticket"]
+        self.now = state["now"]
+        self.last_roll = state["last_roll"]
+        self.quotes, self._raw, self._stale, self._estimate = {}, {}, set(), None
+        for symbol, (ts, bid, ask) in state["quotes"].items():
+            if symbol in self.rules:
+                self.quotes[symbol] = _Quote(ts, Decimal(bid), Decimal(ask))
+                self._raw[symbol] = (ts, Decimal(bid), Decimal(ask), None)
+                self.rates.update(symbol, Decimal(bid), Decimal(ask))
+        if self.now is not None:
+            self._next_roll = self.params.swap.rolls(self.now, self.now + 86_400_000)[0]
+            self._next_prune = 0
+        self.positions = {}
+        for symbol, p in state["positions"].items():
+            position = Position(self.rules[symbol], Decimal(p["quantity"]), Decimal(p["avg_price"]))
+            self.positions[symbol] = _Held(position, p["ticket"], p["opened"], Decimal(p["swap"]))
+        self.orders = {o["client_order_id"]: _Order.from_json(o) for o in state["orders"]}
+        self._open = {}
+        for o in self.orders.values():
+            if o.working:
+                self._open.setdefault(o.symbol, []).append(o)
+        self.deals = [Deal.from_json(d) for d in state["deals"]]
+
+
+def _deal_order(deal: Deal) -> tuple[int, int]:
+    return (deal.ts, deal.ticket)
+
+
+def _request_payload(order: OrderRequest) -> dict[str, Any]:
+    return {
+        "client_order_id": order.client_order_id, "symbol": order.symbol, "side": order.side,
+        "quantity": order.quantity, "order_type": order.order_type, "ts": order.ts,
+    }  # fmt: skip
+
+
+def _ack_payload(ack: Ack) -> dict[str, Any]:
+    payload: dict[str, Any] = {"status": ack.status.value, "message": ack.message}
+    if ack.retcode is not None:
+        payload["retcode"] = ack.retcode
+        payload["retcode_name"] = rc.name(ack.retcode)
+    if ack.broker_order_id is not None:
+        payload["broker_order_id"] = ack.broker_order_id
+    return payload

@@ -1,0 +1,1 @@
+"""execution-service: approved signals become orders, broker fills and errors move them, positions follow."""

@@ -1,0 +1,170 @@
+"""The execution service's own orders: each order's state machine plus what the service knows around it.
+
+An order's id is :func:`~nodes.trading.orders.client_order_id` of its signal, so the book is
+also the set of signals already turned into orders (a duplicate signal finds its order here).
+Fill ids applied are kept for every fill, also those of orders the service does not know, so
+a fill delivered twice (a redelivery, a reconciliation overlapping the live stream) moves a
+position once. Finished orders and old fill ids are forgotten after ``keep``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from nodes.trading.orders import OPEN, Order, OrderStatus
+
+S = OrderStatus
+
+
+@dataclass
+class Tracked:
+    order: Order
+    signal_id: str
+    decision_id: str
+    created_ms: int
+    updated_ms: int
+    submitted_ms: int | None = None
+    broker_order_id: str | None = None
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    reason: str | None = None
+    query_due_ms: int | None = None
+    """When to ask the broker about a submitted order nothing was heard of (None: not waiting)."""
+    queries: int = 0
+    """Queries about it the broker left unanswered."""
+    final: OrderStatus | None = None
+    """A terminal status the orders table holds for it that the restored state had not reached:
+    applied at reconciliation, after the broker's fills (which a cancel may follow)."""
+
+    @property
+    def status(self) -> OrderStatus:
+        return self.order.status
+
+    def to_json(self) -> dict[str, Any]:
+        o = self.order
+        return {
+            "order_id": o.order_id,
+            "symbol": o.symbol,
+            "side": o.side,
+            "quantity": str(o.quantity),
+            "status": o.status.value,
+            "filled": str(o.filled),
+            "avg_price": None if o.avg_price is None else str(o.avg_price),
+            "fills": {k: str(v) for k, v in o.fills.items()},
+            "signal_id": self.signal_id,
+            "decision_id": self.decision_id,
+            "created_ms": self.created_ms,
+            "updated_ms": self.updated_ms,
+            "submitted_ms": self.submitted_ms,
+            "broker_order_id": self.broker_order_id,
+            "stop_loss": _text(self.stop_loss),
+            "take_profit": _text(self.take_profit),
+            "reason": self.reason,
+            "query_due_ms": self.query_due_ms,
+            "queries": self.queries,
+            "final": None if self.final is None else self.final.value,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Tracked:
+        order = Order(
+            d["order_id"],
+            d["symbol"],
+            d["side"],
+            Decimal(d["quantity"]),
+            status=S(d["status"]),
+            filled=Decimal(d["filled"]),
+            avg_price=_number(d["avg_price"]),
+            fills={k: Decimal(v) for k, v in d["fills"].items()},
+        )
+        return cls(
+            order=order,
+            signal_id=d["signal_id"],
+            decision_id=d["decision_id"],
+            created_ms=d["created_ms"],
+            updated_ms=d["updated_ms"],
+            submitted_ms=d["submitted_ms"],
+            broker_order_id=d["broker_order_id"],
+            stop_loss=_number(d["stop_loss"]),
+            take_profit=_number(d["take_profit"]),
+            reason=d["reason"],
+            query_due_ms=d["query_due_ms"],
+            queries=d["queries"],
+            final=None if d["final"] is None else S(d["final"]),
+        )
+
+
+class OrderBook:
+    def __init__(self) -> None:
+        self.orders: dict[str, Tracked] = {}
+        self.fill_ids: dict[str, int] = {}
+        """fill_id → the fill's ts, for every fill applied (any order, known or not)."""
+        self._by_broker_id: dict[str, str] = {}
+
+    def __contains__(self, order_id: str) -> bool:
+        return order_id in self.orders
+
+    def add(self, tracked: Tracked) -> None:
+        self.orders[tracked.order.order_id] = tracked
+        if tracked.broker_order_id:
+            self._by_broker_id[tracked.broker_order_id] = tracked.order.order_id
+
+    def find(self, order_id: str | None, broker_order_id: str | None = None) -> Tracked | None:
+        """Our order by its id, else by the broker's id for it."""
+        tracked = self.orders.get(order_id) if order_id else None
+        if tracked is None and broker_order_id:
+            own = self._by_broker_id.get(broker_order_id)
+            tracked = self.orders.get(own) if own else None
+        return tracked
+
+    def note_broker_id(self, tracked: Tracked, broker_order_id: str | None) -> None:
+        if broker_order_id and tracked.broker_order_id != broker_order_id:
+            tracked.broker_order_id = broker_order_id
+            self._by_broker_id[broker_order_id] = tracked.order.order_id
+
+    def pending(self) -> list[Tracked]:
+        """Orders not sent yet (held until the service is reconciled with the broker)."""
+        return [t for t in self.orders.values() if t.status is S.PENDING]
+
+    def open(self) -> list[Tracked]:
+        """Orders the broker has or may have: submitted, accepted, partially filled."""
+        return [t for t in self.orders.values() if t.status in OPEN]
+
+    def unsettled(self) -> Iterator[Tracked]:
+        """Orders whose table status is ahead of the restored state (see :attr:`Tracked.final`)."""
+        return (t for t in self.orders.values() if t.final is not None)
+
+    def prune(self, orders_before_ms: int, fills_before_ms: int) -> int:
+        """Forget finished orders last changed before ``orders_before_ms``, and the ids of fills made before
+        ``fills_before_ms`` (which must stay before any fills query a reconciliation may make)."""
+        gone = [k for k, t in self.orders.items() if t.order.done and t.final is None and t.updated_ms < orders_before_ms]
+        for key in gone:
+            broker_id = self.orders.pop(key).broker_order_id
+            if broker_id:
+                self._by_broker_id.pop(broker_id, None)
+        old = [k for k, ts in self.fill_ids.items() if ts < fills_before_ms]
+        for key in old:
+            del self.fill_ids[key]
+        return len(gone)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"orders": [t.to_json() for t in self.orders.values()], "fill_ids": self.fill_ids}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OrderBook:
+        book = cls()
+        for item in d["orders"]:
+            book.add(Tracked.from_json(item))
+        book.fill_ids = {str(k): int(v) for k, v in d["fill_ids"].items()}
+        return book
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)

@@ -1,0 +1,294 @@
+"""The paper broker against hand-computed numbers: fill timing, spread, slippage, commission, partial
+fills, swap (Wednesday triple), margin, stop-out, refusals with MT5 return codes, state as JSON."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from framework.topology.model import Account, Instrument
+from nodes.broker.base import AckStatus, OrderRequest
+from nodes.broker.models import PaperParams
+from nodes.broker.paper import PaperBroker
+
+D = Decimal
+MIN = 60_000
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+MON = 1_793_577_600_000  # Monday 2026-11-02 00:00 UTC
+T = MON + 10 * HOUR
+INSTRUMENTS = {
+    "EURUSD": Instrument(pip=0.0001, digits=5),
+    "USDJPY": Instrument(pip=0.01, digits=3),
+    "XAUUSD": Instrument(kind="metal", pip=0.01, digits=2),
+}
+
+
+def broker(params: dict[str, Any] | None = None, **account: Any) -> PaperBroker:
+    return PaperBroker(PaperParams.model_validate(params or {}), INSTRUMENTS, Account(**account))
+
+
+def tick(symbol: str, ts: int, bid: float, ask: float) -> dict[str, Any]:
+    return {"symbol": symbol, "ts": ts, "bid": bid, "ask": ask, "source": "test"}
+
+
+def order(cid: str, symbol: str, side: str, quantity: Any, ts: int, order_type: str = "market") -> OrderRequest:
+    return OrderRequest(cid, f"order-{cid}", symbol, side, D(str(quantity)), ts, order_type)
+
+
+def bar(symbol: str, ts: int, o: float, c: float, timeframe: str = "1h", spread: float | None = None, length: int = HOUR) -> dict[str, Any]:
+    return {"symbol": symbol, "timeframe": timeframe, "ts": ts, "ts_close": ts + length, "open": o, "high": max(o, c),
+            "low": min(o, c), "close": c, "volume": 10, "tick_count": 10, "spread_mean": spread, "spread_min": spread,
+            "spread_max": spread, "source": "test"}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- when and at what price
+
+
+async def test_a_market_order_fills_at_the_first_tick_strictly_after_its_time() -> None:
+    b = broker()
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    buy = await b.submit(order("b1", "EURUSD", "buy", 1, T))
+    sell = await b.submit(order("s1", "EURUSD", "sell", 1, T))
+    assert buy.status is AckStatus.ACCEPTED and buy.retcode == 10008 and sell.status is AckStatus.ACCEPTED
+    await b.on_tick(tick("EURUSD", T, 1.08600, 1.08610))  # the order's own millisecond: information it could have had
+    assert b.deals == []
+    await b.on_tick(tick("EURUSD", T + 1, 1.08700, 1.08712))
+    (bought, sold) = b.deals
+    assert (bought.side, bought.price, bought.ts, bought.client_order_id) == ("buy", D("1.08712"), T + 1, "b1")
+    assert (sold.side, sold.price, sold.ts) == ("sell", D("1.08700"), T + 1)
+    assert bought.slippage == 0 and b.positions == {}  # netting: the buy and the sell cancel out
+    assert b.balance == D("100000") - D("12.00")  # the spread: (1.08700 - 1.08712) × 100,000
+
+
+async def test_an_order_that_arrives_after_a_newer_price_fills_at_that_price() -> None:
+    b = broker()
+    await b.on_tick(tick("EURUSD", T + 5, 1.08500, 1.08510))
+    await b.submit(order("late", "EURUSD", "buy", 1, T))
+    assert [(d.price, d.ts) for d in b.deals] == [(D("1.08510"), T + 5)]
+
+
+async def test_next_bar_open_never_the_signal_bar() -> None:
+    b = broker({"fill_on": "bar_open", "bar_timeframe": "1h", "spread": {"source": "fixed", "points": {"default": 10}}})
+    signal_bar = T  # the signal was computed on the bar [T, T+1h) and is known at its close
+    await b.on_bar(bar("EURUSD", signal_bar, 1.08000, 1.08500))
+    await b.submit(order("b", "EURUSD", "buy", 1, signal_bar + HOUR))
+    await b.submit(order("s", "EURUSD", "sell", 2, signal_bar + HOUR))
+    await b.on_bar(bar("EURUSD", signal_bar, 1.08000, 1.08500))  # the signal's bar again (a resend): no fill
+    await b.on_bar(bar("EURUSD", signal_bar + HOUR, 1.09000, 1.09100, timeframe="4h"))  # another timeframe: ignored
+    await b.on_tick(tick("EURUSD", signal_bar + HOUR + 1, 1.07, 1.07))  # ticks do not fill in bar_open mode
+    assert b.deals == []
+    await b.on_bar(bar("EURUSD", signal_bar + HOUR, 1.08600, 1.08400))
+    buy, sell = b.deals
+    assert (buy.price, buy.ts) == (D("1.08610"), signal_bar + HOUR)  # the open + 10 points of spread
+    assert (sell.price, sell.lots) == (D("1.08600"), D("2"))  # the open (bars are bid prices)
+    quote = b.quote("EURUSD")
+    assert quote is not None and (quote.bid, quote.ts) == (D("1.08400"), signal_bar + 2 * HOUR)  # marked at the close
+
+
+async def test_a_bars_own_spread_with_source_quote() -> None:
+    b = broker({"fill_on": "bar_open", "bar_timeframe": "1m"})
+    await b.on_bar(bar("EURUSD", T, 1.08000, 1.08500, timeframe="1m", length=MIN, spread=0.00015))
+    await b.submit(order("b", "EURUSD", "buy", 1, T + MIN))
+    await b.on_bar(bar("EURUSD", T + MIN, 1.08600, 1.08400, timeframe="1m", length=MIN, spread=0.00015))
+    assert b.deals[0].price == D("1.08615")
+
+
+# --------------------------------------------------------------------------- costs
+
+
+async def test_spread_slippage_and_commission_by_hand() -> None:
+    params = {
+        "spread": {"source": "fixed", "points": {"default": 30, "EURUSD": 12}},
+        "slippage": {"points": 2, "per_lot": 1},
+        "commission": {"per_lot": 3.5, "per_million": 25},
+    }
+    b = broker(params)
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08501))  # the quote's ask is ignored: fixed spread of 12 points
+    await b.submit(order("open", "EURUSD", "buy", 1.5, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08501))
+    # ask 1.08512; slippage 2 + 1 × 1.5 = 3.5 points → 0.000035 on the tick, half to even → 0.00004
+    opened = b.deals[0]
+    assert opened.price == D("1.08516") and opened.slippage == D("0.00004")
+    # commission: 3.5 × 1.5 + 25 × (150,000 × 1.08516 = 162,774 USD) / 1e6 = 5.25 + 4.06935 → 9.32
+    assert opened.commission == D("9.32")
+    await b.submit(order("close", "EURUSD", "sell", 1.5, T + 1))
+    await b.on_tick(tick("EURUSD", T + 2, 1.08700, 1.08800))
+    closed = b.deals[1]
+    assert closed.price == D("1.08696") and closed.slippage == D("-0.00004")  # the bid, 4 points worse
+    assert closed.profit == D("270.00")  # (1.08696 - 1.08516) × 150,000
+    assert closed.commission == D("9.33")  # 5.25 + 25 × 163,044 / 1e6 = 9.3261
+    assert b.balance == D("100000") + D("270.00") - D("9.32") - D("9.33")
+    assert closed.entry == "out" and b.positions == {}
+
+
+async def test_a_yen_pairs_profit_is_converted_at_the_time_it_is_realized() -> None:
+    b = broker({"spread": {"source": "quote"}})
+    await b.on_tick(tick("USDJPY", T, 149.500, 149.512))
+    await b.submit(order("u1", "USDJPY", "buy", 1, T))
+    await b.on_tick(tick("USDJPY", T + 1, 149.500, 149.512))
+    await b.submit(order("u2", "USDJPY", "sell", 1, T + 1))
+    await b.on_tick(tick("USDJPY", T + 2, 150.000, 150.012))
+    # (150.000 - 149.512) × 100,000 = 48,800 JPY at the mid 150.006 → 325.3203… USD
+    assert b.deals[1].profit == D("325.32")
+    assert b.balance == D("100325.32")
+
+
+async def test_partial_fills_split_an_order_over_the_next_prices() -> None:
+    b = broker({"partial_fills": {"max_lots": 1.0}})
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    await b.submit(order("big", "EURUSD", "buy", 2.5, T))
+    for i, ask in enumerate((1.08520, 1.08530, 1.08540), start=1):
+        await b.on_tick(tick("EURUSD", T + i, ask - 0.0001, ask))
+    assert [(d.lots, d.price) for d in b.deals] == [(D("1.0"), D("1.08520")), (D("1.0"), D("1.08530")), (D("0.5"), D("1.08540"))]
+    assert b.orders["big"].status == "filled" and b.orders["big"].filled == D("2.5")
+    assert b.positions["EURUSD"].position.avg_price == D("1.08528")  # (1.0852 + 1.0853 + 0.5 × 1.0854) / 2.5
+
+
+async def test_swap_at_each_roll_three_nights_on_wednesday() -> None:
+    b = broker({"swap": {"rates": {"EURUSD": {"long": -6.5, "short": 1.2}}, "roll": "22:00"}})
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08500))
+    await b.submit(order("l", "EURUSD", "buy", 1, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08500))
+    await b.on_tick(tick("EURUSD", MON + 22 * HOUR - 1, 1.08500, 1.08500))
+    assert b.positions["EURUSD"].swap == 0  # not yet 22:00
+    await b.on_tick(tick("EURUSD", MON + 22 * HOUR, 1.08500, 1.08500))
+    assert b.positions["EURUSD"].swap == D("-6.50")  # 6.5 points × 0.00001 × 100,000
+    await b.on_tick(tick("EURUSD", MON + 3 * DAY + 10 * HOUR, 1.08500, 1.08500))  # Thursday: past Tue and Wed rolls
+    assert b.positions["EURUSD"].swap == D("-32.50")  # Mon 1 + Tue 1 + Wed 3 nights
+    await b.submit(order("c", "EURUSD", "sell", 1, MON + 3 * DAY + 10 * HOUR))
+    await b.on_tick(tick("EURUSD", MON + 3 * DAY + 10 * HOUR + 1, 1.08500, 1.08500))
+    assert b.deals[-1].swap == D("-32.50") and b.balance == D("99967.50") and b.positions == {}
+
+
+async def test_swap_of_a_short_over_a_weekend_and_a_partial_close() -> None:
+    b = broker({"swap": {"rates": {"default": {"long": -6.5, "short": 1.2}}, "roll": "22:00"}})
+    friday = MON + 4 * DAY + 10 * HOUR
+    await b.on_tick(tick("EURUSD", friday, 1.08500, 1.08500))
+    await b.submit(order("s", "EURUSD", "sell", 2, friday))
+    await b.on_tick(tick("EURUSD", friday + 1, 1.08500, 1.08500))
+    await b.on_tick(tick("EURUSD", friday + 3 * DAY, 1.08500, 1.08500))  # Monday 10:00: Fri roll 1 night, Sat and Sun none
+    assert b.positions["EURUSD"].swap == D("2.40")  # 1.2 × 2 lots
+    await b.submit(order("half", "EURUSD", "buy", 0.5, friday + 3 * DAY))
+    await b.on_tick(tick("EURUSD", friday + 3 * DAY + 1, 1.08500, 1.08500))
+    assert b.deals[-1].swap == D("0.60") and b.positions["EURUSD"].swap == D("1.80")  # realized pro rata
+
+
+# --------------------------------------------------------------------------- margin, stop-out, refusals
+
+
+async def test_margin_is_notional_over_leverage_in_the_account_currency() -> None:
+    b = broker(balance=10_000, leverage=30)
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    await b.on_tick(tick("XAUUSD", T, 2650.00, 2650.30))
+    refused = await b.submit(order("big", "EURUSD", "buy", 2.8, T))  # 280,000 EUR / 30 × 1.08505 = 10,127.13 USD
+    assert (refused.status, refused.retcode) == (AckStatus.REJECTED, 10019)
+    assert (await b.submit(order("ok", "EURUSD", "buy", 2, T))).status is AckStatus.ACCEPTED
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08510))
+    account = b.account_view()
+    assert account.margin == D("7233.67")  # 200,000 / 30 × 1.08505 = 7,233.666…
+    gold = await b.submit(order("gold", "XAUUSD", "buy", 1, T + 1))  # 100 oz / 30 × 2,650.15 = 8,833.83 > free margin
+    assert (gold.status, gold.retcode) == (AckStatus.REJECTED, 10019)
+    reducing = await b.submit(order("reduce", "EURUSD", "sell", 2, T + 1))  # closing needs no margin
+    assert reducing.status is AckStatus.ACCEPTED
+
+
+async def test_stop_out_closes_the_position_when_equity_falls_below_half_the_margin() -> None:
+    b = broker(balance=10_000, leverage=30, stop_out=0.5)
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    await b.submit(order("long", "EURUSD", "buy", 2.5, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08510))
+    await b.on_tick(tick("EURUSD", T + 2, 1.07000, 1.07010))
+    # equity 10,000 + (1.07000 - 1.08510) × 250,000 = 6,225.00; margin 250,000 / 30 × 1.07005 = 8,917.08: level 0.698
+    assert "EURUSD" in b.positions and b.take_notices() == []
+    await b.on_tick(tick("EURUSD", T + 3, 1.05000, 1.05010))
+    # equity 10,000 - 8,775.00 = 1,225.00; margin 8,750.42: level 0.14 < 0.5 → closed at the bid
+    assert b.positions == {}
+    closing = b.deals[-1]
+    assert (closing.reason, closing.side, closing.price, closing.profit) == ("stop_out", "sell", D("1.05000"), D("-8775.00"))
+    assert b.balance == D("1225.00")
+    (notice,) = b.take_notices()
+    assert notice.code == "stop_out" and notice.symbol == "EURUSD" and "0.1400" in notice.message
+
+
+async def test_stop_out_closes_the_worst_position_first_and_stops_when_the_level_recovers() -> None:
+    b = broker(balance=10_000, leverage=100, stop_out=0.5)
+    await b.on_tick(tick("EURUSD", T, 1.10000, 1.10000))
+    await b.on_tick(tick("USDJPY", T, 150.000, 150.000))
+    await b.submit(order("eur", "EURUSD", "buy", 4, T))
+    await b.submit(order("jpy", "USDJPY", "buy", 1, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.10000, 1.10000))
+    await b.on_tick(tick("USDJPY", T + 1, 150.000, 150.000))
+    await b.on_tick(tick("EURUSD", T + 2, 1.08000, 1.08000))
+    # EUR: -0.02 × 400,000 = -8,000; margin 4,320 + 1,000 = 5,320; equity 2,000 → 0.376: the EURUSD loss goes first,
+    # then 2,000 equity over 1,000 margin is 2.0: USDJPY stays
+    assert list(b.positions) == ["USDJPY"] and b.balance == D("2000.00")
+
+
+@pytest.mark.parametrize(
+    ("symbol", "quantity", "ts", "order_type", "retcode"),
+    [
+        ("GBPNOK", 1, T, "market", 10013),  # unknown symbol
+        ("EURUSD", 0.001, T, "market", 10014),  # below the minimum lot
+        ("EURUSD", 0.015, T, "market", 10014),  # not on the lot step
+        ("EURUSD", 0, T, "market", 10014),
+        ("EURUSD", -1, T, "market", 10014),
+        ("EURUSD", 101, T, "market", 10014),  # above the maximum
+        ("EURUSD", 1, MON + 5 * DAY + 12 * HOUR, "market", 10018),  # Saturday
+        ("EURUSD", 1, T + 11 * MIN, "market", 10018),  # no price for 11 minutes
+        ("USDJPY", 1, T, "market", 10018),  # no price ever
+        ("EURUSD", 1000, T, "market", 10014),
+        ("EURUSD", 99, T, "market", 10019),  # 9.9M EUR / 30 = 358k USD of margin
+        ("EURUSD", 1, T, "limit", 10035),
+    ],
+)
+async def test_refusals_carry_mt5_return_codes(symbol: str, quantity: Any, ts: int, order_type: str, retcode: int) -> None:
+    b = broker()
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    ack = await b.submit(order("x", symbol, "buy", quantity, ts, order_type))
+    assert (ack.status, ack.retcode) == (AckStatus.REJECTED, retcode), ack.message
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08510))
+    assert b.deals == [] and b.orders["x"].status == "rejected"
+
+
+async def test_a_client_order_id_fills_once() -> None:
+    b = broker()
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    first = await b.submit(order("same", "EURUSD", "buy", 1, T))
+    again = await b.submit(order("same", "EURUSD", "buy", 1, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08510))
+    later = await b.submit(order("same", "EURUSD", "buy", 1, T + 1))
+    assert first.status is AckStatus.ACCEPTED and again.status is later.status is AckStatus.DUPLICATE
+    assert len(b.deals) == 1
+
+
+# --------------------------------------------------------------------------- state
+
+
+async def test_snapshot_and_restore_carry_the_account_through_json() -> None:
+    params = {"swap": {"rates": {"default": {"long": -6.5, "short": 1.2}}}, "commission": {"per_lot": 3}}
+    b = broker(params)
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    await b.on_tick(tick("USDJPY", T, 150.000, 150.012))
+    await b.submit(order("e", "EURUSD", "buy", 1, T))
+    await b.submit(order("j", "USDJPY", "sell", 2, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08510))
+    await b.submit(order("waiting", "EURUSD", "sell", 0.5, T + 1))
+    await b.on_tick(tick("EURUSD", T + DAY, 1.08600, 1.08610))  # a roll passed; "waiting" filled here too
+    await b.on_tick(tick("USDJPY", T + DAY, 150.100, 150.112))
+    await b.submit(order("open", "USDJPY", "buy", 0.3, T + DAY))
+    state = json.loads(json.dumps(b.snapshot()))
+
+    again = broker(params)
+    again.restore(state)
+    assert again.snapshot() == state
+    for one in (b, again):  # both go on identically
+        await one.on_tick(tick("USDJPY", T + DAY + 5, 149.000, 149.012))
+        await one.submit(order("close", "EURUSD", "sell", 0.5, T + DAY + 5))
+        await one.on_tick(tick("EURUSD", T + DAY + 6, 1.09000, 1.09010))
+    assert again.snapshot() == b.snapshot()
+    assert again.account_view() == b.account_view()
+    assert [d.ticket for d in again.deals] == [d.ticket for d in b.deals] and len(b.deals) == 5
