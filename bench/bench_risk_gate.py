@@ -126,10 +126,14 @@ async def run(n: int) -> tuple[float, float]:
     return gate_p99, bare_p99
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=3000, help="signals measured")
     parser.add_argument("overrides", nargs="*", help="topology overrides (key=value)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     EXTRA.extend(args.overrides)
     asyncio.run(run(args.n))
+
+
+if __name__ == "__main__":
+    main()

@@ -21,6 +21,13 @@ needs it. The value under a missing cell is ``NaN`` in a float column, ``None`` 
 column, ``0``/``False`` in an int/bool column (which keep their dtype: a nullable int column
 stays ``int64`` with a mask, as in pandas' ``Int64`` and Arrow). In a float column ``NaN`` *is*
 null: JSON has no NaN, and orjson and jsonschema-rs both turn it into ``null``.
+
+**Times.** A chunk may say when each of its rows became known (:attr:`Chunk.times`, epoch ms,
+non-decreasing; :meth:`Chunk.timed`): history a source hands on ahead of time, each row
+stamped with the moment a live feed would have delivered it. The times are not a column (not
+in the rows, not validated, not sent over NATS); ``take`` and ``concat`` keep them. How a run
+delivers a timed chunk is the runtime's business (``ctx.publish_batch``, and
+:mod:`framework.runtime.simulation`).
 """
 
 from __future__ import annotations
@@ -138,7 +145,7 @@ class Chunk:
     do not have the field at all.
     """
 
-    __slots__ = ("_absent", "_cols", "_missing", "_n")
+    __slots__ = ("_absent", "_cols", "_missing", "_n", "_times")
 
     def __init__(
         self,
@@ -180,18 +187,43 @@ class Chunk:
         self._missing = missing
         self._absent = {k: v for k, v in gone.items() if v.any()}
         self._n = n
+        self._times: np.ndarray | None = None
 
     @classmethod
     def _make(
-        cls, cols: dict[str, np.ndarray], missing: dict[str, np.ndarray], absent: dict[str, np.ndarray], n: int
-    ) -> Chunk:
+        cls, cols: dict[str, np.ndarray], missing: dict[str, np.ndarray], absent: dict[str, np.ndarray], n: int,
+        times: np.ndarray | None = None,
+    ) -> Chunk:  # fmt: skip
         """Trusted constructor: columns already normalised, masks consistent."""
         self = cls.__new__(cls)
         self._cols = cols
         self._missing = missing
         self._absent = absent
         self._n = n
+        self._times = times
         return self
+
+    # ------------------------------------------------------------------ times
+
+    @property
+    def times(self) -> np.ndarray | None:
+        """When each row became known (epoch ms, non-decreasing), or None: the chunk is untimed."""
+        return self._times
+
+    def timed(self, times: Sequence[int] | np.ndarray | None) -> Chunk:
+        """This chunk (columns shared, no copy) with ``times`` as its rows' times (None: untimed)."""
+        if times is None:
+            return self if self._times is None else Chunk._make(self._cols, self._missing, self._absent, self._n)
+        at = np.asarray(times)
+        if at.shape != (self._n,):
+            raise ValueError(f"times of shape {at.shape} for a chunk of {self._n} rows")
+        if at.dtype != _I64:
+            if at.size and at.dtype.kind not in "iu":
+                raise TypeError(f"chunk times must be int epoch milliseconds, got {at.dtype}")
+            at = at.astype(np.int64)
+        if at.size > 1 and bool((at[1:] < at[:-1]).any()):
+            raise ValueError("chunk times must not decrease")
+        return Chunk._make(self._cols, self._missing, self._absent, self._n, at)
 
     # ------------------------------------------------------------------ access
 
@@ -253,6 +285,7 @@ class Chunk:
             {k: v[key] for k, v in self._missing.items()},
             {k: v[key] for k, v in self._absent.items()},
             len(range(self._n)[key]) if isinstance(key, slice) else int(key.sum()) if key.dtype == bool else len(key),
+            None if self._times is None else self._times[key],
         )
 
     @classmethod
@@ -302,7 +335,10 @@ class Chunk:
                 if a.any():
                     absent[name] = a
             cols[name] = arr
-        return cls._make(cols, missing, absent, n)
+        times = np.concatenate([c._times for c in parts]) if all(c._times is not None for c in parts) else None
+        if times is not None and times.size > 1 and bool((times[1:] < times[:-1]).any()):
+            raise ValueError("concatenated chunk times would decrease")
+        return cls._make(cols, missing, absent, n, times)
 
     # ------------------------------------------------------------------ rows
 
@@ -503,7 +539,10 @@ def _common_dtype(arrays: list[np.ndarray]) -> np.dtype:
         return dtypes.pop()
     kinds = {d.kind for d in dtypes}
     if kinds <= set("iuf"):
-        return np.result_type(*dtypes)
+        common = np.result_type(*dtypes)
+        if common.kind == "f" and any(a.dtype.kind in "iu" and len(a) and (a.max() > _INT64_SAFE_IN_FLOAT or a.min() < -_INT64_SAFE_IN_FLOAT) for a in arrays):
+            return np.dtype(object)  # ints beyond 2**53 are not exact as floats (as in from_rows)
+        return common
     return np.dtype(object)
 
 

@@ -32,6 +32,7 @@ from framework.errors import UserError, UserErrors
 
 if TYPE_CHECKING:
     from framework.lint.findings import Finding
+    from framework.runtime.progress import ProgressDisplay
 
 log = logging.getLogger("fxflow")
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -242,7 +243,9 @@ def cmd_run(overrides: Sequence[str]) -> int:
     except OSError as exc:
         problem = "it is a file" if data_dir.exists() and not data_dir.is_dir() else (exc.strerror or str(exc))
         raise UserError(f"data_dir: cannot keep the run's files in {data_dir}: {problem}", file="<command line>") from None
-    with _run_tmpdir(data_dir), _run_logging(config.log_level, data_dir):
+    display = _display(config.progress)
+    terminal = display.owning_terminal() if display is not None else contextlib.nullcontext()
+    with _run_tmpdir(data_dir), terminal, _run_logging(config.log_level, data_dir):
         from framework.runtime import Runtime
 
         runtime = Runtime(
@@ -258,20 +261,59 @@ def cmd_run(overrides: Sequence[str]) -> int:
             return EXIT_USAGE
         duration = parse_seconds(config.duration) if config.duration else None
         log.info("fxrun topology=%s: %d service(s): %s", loaded.profile, len(runtime.services), ", ".join(runtime.services))
-        asyncio.run(_run(runtime, duration))
-        print(format_table(runtime.metrics()))
-        print(f"dead letters: {runtime.dead_letters.count if runtime.dead_letters else 0}; data under {data_dir}/")
+        serve_after = sys.stdin.isatty() if config.serve_after is None else config.serve_after
+        printed: list[bool] = []
+
+        def summary() -> None:
+            """The run's figures, the nodes' final headlines, the per-service table; the servers still serving."""
+            from framework.runtime.progress import format_summary
+
+            if display is not None:
+                display.close()
+            progress = runtime.progress.read(final=True)
+            print("\n".join(format_summary(progress)))
+            print(format_table(runtime.metrics()))
+            print(f"dead letters: {progress.dead_letters}; data under {data_dir}/")
+            for name, url in progress.urls.items():
+                print(f">>> {name} keeps serving the finished run on {url} until Ctrl-C")
+            sys.stdout.flush()
+            printed.append(True)
+
+        if display is not None:
+            display.source = runtime.progress
+        asyncio.run(_run(runtime, duration, serve_after, summary, display))
+        if not printed:
+            summary()
     return EXIT_OK
 
 
-async def _run(runtime, duration: float | None) -> None:  # type: ignore[no-untyped-def]
+def _display(progress: str | bool | None) -> ProgressDisplay | None:
+    """The progress display the ``progress`` run option asks for (see RunConfig.progress)."""
+    from framework.durations import parse_seconds
+    from framework.runtime.progress import ProgressDisplay
+
+    if progress is False:
+        return None
+    every = parse_seconds(progress) if isinstance(progress, str) else None
+    return ProgressDisplay(sys.stderr, live=sys.stderr.isatty(), every_s=every)
+
+
+async def _run(runtime, duration: float | None, serve_after: bool = False, ended=None, display=None) -> None:  # type: ignore[no-untyped-def]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
             loop.add_signal_handler(sig, runtime.request_stop)
         except (NotImplementedError, RuntimeError):
             pass
-    await runtime.run(duration)
+    shown = asyncio.create_task(display.run(), name="progress") if display is not None else None
+    try:
+        await runtime.run(duration, serve_after=serve_after, ended=ended)
+    finally:
+        if shown is not None:
+            shown.cancel()
+            await asyncio.gather(shown, return_exceptions=True)
+        if display is not None:
+            display.close()
 
 
 def cmd_infra(argv: Sequence[str]) -> int:

@@ -154,11 +154,27 @@ class SimulatedClock(Clock):
         if not self._started:
             await self._park(START, PASSIVE)
 
-    def call_at(self, deadline: int, callback: Callable[[], Any]) -> _Entry:
-        """Schedule ``callback`` (run by the driver) when time reaches ``deadline`` (a timer)."""
-        entry = _Entry(deadline, PASSIVE, None, None, callback)
-        heapq.heappush(self._heap, (deadline, PASSIVE, next(self._seq), entry))
+    async def wait_through(self, ts_ms: int) -> None:
+        """Return once the clock reads ``ts_ms`` and everything set to happen by then before this call has
+        happened (``wait_until`` returns at once when the clock already reads ``ts_ms``)."""
+        if self.driver is None:
+            await self.advance_to(ts_ms)
+        else:
+            await self._park(max(ts_ms, self._now), DRIVING)
+
+    def call_at(self, deadline: int, callback: Callable[[], Any], kind: int = PASSIVE, seq: int | None = None) -> _Entry:
+        """Schedule ``callback`` (run by the driver) when time reaches ``deadline``: a timer (``PASSIVE``), or a
+        delivery still to make (``DRIVING``: it holds time back like a source). ``seq`` (from :meth:`next_seq`)
+        keeps the place an earlier entry took among those of the same time."""
+        entry = _Entry(deadline, kind, None, None, callback)
+        heapq.heappush(self._heap, (deadline, kind, next(self._seq) if seq is None else seq, entry))
+        if kind == DRIVING:
+            self.driving += 1
         return entry
+
+    def next_seq(self) -> int:
+        """A place in the order of arrival (for :meth:`call_at`)."""
+        return next(self._seq)
 
     async def _park(self, deadline: int, kind: int) -> None:
         task = asyncio.current_task()

@@ -64,21 +64,40 @@ class OutputRoute:
     """The contract's event-time field."""
 
 
-def _by_subject(template: str, render: Callable[[Mapping[str, Any]], str], chunk: Chunk) -> list[tuple[str, Chunk]]:
-    """The chunk's rows grouped by the subject the template gives each (in order of first appearance)."""
+def _by_subject(
+    template: str, render: Callable[[Mapping[str, Any]], str], chunk: Chunk
+) -> list[tuple[str, Chunk, np.ndarray | None]]:
+    """The chunk's rows grouped by the subject the template gives each (in order of first
+    appearance), with the positions of each group's rows (None: the whole chunk)."""
     names = placeholders(template)
     if not names:
-        return [(render({}), chunk)]
+        return [(render({}), chunk, None)]
     missing = [n for n in names if n not in chunk]
     if missing:
         raise KeyError(f"subject template {template!r} needs a value for {missing[0]!r}")
-    keys = list(zip(*(chunk[n].tolist() for n in names)))
+    columns = [chunk[n] for n in names]
+    if all(bool((c == c[0]).all()) for c in columns):  # one subject for the whole chunk: the common case, no row loop
+        return [(render({n: c[:1].tolist()[0] for n, c in zip(names, columns)}), chunk, None)]
+    keys = list(zip(*(c.tolist() for c in columns)))
     groups: dict[tuple[Any, ...], list[int]] = {}
     for i, key in enumerate(keys):
         groups.setdefault(key, []).append(i)
     if len(groups) == 1:
-        return [(render(dict(zip(names, keys[0]))), chunk)]
-    return [(render(dict(zip(names, key))), chunk.take(np.asarray(rows))) for key, rows in groups.items()]
+        return [(render(dict(zip(names, keys[0]))), chunk, None)]
+    out = []
+    for key, rows in groups.items():
+        index = np.asarray(rows)
+        out.append((render(dict(zip(names, key))), chunk.take(index), index))
+    return out
+
+
+def outbox_settle(ctx: NodeContext, sends: list[tuple[str, asyncio.Future[Any]]], message: dict[str, Any]) -> None:
+    """Dead-letter ``message`` for each of its archive sends the log refused (now, or when it answers)."""
+    for topic, sent in sends:
+        if sent.done():
+            ctx._archive_failed(topic, message, sent)
+        else:
+            sent.add_done_callback(functools.partial(ctx._archive_failed, topic, message))
 
 
 class _Outbox:
@@ -112,11 +131,7 @@ class _Outbox:
             self.task = asyncio.ensure_future(self._run())
 
     def _settle(self, sends: list[tuple[str, asyncio.Future[Any]]], message: dict[str, Any]) -> None:
-        for topic, sent in sends:
-            if sent.done():
-                self.ctx._archive_failed(topic, message, sent)
-            else:
-                sent.add_done_callback(functools.partial(self.ctx._archive_failed, topic, message))
+        outbox_settle(self.ctx, sends, message)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,6 +254,11 @@ class NodeContext:
         self._id_prefix = f"{service}-{id_epoch}-"
         self._cause: str | None = None
         self.artifacts: Any = None
+        self.config_hash: str = ""
+        """The run's configuration hash (:mod:`framework.confighash`): the topology that reproduces a result."""
+        self.system: Any = None
+        """The run as a whole, read-only (:class:`~framework.runtime.introspect.SystemView`): the
+        topology's services and links, and the counters of the services of this process."""
         self._offloader: Any = None
         self._background_hook: Callable[..., Awaitable[None]] | None = None
         """The artifact store (models, agents), where the topology declares one."""
@@ -326,16 +346,32 @@ class NodeContext:
             await self._deliver_many(route, accepted)
         return len(accepted)
 
-    async def publish_batch(self, port: str, chunk: Chunk, **values: Any) -> int:
+    async def publish_batch(self, port: str, chunk: Chunk, *, at: Sequence[int] | np.ndarray | None = None, **values: Any) -> int:
         """Publish a :class:`~framework.chunk.Chunk` of messages on ``port``; returns how many rows went out.
 
-        Validated per column (rows that fail are dead-lettered, the rest go on), then routed
-        like :meth:`publish_many`, with one difference on the in-process bus: a subscriber of
-        the runtime gets the chunk whole (a batch handler takes it as it is; a single-message
-        handler takes its rows in order), so a backtest moves columns, not dicts, from node to
-        node. On NATS and Kafka the rows travel as messages, as every other consumer expects.
+        Validated per column (rows that fail are dead-lettered, the rest go on). A subscriber
+        of the runtime in this process gets the chunk whole (a batch handler takes it as it is;
+        a single-message handler takes its rows in order), so a backtest moves columns, not
+        dicts, from node to node; the port's tables take its rows, its Kafka topics too, first
+        (a log that acknowledges at once lets the chunk go on whole; Kafka's acknowledgements
+        send the rows on one by one through the port's outbox, as :meth:`publish_many` does).
+        On NATS the rows travel as messages, as every other consumer expects. ``values`` (subject
+        placeholders the rows do not carry) send the rows one by one, as :meth:`publish_many`.
+
+        **Timed chunks**: ``at`` (or a chunk's :attr:`~framework.chunk.Chunk.times`) gives the
+        time each row becomes known, non-decreasing, none before now: history handed on ahead of
+        time, as if each row were published when the clock reads its time. On the simulation
+        driver the chunk goes out at once: a batch handler takes it whole and computes ahead
+        (what it publishes for a row carries that row's time: pass ``at`` on), a single-message
+        handler gets each row when the clock reaches its time, in event-time order with
+        everything else (:mod:`framework.runtime.simulation`), and a source's call returns once
+        the clock has passed the last row, as if it had published them one by one. Elsewhere
+        (the wall clock) the rows whose time has come go at once and the others, a group per
+        time, when the clock reads it.
         """
         route = self._routes.get(port) or self._route(port)
+        if at is not None:
+            chunk = chunk.timed(at)
         if not len(chunk):
             return 0
         if route.contracts and self._validating:
@@ -350,23 +386,108 @@ class NodeContext:
                 chunk = chunk.take(keep)
                 if not len(chunk):
                     return 0
-        if route.topics or route.writers or values:  # archives and tables take rows
+        times = chunk.times
+        if values:
+            if times is not None:
+                raise ValueError(f"{self.service}: a timed chunk on {port!r} cannot take subject values (put them in its columns)")
             return await self.publish_many(port, chunk.rows(), **values)
-        for template, render in route.subjects:
-            for subject, part in _by_subject(template, render, chunk):
-                await self._publish_chunk(subject, part)
-        self.metrics.published += len(chunk)
+        if times is None:
+            await self._send_chunk(route, chunk)
+        elif getattr(self._pubsub, "timed_delivery", False):
+            await self._send_chunk(route, chunk)
+            await self._pubsub.settle(int(times[-1]))
+        else:
+            await self._paced(route, chunk, times)
         return len(chunk)
 
-    async def _publish_chunk(self, subject: str, chunk: Chunk) -> None:
+    async def _paced(self, route: OutputRoute, chunk: Chunk, times: np.ndarray) -> None:
+        """A timed chunk on the wall clock: what is due now at once, the rest when its time comes."""
+        due = int(np.searchsorted(times, self.clock.now_ms(), side="right"))
+        if due:
+            await self._send_chunk(route, chunk.take(slice(0, due)).timed(None))
+        while due < len(times):
+            t = int(times[due])
+            end = int(np.searchsorted(times, t, side="right"))
+            await self.clock.wait_until(t)
+            await self._send_chunk(route, chunk.take(slice(due, end)).timed(None))
+            due = end
+
+    async def _send_chunk(self, route: OutputRoute, chunk: Chunk) -> None:
+        """``chunk`` to the port's Kafka topics (acknowledged first), then its subjects and tables.
+
+        A log that acknowledges at once (in-process) lets the chunk go on whole; one that does not (Kafka) hands
+        the rows to the port's outbox, which delivers each once acknowledged, as :meth:`publish_many` does, so
+        the handler never waits for the log."""
         n = len(chunk)
+        parts: list[tuple[str, Chunk, int]] = []
+        ids: list[int] | None = None
+        for k, (template, render) in enumerate(route.subjects):
+            for subject, part, index in _by_subject(template, render, chunk):
+                first = self._next_ids(len(part))
+                parts.append((subject, part, first))
+                if k == 0 and (route.topics or route.traced):
+                    if index is None:
+                        ids = list(range(first, first + n))
+                    else:
+                        ids = ids if ids is not None else [0] * n
+                        for j, i in enumerate(index.tolist()):
+                            ids[i] = first + j
+        if ids is None and (route.topics or route.traced):  # no subject: ids of their own
+            first = self._next_ids(n)
+            ids = list(range(first, first + n))
+        cause = self._cause
+        rows = chunk.rows() if route.topics or route.writers else []
+        self.metrics.published += n
+        if route.topics:
+            assert ids is not None
+            heads = [{ID_HEADER: f"{self._id_prefix}{i}"} if cause is None else {ID_HEADER: f"{self._id_prefix}{i}", CAUSE_HEADER: cause}
+                     for i in ids]  # fmt: skip
+            sends = await self._archive_rows(route, rows, heads, chunk.times)
+            outbox = self._outboxes.get(route.port)
+            if (outbox is not None and outbox.entries) or any(not sent.done() for row in sends for _, sent in row):
+                if outbox is None:
+                    outbox = self._outboxes[route.port] = _Outbox(self, route)
+                await outbox.put([(sent, (self._render(route, row, {}), row, head)) for sent, row, head in zip(sends, rows, heads)])
+                return
+            for row_sends, row in zip(sends, rows):
+                outbox_settle(self, row_sends, row)
+        for subject, part, first in parts:
+            headers = {ID_HEADER: f"{self._id_prefix}{first}", COUNT_HEADER: str(len(part))}
+            if cause is not None:
+                headers[CAUSE_HEADER] = cause
+            await self._pubsub.publish_chunk(subject, part, headers)
+        if route.writers:
+            traced = rows
+            if route.traced:
+                assert ids is not None
+                prefix = self._id_prefix
+                traced = [{**row, "msg_id": f"{prefix}{i}", "cause_id": cause} for row, i in zip(rows, ids)]
+            for writer in route.writers:
+                await writer.add_many(traced if writer in route.traced else rows)
+
+    def _next_ids(self, n: int) -> int:
+        """Reserve ``n`` message ids; the first one's number."""
         first = next(self._ids)
         if n > 1:
             self._ids = itertools.count(first + n)
-        headers = {ID_HEADER: f"{self._id_prefix}{first}", COUNT_HEADER: str(n)}
-        if self._cause is not None:
-            headers[CAUSE_HEADER] = self._cause
-        await self._pubsub.publish_chunk(subject, chunk, headers)
+        return first
+
+    async def _archive_rows(self, route: OutputRoute, rows: Sequence[dict[str, Any]], heads: Sequence[dict[str, str]],
+                            times: np.ndarray | None) -> list[list[tuple[str, asyncio.Future[Any]]]]:  # fmt: skip
+        """Send ``rows`` (with their ids, ``heads``) to the port's topics, stamped with when each became known;
+        each row's sends."""
+        stamps = times.tolist() if times is not None else None
+        out: list[list[tuple[str, asyncio.Future[Any]]]] = []
+        for k, message in enumerate(rows):
+            stamp = stamps[k] if stamps is not None else self.known_time(message, route.time_field)
+            headers = {PRODUCER_HEADER: self.service, **heads[k]}
+            sends = []
+            for topic, key_field in route.topics:
+                key = message.get(key_field) if key_field else None
+                sends.append((topic, await self._log.send(topic, message, key=None if key is None else str(key), headers=headers,
+                                                          timestamp_ms=stamp)))  # fmt: skip
+            out.append(sends)
+        return out
 
     def _chunk_validator(self, route: OutputRoute) -> ChunkValidator:
         validator = self._chunk_validators.get(route.port)

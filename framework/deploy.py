@@ -19,12 +19,15 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from framework.errors import UserError
 from framework.topology.model import Service, Topology
+
+if TYPE_CHECKING:
+    from framework.registry import NodeSpec, Registry
 
 DEFAULT_OUT = Path("deploy") / "docker-compose.yml"
 DOCKERFILE = "deploy/Dockerfile"
@@ -58,27 +61,45 @@ def _healthcheck(test: list[str], start_period: str = "20s") -> dict[str, Any]:
     return {"test": test, "interval": "10s", "timeout": "5s", "retries": 10, "start_period": start_period}
 
 
-def _param_secrets(params: Any) -> Iterator[str]:
-    """Environment variable names a node's params point at (keys ending in ``_env``)."""
+def optional(var: str) -> str:
+    """A compose reference to ``var`` that may be unset (an empty value)."""
+    return f"${{{var}:-}}"
+
+
+def _param_secrets(params: Any, optional_block: bool = False) -> Iterator[tuple[str, bool]]:
+    """Environment variable names a node's params point at (keys ending in ``_env``), each with
+    whether it may be unset: it may in a block that is on only when its variables are
+    (``enabled: auto``)."""
     if isinstance(params, Mapping):
+        optional_block = optional_block or params.get("enabled") == "auto"
         for key, value in params.items():
             if str(key).endswith("_env") and isinstance(value, str):
-                yield value
+                yield value, optional_block
             else:
-                yield from _param_secrets(value)
+                yield from _param_secrets(value, optional_block)
     elif isinstance(params, list):
         for item in params:
-            yield from _param_secrets(item)
+            yield from _param_secrets(item, optional_block)
 
 
 def _store_password_var(name: str, password_env: str | None) -> str:
     return password_env or f"{name.upper().replace('-', '_')}_PASSWORD"
 
 
+def _param(service: Service, spec: NodeSpec, name: str) -> Any:
+    """A param of ``service`` as the node sees it: the topology's value, else the params model's default."""
+    params = service.params if isinstance(service.params, Mapping) else {}
+    if name in params:
+        return params[name]
+    declared = spec.params.model_fields.get(name)
+    return None if declared is None else declared.get_default(call_default_factory=True)
+
+
 class ComposeBuilder:
-    def __init__(self, topology: Topology, build_context: str) -> None:
+    def __init__(self, topology: Topology, build_context: str, registry: Registry | None = None) -> None:
         self.topology = topology
         self.build_context = build_context
+        self.registry = registry
         self.services: dict[str, dict[str, Any]] = {}
         self.volumes: dict[str, dict[str, Any]] = {}
         self.app_env: dict[str, str] = {}
@@ -208,12 +229,32 @@ class ComposeBuilder:
     def _app(self, name: str, service: Service) -> None:
         if name in self.services:
             raise UserError(f"service {name!r} has the name of a server container; rename it", path=f"services.{name}")
-        secrets = sorted(self.app_secrets | set(_param_secrets(service.params)))
-        environment = {**self.app_env, **{var: secret(var) for var in secrets}}
+        found = dict(sorted(_param_secrets(service.params), key=lambda item: item[1], reverse=True))  # required wins
+        secrets = sorted(self.app_secrets | {var for var, maybe in found.items() if not maybe})
+        environment = {
+            **self.app_env,
+            **{var: optional(var) for var, maybe in sorted(found.items()) if maybe and var not in secrets},
+            **{var: secret(var) for var in secrets},
+        }
+        command = ["fxrun", "topology=live", f"only=[{name}]"]
+        ports: list[str] = []
+        spec = self.registry.specs.get(service.node) if self.registry is not None else None
+        if spec is not None and spec.serves is not None:
+            # reachable from the host: every interface inside the container, the host's loopback outside
+            # (a reverse proxy publishes it further); bound so, the server requires its token
+            serves = spec.serves
+            command.append(f"topology.services.{name}.params.{serves.host_param}=0.0.0.0")
+            port = _param(service, spec, serves.port_param)
+            if isinstance(port, int) and port > 0:
+                ports.append(f"127.0.0.1:{port}:{port}")
+            token = _param(service, spec, serves.token_env_param) if serves.token_env_param else None
+            if isinstance(token, str) and token:
+                environment.pop(token, None)
+                environment[token] = secret(token)
         self.services[name] = {
             "image": APP_IMAGE,
             "build": {"context": self.build_context, "dockerfile": DOCKERFILE},
-            "command": ["fxrun", "topology=live", f"only=[{name}]"],
+            "command": command,
             "environment": environment,
             "depends_on": dict(self.app_depends),
             "deploy": {"replicas": service.replicas},
@@ -221,11 +262,18 @@ class ComposeBuilder:
             "restart": "unless-stopped",
             "networks": [NETWORK],
         }
+        if ports:
+            self.services[name]["ports"] = ports
 
 
-def compose(topology: Topology, build_context: str = "..") -> dict[str, Any]:
-    """The compose document (a plain dict) for ``topology``."""
-    return ComposeBuilder(topology, build_context).build()
+def compose(topology: Topology, build_context: str = "..", registry: Registry | None = None) -> dict[str, Any]:
+    """The compose document (a plain dict) for ``topology``; the node plugins come from ``registry``
+    (the installed ones by default: a server node's port is published)."""
+    if registry is None:
+        from framework.registry import Registry
+
+        registry = Registry.discover()
+    return ComposeBuilder(topology, build_context, registry).build()
 
 
 def render(document: Mapping[str, Any]) -> str:

@@ -7,7 +7,7 @@ and in a backtest on a simulated clock. See ``nodes/template`` for a complete ex
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -102,6 +102,27 @@ class Node(Generic[P]):
 
     async def on_stop(self) -> None:
         """Flush buffers and release resources; called on shutdown and before a restart."""
+
+    # --- what the run shows of this node (progress, summary); all optional ----------------
+
+    def headline(self, final: bool = False) -> Mapping[str, Any] | None:
+        """A few named figures of this service for the run's progress and its end-of-run summary.
+
+        ``{"trades": 12, "equity": "99,120.55 USD"}``: label → a number, a short string, or None
+        (shown as n/a). ``final=False``: the progress, every few seconds of wall time while the
+        node runs, so keep it cheap and free of side effects; ``final=True``: once, after
+        ``on_stop``, for the summary. None: nothing to show (the default)."""
+        return None
+
+    def event_span(self) -> tuple[int, int] | None:
+        """A source that knows the event time it covers: ``(start_ms, end_ms)``, so the progress of a
+        run on simulated time has an end (None: unknown or unbounded, the default)."""
+        return None
+
+    @property
+    def url(self) -> str | None:
+        """Where a server (``role="server"``) serves, once started: shown prominently by ``fxrun``."""
+        return None
 
     @classmethod
     def handlers(cls) -> dict[str, str]:

@@ -50,6 +50,17 @@ class Port:
         return (self.contract,) if isinstance(self.contract, str) else tuple(self.contract)
 
 
+@dataclass(frozen=True, slots=True)
+class Serves:
+    """Where a ``server`` node listens: the names of its params holding the bind address, the port and
+    the environment variable of its access token. The deploy generator binds it to every interface
+    inside its container, publishes the port on the host's loopback and makes the token required."""
+
+    port_param: str = "port"
+    host_param: str = "host"
+    token_env_param: str | None = "token_env"
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     """What a node plugin declares about itself.
@@ -67,6 +78,8 @@ class NodeSpec:
     role: Literal["source", "transform", "sink", "risk_gate", "execution", "batch", "server"] = "transform"
     """``server``: a long-running ``run()`` (an HTTP server) that is no source: it does not keep a
     bounded run alive and never holds simulated time back."""
+    serves: Serves | None = None
+    """For a ``server``: how it is reached from outside (see :class:`Serves`)."""
     concurrent: bool = False
     """True if the node's handlers may run at the same time (it guards its own state): it skips
     the mailbox that otherwise gives a node one message at a time."""

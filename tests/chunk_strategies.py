@@ -90,6 +90,15 @@ def valid_values(s: Any) -> st.SearchStrategy[Any]:
                 options.append(st.from_regex(s["pattern"], fullmatch=True))
             else:
                 options.append(st.text(min_size=s.get("minLength", 0), max_size=min(s.get("maxLength", 12), 12)))
+        elif t == "object" and "properties" in s:
+            required = set(s.get("required", []))
+            props = s["properties"]
+            options.append(
+                st.fixed_dictionaries(
+                    {k: valid_values(v) for k, v in props.items() if k in required},
+                    optional={k: valid_values(v) for k, v in props.items() if k not in required},
+                )
+            )
         elif t == "object":
             extra = s.get("additionalProperties", True)
             keys = st.from_regex(s["propertyNames"]["pattern"], fullmatch=True) if "propertyNames" in s else st.text(max_size=6)

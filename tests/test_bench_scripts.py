@@ -4,7 +4,7 @@ speed threshold.
 
 bench_nats.py and bench_kafka.py start a nats-server and a tansu broker, and the PostgreSQL part
 of bench_stores.py a PostgreSQL server; those stay import-only here (bench_stores runs with
---skip-postgres).
+--skip-postgres), as does bench_demo.py (two whole demo runs; test_demo_e2e runs the demo).
 """
 
 from __future__ import annotations
@@ -104,6 +104,15 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
         [Figure(rf"in-process ratio p50 order/bare\s+{NUMBER}"), Figure(rf"in-process ratio p99 order/bare\s+{NUMBER}"),
          Figure(rf"persisted ratio p99 order/bare\s+{NUMBER}"), Figure(rf"approved signal → orders\.submitted\s+p50\s+{NUMBER} us", 2)],
     ),
+    "bench_backtest.py": (
+        ["-n", "1500"],
+        [Figure(rf"^backtesting\.py\s+[\d.]+ s\s+{NUMBER} bars/s"), Figure(rf"^live nodes \(replay\)\s+[\d.]+ s\s+{NUMBER} bars/s"),
+         Figure(rf"ratio live/backtesting\.py {NUMBER}"), Figure(rf"trades identical: yes \({NUMBER} fills")],
+    ),
+    "bench_dashboard.py": (
+        ["-n", "200", "-c", "2"],
+        [Figure(rf"ratio events/s per page 2 pages/1 page\s+{NUMBER}"), Figure(rf"ratio lag p99 2 pages/1 page\s+{NUMBER}")],
+    ),
     "bench_risk_gate.py": (["-n", "100"], [Figure(rf"ratio p50 gate/bare\s+{NUMBER}"), Figure(rf"ratio p99 gate/bare\s+{NUMBER}")]),
     "bench_inference.py": (
         ["-n", "200", "--features", "20", "--rounds", "3", "--train-rows", "200", "--chunk", "100"],
@@ -119,7 +128,7 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
         [Figure(rf"\(\s*{NUMBER}x baseline\)", 2)],
     ),
 }
-IMPORT_ONLY = {"bench_nats.py", "bench_kafka.py"}
+IMPORT_ONLY = {"bench_nats.py", "bench_kafka.py", "bench_demo.py"}  # bench_demo: two whole demo runs (test_demo_e2e runs one)
 
 
 def test_every_script_is_run_or_listed_as_import_only() -> None:

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nodes.broker.paper import deal_ticket
+
 ROOT = Path(__file__).resolve().parents[1]
 MON = 1_793_577_600_000
 T = MON + 10 * 3_600_000  # market time: the paper broker's clock is its prices, not the wall clock
@@ -36,7 +38,9 @@ def _tick(ts: int, bid: float, ask: float) -> dict[str, Any]:
 async def _connector(data: Path, mode: str) -> None:
     from framework.testing import load, make_runtime, recording_bus
 
-    loaded = load(data, "pairs=[EURUSD]", "topology.runtime.clock=wall", "++topology.services.mt5-connector.params.paper.commission.per_lot=2")
+    # the orders are stamped in market time, weeks before the wall clock: no refusal of stale orders here
+    loaded = load(data, "pairs=[EURUSD]", "topology.runtime.clock=wall", "++topology.services.mt5-connector.params.paper.commission.per_lot=2",
+                  "++topology.services.mt5-connector.params.max_order_age=3650d")
     bus, got = await recording_bus("broker.fill.>", "broker.error.>")
     rt = make_runtime(loaded, data, pubsub=bus, only=["mt5-connector"])
     await rt.start()
@@ -87,11 +91,11 @@ def test_a_killed_connector_comes_back_with_the_same_account(tmp_path: Path) -> 
     assert [(p["symbol"], p["quantity"], p["avg_price"]) for p in reply["positions"]] == [("EURUSD", 2.0, 1.0853)]
     assert [(o["order_id"], o["status"]) for o in reply["orders"]] == [("ord-a", "filled"), ("ord-b", "accepted")]
     assert reply["account"]["balance"] == 100_000 - 4.0  # 2 lots × 2 USD commission
-    assert [f["fill_id"] for f in reply["fills"]] == ["paper-2"]
-    assert [m["fill_id"] for s, m in before["published"] if s.startswith("broker.fill.")] == ["paper-2"]
+    assert [f["fill_id"] for f in reply["fills"]] == [f"paper-{deal_ticket('a', 1)}"]
+    assert [m["fill_id"] for s, m in before["published"] if s.startswith("broker.fill.")] == [f"paper-{deal_ticket('a', 1)}"]
 
     # after the restart: nothing published again, and the acknowledged order filled on the next price
-    assert [(m["fill_id"], m["order_id"], m["price"]) for s, m in after["published"]] == [("paper-4", "ord-b", 1.0854)]
+    assert [(m["fill_id"], m["order_id"], m["price"]) for s, m in after["published"]] == [(f"paper-{deal_ticket('b', 1)}", "ord-b", 1.0854)]
     later = after["later"]
     assert [(o["order_id"], o["status"]) for o in later["orders"]] == [("ord-a", "filled"), ("ord-b", "filled")]
     assert [(p["symbol"], p["quantity"]) for p in later["positions"]] == [("EURUSD", 1.5)]

@@ -54,8 +54,9 @@ def test_run_demo_prints_the_metrics_table(capsys: pytest.CaptureFixture[str], t
     )
     assert code == 0, err
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["service", "state", "in"]
-    rows = {line.split()[0]: line.split() for line in lines[2:] if line and not line.startswith("dead letters")}
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["service", "state", "in"])  # after the run's summary
+    end = next(i for i, line in enumerate(lines) if line.startswith("dead letters"))
+    rows = {line.split()[0]: line.split() for line in lines[header + 2 : end]}
     assert {"polygon-live-collector", "spread-watch", "tick-aggregator", "data-bridge"} <= set(rows)
     assert rows["polygon-live-collector"][1] == "stopped" and rows["spread-watch"][1] == "stopped"
     produced, received = int(rows["polygon-live-collector"][3]), int(rows["spread-watch"][2])

@@ -13,7 +13,7 @@ from framework.deadletter import DeadLetters
 from framework.metrics import ServiceMetrics
 from framework.topology.templates import compile_renderer
 from framework.topology.model import Instrument
-from framework.transport.base import TopicSpec, TransportError
+from framework.transport.base import CHUNK_ATTR, TopicSpec, TransportError
 from framework.transport.inprocess import InProcessLog, InProcessPubSub
 
 
@@ -206,3 +206,39 @@ async def test_a_record_is_stamped_when_it_became_known_not_with_a_future_event_
     records = [r async for batch in log.read(["tick_archive"], 0) for r in batch]
     assert [(r.value["ts"], r.timestamp) for r in records] == [(later, 1_000_000)]
     assert [r.value for batch in [b async for b in log.read(["tick_archive"], 1_000_000, 1_000_001)] for r in batch]
+
+
+async def test_a_chunk_reaches_its_subjects_once_archived_whole_or_row_by_row_without_holding_its_publisher(tmp_path: Path) -> None:
+    """A log that acknowledges at once lets a chunk go on whole; one that does not (Kafka) gets the rows through the
+    port's outbox: in order, each once acknowledged, and the publisher does not wait."""
+    from framework.chunk import Chunk
+
+    rows = [{"symbol": "EURUSD", "ts": ts, "bid": 1.1, "ask": 1.2, "source": "t"} for ts in (1, 2, 3)]
+    log = InProcessLog()
+    bus, seen = await _recording()
+    whole: list[int] = []
+
+    async def chunks(subject, chunk, headers):  # type: ignore[no-untyped-def]  # a subscriber that takes chunks (the runtime's)
+        whole.append(len(chunk))
+
+    setattr(chunks, CHUNK_ATTR, True)
+    await bus.subscribe("ticks.>", chunks)
+    ctx, _ = await _context(log, tmp_path / "a", bus)
+    assert await ctx.publish_batch("ticks", Chunk.from_rows(rows)) == 3
+    assert seen == [1, 2, 3] and whole == [3]  # archived first, then on whole
+    archived = [r async for batch in log.read(["tick_archive"], 0) for r in batch]
+    assert [r.value["ts"] for r in archived] == [1, 2, 3]
+    assert [r.headers["fxflow-id"] for r in archived] == ["collector-0-1", "collector-0-2", "collector-0-3"]  # the rows' ids
+
+    slow = SlowLog()
+    bus, seen = await _recording()
+    ctx, _ = await _context(slow, tmp_path / "b", bus)
+    assert await asyncio.wait_for(ctx.publish_batch("ticks", Chunk.from_rows(rows)), timeout=1) == 3
+    await _settle()
+    assert seen == []  # nothing on the real-time path before the archive acknowledged it
+    slow.ack(2)
+    await _settle()
+    assert seen == [1, 2]
+    slow.ack(1)
+    await ctx.drain()
+    assert seen == [1, 2, 3]

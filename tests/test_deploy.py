@@ -18,7 +18,9 @@ from framework.topology.model import Topology
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET_VARS = ("NATS_USER", "NATS_PASSWORD", "TIMESCALE_PASSWORD", "DRAGONFLY_PASSWORD", "CLICKHOUSE_PASSWORD", "POLYGON_API_KEY",
-               "FRED_API_KEY")
+               "FRED_API_KEY", "FXFLOW_DASHBOARD_TOKEN")
+OPTIONAL_VARS = ("SMTP_PASSWORD", "SMTP_USERNAME", "TELEGRAM_BOT_TOKEN", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN")
+"""Secrets of notification channels that are on only when their variables are set (``enabled: auto``)."""
 
 _X = {"^x-": {}}
 _STRINGS = {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
@@ -259,9 +261,10 @@ def test_every_enabled_service_has_a_container_with_its_replicas() -> None:
             continue
         spec = document["services"][name]
         assert spec["deploy"]["replicas"] == service.replicas
-        assert spec["command"] == ["fxrun", "topology=live", f"only=[{name}]"]
+        assert spec["command"][:3] == ["fxrun", "topology=live", f"only=[{name}]"]
         assert spec["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-        assert "ports" not in spec
+        if name != "dashboard-service":  # the one server node (its own test below)
+            assert len(spec["command"]) == 3 and "ports" not in spec
     assert document["services"]["data-bridge"]["deploy"]["replicas"] == 1
     assert document["services"]["synthetic-ticks"]["deploy"]["replicas"] == 3
 
@@ -287,6 +290,19 @@ def test_every_container_is_given_every_nats_node() -> None:
         assert set(nodes) <= set(spec["depends_on"])
 
 
+@pytest.mark.parametrize(("overrides", "port"), [((), 8050), (("topology.services.dashboard-service.params.port=9000",), 9000)])
+def test_a_server_node_is_reachable_from_the_host_behind_its_token(overrides: tuple[str, ...], port: int) -> None:
+    """Inside its container the dashboard binds every interface (127.0.0.1 there is unreachable), the host
+    publishes its port on loopback only, and binding beyond loopback makes its token required."""
+    _, document = _document(*overrides)
+    dashboard = document["services"]["dashboard-service"]
+    assert "topology.services.dashboard-service.params.host=0.0.0.0" in dashboard["command"]
+    assert dashboard["ports"] == [f"127.0.0.1:{port}:{port}"]
+    assert dashboard["environment"]["FXFLOW_DASHBOARD_TOKEN"] == "${FXFLOW_DASHBOARD_TOKEN:?set FXFLOW_DASHBOARD_TOKEN}"
+    others = [name for name, spec in document["services"].items() if "ports" in spec and name != "dashboard-service"]
+    assert all(not name.startswith(("execution", "risk", "mt5")) for name in others)  # no trading service is published
+
+
 def test_the_nats_cluster_has_three_routed_nodes() -> None:
     _, document = _document()
     nodes = {name: spec for name, spec in document["services"].items() if spec["image"].startswith("nats:")}
@@ -306,13 +322,14 @@ def test_the_nats_cluster_has_three_routed_nodes() -> None:
 
 
 def test_no_secret_value_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in SECRET_VARS:
+    for var in (*SECRET_VARS, *OPTIONAL_VARS):
         monkeypatch.setenv(var, f"value-of-{var.lower()}-s3cret")
     text = render(compose(_topology(*BIGGER)))
     assert "s3cret" not in text
     references = set(re.findall(r"\$\{([A-Z_]+)(?::\?[^}]*)?\}", text))
     assert references == set(SECRET_VARS)
-    assert "$" not in re.sub(r"\$\{[A-Z_]+:\?set [A-Z_]+\}", "", text)
+    assert set(re.findall(r"\$\{([A-Z_]+):-\}", text)) == set(OPTIONAL_VARS)
+    assert "$" not in re.sub(r"\$\{[A-Z_]+(:\?set [A-Z_]+|:-)\}", "", text)
     polygon = yaml.safe_load(text)["services"]["polygon-live-collector"]["environment"]
     assert polygon["POLYGON_API_KEY"] == "${POLYGON_API_KEY:?set POLYGON_API_KEY}"
 
@@ -349,5 +366,5 @@ def test_fxrun_deploy_writes_and_checks(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_fxrun_deploy_refuses_a_topology_with_lint_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "compose.yml"
-    assert main(["deploy", "--out", str(out), "topology.services.inference-service.enabled=true"]) == 1
+    assert main(["deploy", "--out", str(out), "topology.services.spread-watch.node=no_such_node"]) == 1
     assert "lint error" in capsys.readouterr().err and not out.exists()

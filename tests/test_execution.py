@@ -262,6 +262,35 @@ async def test_broker_errors_reject_or_fail_the_order_with_the_retcode(tmp_path:
     assert run.last("s1")["reason"] == f"{code}: refused ({code}) (MT5 retcode {retcode})"
 
 
+@pytest.mark.parametrize(
+    "steps",
+    [[["fill", 0.4, 1.1], ["error", 10010, "partial_fill"]], [["error", 10010, "partial_fill"], ["fill", 0.4, 1.1]]],
+    ids=["fill-then-cancel", "cancel-then-fill"],
+)  # fmt: skip
+async def test_a_partial_fill_done_with_10010_cancels_the_rest_and_keeps_the_filled_part(tmp_path: Path, steps: list[Any]) -> None:
+    """MT5's 10010 (done partially): the broker filled a part and cancelled the rest. The order ends cancelled, not
+    open forever, with its fill in the executions and the position, whichever of the fill and the error (two
+    subjects) comes first."""
+    async with Run(tmp_path, {"script": {"s1": steps}}) as run:
+        await run.signal(T0, "s1", 1.0)
+        await run.at(T0 + 10 * SEC)
+        assert not run.dead() and not run.alerts("illegal_transition")
+    assert run.statuses("s1") == ["pending", "submitted", "partially_filled", "cancelled"]
+    done = run.last("s1")
+    assert done["filled_quantity"] == 0.4 and done["reason"] == "partial_fill: refused (partial_fill) (MT5 retcode 10010)"
+    assert [r["quantity"] for r in await query(tmp_path, "SELECT quantity FROM executions FINAL")] == [0.4]
+    assert (await query(tmp_path, "SELECT quantity FROM positions FINAL"))[0]["quantity"] == pytest.approx(0.4)
+
+
+async def test_a_stale_order_the_connector_would_not_send_fails_with_its_reason(tmp_path: Path) -> None:
+    async with Run(tmp_path, {"script": {"s1": [["drop"]]}}) as run:
+        await run.signal(T0, "s1")
+        await run.publish("broker.error.EURUSD", {"order_id": client_order_id("s1"), "symbol": "EURUSD", "ts": T0, "code": "stale_order",
+                                                  "message": "not sent to the broker: the order is 90000 ms old"})  # fmt: skip
+    assert run.statuses("s1") == ["pending", "submitted", "failed"]
+    assert run.last("s1")["reason"] == "stale_order: not sent to the broker: the order is 90000 ms old"
+
+
 async def test_an_ambiguous_timeout_error_asks_the_broker_instead_of_guessing(tmp_path: Path) -> None:
     async with Run(tmp_path, {"script": {"s1": [["hidden_fill", "all", 1.1], ["error", 10012, "timeout"]]}}) as run:
         await run.signal(T0, "s1")
@@ -528,10 +557,10 @@ async def test_two_runs_publish_the_same_events(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- over a real NATS server
 
 
-async def test_over_nats_with_the_topologys_durable_subjects(tmp_path: Path, nats_server: Any) -> None:
+async def test_over_nats_with_the_topologys_durable_subjects(tmp_path: Path, nats_server_fn: Any) -> None:
     """Reconciliation is a NATS request: it must not land on a JetStream subject (whose ack would be the reply)."""
     durable = load(tmp_path, "topology=live").topology.nats.durable  # type: ignore[union-attr]
-    bus, events = await recording_bus("orders.>", "risk.alert.>", nats=nats_server.url, durable=durable)
+    bus, events = await recording_bus("orders.>", "risk.alert.>", nats=nats_server_fn.url, durable=durable)
     rt = runtime(tmp_path / "run", {"script": {"s2": [["fill", 0.25, 1.1], ["fill", "all", 1.2]]}}, None,
                  "topology.runtime.clock=wall", pubsub=bus)  # fmt: skip
     await rt.start()

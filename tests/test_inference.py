@@ -318,6 +318,19 @@ async def test_a_hot_swap_while_messages_flow_loses_and_reorders_none(tmp_path: 
     assert run.metrics["dead_lettered"] == 0
 
 
+async def test_a_pinned_version_is_served_and_never_swapped_for_a_later_promotion(tmp_path: Path) -> None:
+    rows = feature_rows(80, seed=5)
+    half = len(rows) // 2
+    async with Run(tmp_path, "{xgb: {timeframe: 1m, version: 1}}") as run:
+        await promote(run.rt, "xgb", tiny_xgb(seed=1))  # after start: the pin waits for its version, then loads it
+        await run.feed(rows[:half])
+        await promote(run.rt, "xgb", tiny_xgb(seed=2))  # promoted, not pinned: ignored
+        await run.feed(rows[half:])
+    signals = run.signals
+    assert len(signals) >= len(rows) - 2 and {s["model_id"] for s in signals} == {"xgb-v1"}
+    assert [s["confidence"] for s in signals] == tiny_xgb(seed=1).predict(matrix(rows[-len(signals) :])).confidence.tolist()
+
+
 async def test_a_hot_swap_on_the_wall_clock_keeps_serving_while_the_new_model_loads(tmp_path: Path) -> None:
     rows = feature_rows(400, seed=8)
     async with Run(tmp_path, "{xgb: {timeframe: 1m}}", "topology.runtime.clock=wall", poll="50ms") as run:

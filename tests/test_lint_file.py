@@ -41,9 +41,9 @@ def test_lint_file_with_a_profile_composes_the_profile_over_the_file(
     assert code == 1
     code, composed = _findings(capsys, str(copy), "topology=backtest")
     assert code == 1
-    # the backtest profile's own settings apply: it disables the live collector and enables synthetic-ticks
+    # the backtest profile's own settings apply: it disables the live collector and enables the backtesting engine
     disabled = {f["service"] for f in composed if f["code"] == "FX100"}
-    assert "polygon-live-collector" in disabled and "synthetic-ticks" not in disabled
+    assert "polygon-live-collector" in disabled and "backtesting-engine" not in disabled
     assert "polygon-live-collector" not in {f["service"] for f in alone if f["code"] == "FX100"}
     # the file's findings keep the file's lines
     fx401 = [f for f in composed if f["code"] == "FX401"]

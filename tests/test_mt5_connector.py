@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from framework.errors import UserError
-from framework.testing import contracts, load, make_runtime, recording_bus
+from framework.testing import contracts, load, make_runtime, query, recording_bus
 from framework.transport.base import PubSubTransport
+from nodes.broker.paper import deal_ticket
 from tests.fake_mt5.server import FakeMt5
 
 CONTRACTS = contracts()
@@ -35,6 +36,11 @@ def event(cid: str, symbol: str, side: str, quantity: float, ts: int) -> dict[st
 
 def tick(symbol: str, ts: int, bid: float, ask: float) -> dict[str, Any]:
     return {"symbol": symbol, "ts": ts, "bid": bid, "ask": ask, "source": "test"}
+
+
+def paper_fill(cid: str, n: int = 1) -> str:
+    """The fill id of the n-th deal of client order ``cid`` on the paper broker (tickets follow from the ids)."""
+    return f"paper-{deal_ticket(cid, n)}"
 
 
 def valid(ref: str, message: dict[str, Any]) -> bool:
@@ -96,9 +102,9 @@ async def test_paper_connector_fills_refuses_and_answers_queries(tmp_path: Path)
         ("broker.error.GBPNOK", "ord-nok", "invalid", 10013),
     ]
     assert [(f["fill_id"], f["order_id"], f["side"], f["quantity"], f["price"], f["ts"], f["commission"]) for f in fills] == [
-        ("paper-3", "ord-a", "buy", 1.5, 1.0853, T + 2_000, 5.25),
-        ("paper-4", "ord-j", "sell", 1.0, 150.1, T + 3_000, 3.5),
-        ("paper-6", "ord-b", "sell", 0.5, 1.086, T + 5_000, 1.75),
+        (paper_fill("a"), "ord-a", "buy", 1.5, 1.0853, T + 2_000, 5.25),
+        (paper_fill("j"), "ord-j", "sell", 1.0, 150.1, T + 3_000, 3.5),
+        (paper_fill("b"), "ord-b", "sell", 0.5, 1.086, T + 5_000, 1.75),
     ]
     assert all(valid("fill.v1", f) for f in fills)
 
@@ -108,7 +114,7 @@ async def test_paper_connector_fills_refuses_and_answers_queries(tmp_path: Path)
     assert [(o["order_id"], o["status"], o["filled_quantity"]) for o in reply["orders"]] == [
         ("ord-a", "filled", 1.5), ("ord-tiny", "rejected", 0.0), ("ord-b", "filled", 0.5),
     ]  # "never-seen" is nobody's: not listed
-    assert [f["fill_id"] for f in reply["fills"]] == ["paper-3", "paper-4", "paper-6"]
+    assert [f["fill_id"] for f in reply["fills"]] == [paper_fill("a"), paper_fill("j"), paper_fill("b")]
     # balance: 100,000 - commissions (5.25 + 3.50 + 1.75) + (1.08600 - 1.08530) × 50,000 = 35.00
     assert reply["account"]["balance"] == 100_024.5
 
@@ -138,6 +144,60 @@ async def test_paper_state_survives_a_stop_on_simulated_time(tmp_path: Path) -> 
         await asyncio.wait_for(rt.stop(), TIMEOUT)
     assert [p["symbol"] for p in reply["positions"]] == ["EURUSD", "USDJPY"] and len(reply["fills"]) == 3
     assert reply["account"]["balance"] == 100_024.5 and got == []  # restored, nothing published again
+
+
+async def test_a_stale_order_is_refused_with_a_reason_and_never_sent(tmp_path: Path) -> None:
+    """An order older than ``max_order_age`` when it first arrives (a redelivery after a replay or an outage) is not
+    sent: an old decision must not trade now. A known order redelivered late is a duplicate, not an error."""
+    loaded = load(tmp_path, "++topology.services.mt5-connector.params.max_order_age=1m")
+    bus, got = await recording_bus("broker.fill.>", "broker.error.>")
+    rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["mt5-connector"], pairs=["EURUSD"])
+    await rt.start()
+    try:
+        await rt.clock.wait_until(T)
+        await bus.publish("ticks.EURUSD", tick("EURUSD", T, 1.08500, 1.08510))
+        await bus.publish("orders.submitted.EURUSD", event("fresh", "EURUSD", "buy", 1.0, T))
+        await rt.clock.wait_until(T + 2 * MIN)
+        await bus.publish("ticks.EURUSD", tick("EURUSD", T + 2 * MIN, 1.08520, 1.08530))
+        await bus.publish("orders.submitted.EURUSD", event("old", "EURUSD", "sell", 1.0, T + MIN - 1))  # 60.001 s old
+        await bus.publish("orders.submitted.EURUSD", event("fresh", "EURUSD", "buy", 1.0, T))  # redelivered: known
+        reply = await bus.request("broker.query", {"query": "state", "ts": T + 2 * MIN, "order_ids": ["ord-old", "ord-fresh"]})
+        logged = await log_records(rt)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    errors = [m for s, m in got if s.startswith("broker.error.")]
+    assert [(e["order_id"], e["code"], "retcode" in e) for e in errors] == [("ord-old", "stale_order", False)]
+    assert errors[0]["message"].startswith("not sent to the broker: the order is 60001 ms old") and valid("broker_error.v1", errors[0])
+    assert [m["order_id"] for s, m in got if s.startswith("broker.fill.")] == ["ord-fresh"]
+    assert not [r for r in logged if r["operation"] == "submit" and r.get("order_id") == "ord-old"]  # never reached the broker
+    assert [(o["order_id"], o["status"]) for o in reply["orders"]] == [("ord-fresh", "filled")]  # the broker never heard of it
+
+
+async def test_a_partial_fill_on_the_paper_broker_ends_the_order_cancelled_through_execution(tmp_path: Path) -> None:
+    """The paper broker with IOC partial fills: 0.4 of 1 lot fills, the rest is cancelled with 10010; execution ends the
+    order cancelled with the 0.4 kept in its executions and position (not partially filled forever)."""
+    loaded = load(tmp_path, "pairs=[EURUSD]", "topology.services.execution-service.enabled=true",
+                  "++topology.services.mt5-connector.params.paper.partial_fills={max_lots: 0.4, rest: cancel}")  # fmt: skip
+    bus, got = await recording_bus("orders.>", "broker.>", "deadletter.>")
+    rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["mt5-connector", "execution-service"])
+    await rt.start()
+    try:
+        await rt.clock.wait_until(T)
+        await bus.publish("ticks.EURUSD", tick("EURUSD", T, 1.08500, 1.08510))
+        await bus.publish("signals.approved.EURUSD", {"signal_id": "s1", "decision_id": "d1", "symbol": "EURUSD", "side": "buy",
+                                                      "quantity": 1.0, "ts": T})  # fmt: skip
+        await rt.clock.wait_until(T + 1_000)
+        await bus.publish("ticks.EURUSD", tick("EURUSD", T + 1_000, 1.08510, 1.08520))
+        await rt.clock.wait_until(T + 5_000)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    orders = [m for s, m in got if s.startswith("orders.")]
+    assert [o["status"] for o in orders] == ["pending", "submitted", "partially_filled", "cancelled"]
+    assert orders[-1]["filled_quantity"] == 0.4 and "MT5 retcode 10010" in orders[-1]["reason"]
+    assert [(m["code"], m["retcode"]) for s, m in got if s.startswith("broker.error.")] == [("partial_fill", 10010)]
+    assert not [s for s, _ in got if s.startswith("deadletter.")]
+    assert [r["quantity"] for r in await query(tmp_path, "SELECT quantity FROM executions FINAL")] == [0.4]
+    assert (await query(tmp_path, "SELECT quantity FROM positions FINAL"))[0]["quantity"] == pytest.approx(0.4)
 
 
 # --------------------------------------------------------------------------- MetaTrader 5 through the fake bridge
@@ -254,6 +314,61 @@ async def test_mt5_line_dropped_mid_order_is_an_error_then_one_fill(tmp_path: Pa
     assert [(f["order_id"], f["side"], f["quantity"]) for f in fills] == [("ord-d1", "sell", 0.2)]
     assert mt5.fake.count("order_send") == 1 and len(mt5.fake.deals) == 1  # neither lost nor doubled
     assert [(o["order_id"], o["status"]) for o in in_doubt["orders"]] == [("ord-d1", "filled")]
+
+
+async def test_mt5_partial_fill_reports_the_fill_before_the_cancelled_rest(tmp_path: Path, mt5: FakeMt5) -> None:
+    mt5.fake.plan(("partial", 0.4))
+    rt, bus, got = await start_mt5(tmp_path, mt5.port)
+    try:
+        now = int(time.time() * 1000)
+        await bus.publish("orders.submitted.EURUSD", event("p1", "EURUSD", "buy", 1.0, now))
+        await until(lambda: any(s.startswith("broker.error.") for s, _ in got), "the cancelled rest")
+        reply = await bus.request("broker.query", {"query": "state", "ts": now, "since_ms": now - 1000, "order_ids": ["p1"]})
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    assert [(s.split(".")[1], m.get("quantity"), m.get("retcode")) for s, m in got] == [("fill", 0.4, None), ("error", None, 10010)]
+    assert [(o["order_id"], o["status"], o["filled_quantity"]) for o in reply["orders"]] == [("ord-p1", "cancelled", 0.4)]
+
+
+async def test_a_broker_that_disconnects_mid_order_leaves_every_order_in_a_known_state(tmp_path: Path, mt5: FakeMt5) -> None:
+    """execution-service and the connector on MT5 (the fake bridge): the line dropped after the terminal executed the
+    order (in doubt, 10012: found by the next poll, filled), dropped before it reached the terminal (in doubt, then
+    asked about after ack_timeout: the broker does not know it, failed), the trade server unreachable (10031: failed), a
+    partial fill (10010: cancelled, the part kept). None is left open; the positions agree."""
+    mt5.fake.plan(("partial", 0.4), ("drop_after",), ("drop_before",), ("retcode", 10031))
+    overrides = [*mt5_overrides(mt5.port), "topology.services.execution-service.enabled=true",
+                 "++topology.services.execution-service.params={ack_timeout: 1s, check_every: 200ms}"]  # fmt: skip
+    bus, got = await recording_bus("orders.>", "broker.>", "risk.alert.>", "deadletter.>")
+    rt = make_runtime(load(tmp_path, *overrides), tmp_path, pubsub=bus, only=["mt5-connector", "execution-service"])
+    signals = {"partial": 1.0, "after": 0.2, "before": 0.3, "offline": 0.5}
+    await rt.start()
+    try:
+        for name, lots in signals.items():
+            await bus.publish("signals.approved.EURUSD", {"signal_id": name, "decision_id": f"d-{name}", "symbol": "EURUSD",
+                                                          "side": "buy", "quantity": lots, "ts": int(time.time() * 1000)})  # fmt: skip
+            await until(lambda: any(m["signal_id"] == name and m["status"] == "submitted" for s, m in got if s.startswith("orders.")),
+                        f"order {name} sent")  # one at a time, so the terminal's script meets them in order
+
+        def final() -> dict[str, dict[str, Any]]:
+            out: dict[str, dict[str, Any]] = {}
+            for s, m in got:
+                if s.startswith("orders."):
+                    out[m["signal_id"]] = m
+            return out
+
+        await until(lambda: all(final().get(n, {}).get("status") in ("filled", "cancelled", "failed") for n in signals), "every order done")
+        await asyncio.sleep(0.3)
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    done = final()
+    assert {n: (o["status"], o["filled_quantity"]) for n, o in done.items()} == {
+        "partial": ("cancelled", 0.4), "after": ("filled", 0.2), "before": ("failed", 0.0), "offline": ("failed", 0.0)}  # fmt: skip
+    assert done["before"]["reason"].startswith("no acknowledgement within 1s; the broker does not know the order")
+    assert "MT5 retcode 10031" in done["offline"]["reason"]
+    assert sorted(m["retcode"] for s, m in got if s.startswith("broker.error.")) == [10010, 10012, 10012, 10031]
+    assert mt5.fake.count("order_send") == 4 and round(mt5.fake.positions["EURUSD"]["volume"], 2) == 0.6
+    assert not [m for s, m in got if s in ("risk.alert.position_mismatch", "risk.alert.illegal_transition") or s.startswith("deadletter.")]
+    assert (await query(tmp_path, "SELECT sum(quantity) AS lots FROM executions FINAL"))[0]["lots"] == pytest.approx(0.6)
 
 
 async def test_mt5_password_never_reaches_logs_the_archive_or_files(tmp_path: Path, mt5: FakeMt5, caplog: pytest.LogCaptureFixture) -> None:

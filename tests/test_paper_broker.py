@@ -148,6 +148,65 @@ async def test_partial_fills_split_an_order_over_the_next_prices() -> None:
     assert b.positions["EURUSD"].position.avg_price == D("1.08528")  # (1.0852 + 1.0853 + 0.5 × 1.0854) / 2.5
 
 
+async def test_a_partial_fill_with_the_rest_cancelled_is_answered_10010() -> None:
+    """``rest: cancel`` (MT5's IOC): the first price fills what it can, the rest is cancelled at once."""
+    b = broker({"partial_fills": {"max_lots": 0.4, "rest": "cancel"}})
+    await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+    await b.submit(order("ioc", "EURUSD", "buy", 1, T))
+    await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08520))
+    await b.on_tick(tick("EURUSD", T + 2, 1.08500, 1.08530))  # nothing left to fill
+    assert [(d.lots, d.price) for d in b.deals] == [(D("0.4"), D("1.08520"))]
+    placed = b.orders["ioc"]
+    assert (placed.status, placed.filled, placed.retcode, placed.done_ts) == ("cancelled", D("0.4"), 10010, T + 1)
+    [notice] = b.take_notices()
+    assert (notice.code, notice.retcode, notice.filled, notice.order_id) == ("partial_fill", 10010, D("0.4"), "order-ioc")
+    state = await b.state(None, ["ioc"])
+    assert [(o.status, o.filled) for o in state.orders] == [("cancelled", D("0.4"))]
+    assert [(p.symbol, p.quantity) for p in state.positions] == [("EURUSD", D("0.4"))]
+
+
+# --------------------------------------------------------------------------- late orders (live delivery)
+
+
+async def test_an_order_that_arrives_late_fills_on_the_first_price_after_its_time() -> None:
+    """Live delivery is asynchronous: the ticks after an order's time may reach the broker before the order. It fills
+    on the first of them (and at the conversion rates of then), exactly as when it arrives in time."""
+    prices = [("USDJPY", T - 5, 150.000, 150.012), ("EURUSD", T - 3, 1.08500, 1.08510), ("EURUSD", T + 4, 1.08520, 1.08530),
+              ("USDJPY", T + 6, 151.000, 151.012), ("EURUSD", T + 9, 1.08600, 1.08610)]  # fmt: skip
+    in_time, late = broker({"commission": {"per_million": 30}}), broker({"commission": {"per_million": 30}})
+    for b, arrives_after in ((in_time, 2), (late, 5)):  # the order of T: after the prices up to T, or after every price
+        for n, (symbol, ts, bid, ask) in enumerate(prices):
+            if n == arrives_after:
+                await b.submit(order("j", "USDJPY", "buy", 1, T))
+                await b.submit(order("e", "EURUSD", "sell", 2, T))
+            await b.on_tick(tick(symbol, ts, bid, ask))
+        if arrives_after == len(prices):
+            await b.submit(order("j", "USDJPY", "buy", 1, T))
+            await b.submit(order("e", "EURUSD", "sell", 2, T))
+    key = [(d.ticket, d.client_order_id, d.price, d.ts, d.commission) for d in in_time.deals]
+    assert key == [(d.ticket, d.client_order_id, d.price, d.ts, d.commission) for d in late.deals]
+    assert [(d.client_order_id, d.price, d.ts) for d in in_time.deals] == [("e", D("1.08520"), T + 4), ("j", D("151.012"), T + 6)]
+    # commission on 200,000 EUR at 1.08520 = 217,040 USD × 30 / 1e6 = 6.5112 → 6.51
+    assert in_time.deals[0].commission == D("6.51")
+
+
+async def test_tickets_follow_from_the_orders_not_from_arrival() -> None:
+    a, b = broker(), broker()
+    for x in (a, b):
+        await x.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+        await x.on_tick(tick("USDJPY", T, 150.000, 150.012))
+    await a.submit(order("one", "EURUSD", "buy", 1, T))
+    await a.submit(order("two", "USDJPY", "buy", 1, T))
+    await b.submit(order("two", "USDJPY", "buy", 1, T))
+    await b.submit(order("one", "EURUSD", "buy", 1, T))
+    for x in (a, b):
+        await x.on_tick(tick("USDJPY", T + 1, 150.000, 150.012))
+        await x.on_tick(tick("EURUSD", T + 2, 1.08500, 1.08510))
+    assert sorted((d.client_order_id, d.ticket, d.order_ticket) for d in a.deals) == sorted(
+        (d.client_order_id, d.ticket, d.order_ticket) for d in b.deals)  # fmt: skip
+    assert a.orders["one"].ticket == b.orders["one"].ticket != a.orders["two"].ticket
+
+
 async def test_swap_at_each_roll_three_nights_on_wednesday() -> None:
     b = broker({"swap": {"rates": {"EURUSD": {"long": -6.5, "short": 1.2}}, "roll": "22:00"}})
     await b.on_tick(tick("EURUSD", T, 1.08500, 1.08500))

@@ -53,7 +53,7 @@ def table(data_dir: Path, final: bool) -> list[tuple[str, int, int]]:
     return [tuple(r) for r in rows]
 
 
-@pytest.mark.parametrize("after_s", [4.0, 1.5], ids=["later", "before-the-first-watermark"])
+@pytest.mark.parametrize("after_s", [4.0, 0.5], ids=["later", "before-the-first-watermark"])
 def test_rows_a_killed_writer_held_are_refilled_from_the_archive(tmp_path: Path, after_s: float) -> None:
     data_dir = tmp_path / "run"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -63,6 +63,9 @@ def test_rows_a_killed_writer_held_are_refilled_from_the_archive(tmp_path: Path,
         while not (data_dir / "services" / SERVICE / "watermarks.json").exists() and time.monotonic() < deadline:
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
             time.sleep(0.2)
+        while not asyncio.run(archived(data_dir)) and time.monotonic() < deadline:  # the first ticks are archived
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            time.sleep(0.1)
         time.sleep(after_s)  # ticks flow; the table writer flushes every 3 s, so it holds rows now
         proc.send_signal(signal.SIGKILL)
         proc.wait()

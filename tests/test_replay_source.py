@@ -33,7 +33,8 @@ def recorded() -> pd.DataFrame:
 async def run_replay(tmp_path: Path, *params: str) -> tuple[Runtime, list[dict[str, Any]]]:
     loaded = load(
         tmp_path, "pairs=[EURUSD,XAUUSD]", f"topology.services.{SERVICE}.enabled=true",
-        "topology.services.synthetic-ticks.enabled=false", *params, profile="backtest",
+        "topology.services.synthetic-ticks.enabled=false", "topology.services.tick-aggregator.enabled=true", *params,
+        profile="backtest",
     )  # fmt: skip
     bus, got = await recording_bus("ticks.>")
     rt = make_runtime(loaded, tmp_path, only=[SERVICE, "tick-aggregator"], pubsub=bus)

@@ -151,6 +151,53 @@ def test_pending_approvals_count_until_filled() -> None:
     assert decide(make(pyramiding=True, fixed_lots=1.0), signal()).approved["quantity"] == 1.0
 
 
+def _order_event(approved: dict[str, Any], status: str, ts: int) -> dict[str, Any]:
+    return {"order_id": f"o-{approved['decision_id']}", "client_order_id": f"o-{approved['decision_id']}",
+            "signal_id": approved["signal_id"], "decision_id": approved["decision_id"], "symbol": approved["symbol"],
+            "side": approved["side"], "order_type": "market", "quantity": approved["quantity"], "status": status, "ts": ts,
+            "filled_quantity": 0.0}  # fmt: skip
+
+
+@pytest.mark.parametrize("heard", ["nothing", "an order that never fills"])
+def test_an_approval_that_never_becomes_a_fill_stops_counting_after_the_pending_timeout(heard: str) -> None:
+    """Pending approvals block exposure (here: no pyramiding) until their order is done, or nothing was heard of them
+    for ``pending_timeout`` of event time: an approval whose order never arrived, and one whose order stays open."""
+    engine = make(pending_timeout="10m", default_ttl="1h")
+    first = decide(engine).approved
+    if heard != "nothing":
+        engine.on_order_event(_order_event(first, "submitted", T + 60_000), T + 60_000)
+    last = T + (60_000 if heard != "nothing" else 0)
+    blocked = decide(engine, signal(ts=last + 10 * 60_000 - 1), now=last + 10 * 60_000 - 1)
+    assert blocked.decision["reasons"] == ["nothing to do: already long 5 lots (pyramiding is off)"]
+    quote(engine, "EURUSD", *QUOTES["EURUSD"], now=last + 10 * 60_000)
+    gone = decide(engine, signal(ts=last + 10 * 60_000), now=last + 10 * 60_000)
+    assert gone.approved is not None and gone.decision["checks"]["position"]["net"] == 0.0
+    [alert] = [a for a in gone.alerts if a["type"] == "reconciliation"]
+    assert alert["message"].startswith(f"approval {first['decision_id']} (buy 5 EURUSD) saw no order event or fill for 10m")
+    assert engine.book.pending.keys() == {gone.decision["decision_id"]}
+
+
+def test_the_pending_timeout_runs_on_event_time_not_on_when_a_signal_arrives() -> None:
+    """A signal of T + 5 min that reaches the gate an hour late (a replay, a backlog) still sees the approval of T."""
+    engine = make(pending_timeout="10m", default_ttl="2h")
+    decide(engine)
+    late = decide(engine, signal(ts=T + 5 * 60_000), now=T + HOUR)
+    assert late.decision["reasons"] == ["nothing to do: already long 5 lots (pyramiding is off)"]
+
+
+def test_a_signal_is_judged_on_the_prices_of_its_own_time() -> None:
+    """Quotes after the signal's time (live delivery may bring them first) move neither its size, its stops, nor its
+    spread check; the newest prices still mark the account."""
+    early, late = make(), make()
+    for symbol, (bid, ask) in QUOTES.items():
+        quote(late, symbol, bid * 1.01, ask * 1.01 + 10 * float(RULES[symbol].pip), now=T + 500)  # moved 1 %, 10 pips wider
+    sig = signal()
+    a, b = decide(early, dict(sig)), decide(late, dict(sig), now=T + 900)
+    assert a.approved == b.approved and a.decision["checks"]["sizing"] == b.decision["checks"]["sizing"]
+    assert b.decision["checks"]["spread"]["ok"] is True and b.decision["ts"] == T
+    assert late.quotes["EURUSD"].ts == T + 500  # the newest price is kept for marks and later signals
+
+
 # --------------------------------------------------------------------------- each rule, both ways
 
 Setup = Callable[[RiskEngine], dict[str, Any]]
@@ -176,7 +223,14 @@ def _release(at: int) -> Setup:
 
 
 def _aged(age: int) -> Setup:
-    return lambda engine: signal(ts=T - age, ttl_ms=1000)
+    """A signal of ``T - age`` (judged on the prices of its time) that reaches the gate at ``T``."""
+    def setup(engine: RiskEngine) -> dict[str, Any]:
+        engine.quotes.clear()
+        engine.recent.clear()
+        for symbol, (bid, ask) in QUOTES.items():
+            quote(engine, symbol, bid, ask, now=T - age)
+        return signal(ts=T - age, ttl_ms=1000)
+    return setup
 
 
 def _second(engine: RiskEngine) -> dict[str, Any]:

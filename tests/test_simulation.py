@@ -500,6 +500,117 @@ class SingleFeed(Node[ChunkFeedParams]):
 REGISTRY.register(_spec("single_feed", SingleFeed, ChunkFeedParams, outputs=["ticks"], role="source"))
 
 
+class TimedFeedParams(Strict):
+    count: int = 12
+    chunk: int = 5
+    step_ms: int = 1_000
+
+
+class TimedFeed(Node[TimedFeedParams]):
+    """History handed on ahead of time: ticks in timed chunks, each row known at its own ``ts``."""
+
+    async def run(self) -> None:
+        from framework.chunk import Chunk
+
+        p = self.params
+        rows = [tick(s, T0 + (s - 1) * p.step_ms, bid=1.1 + s / 1e4) for s in range(1, p.count + 1)]
+        for i in range(0, len(rows), p.chunk):
+            part = rows[i : i + p.chunk]
+            await self.ctx.clock.wait_until(part[0]["ts"])
+            await self.ctx.publish_batch("ticks", Chunk.from_rows(part), at=[r["ts"] for r in part])
+            LOG.append(("published", part[-1]["seq"], self.ctx.clock.now_ms()))
+
+
+class TimedSpread(Node[Strict]):
+    """A batch kernel that passes its rows' times on to what it derives from them."""
+
+    @handles("ticks", batch=True)
+    async def on_ticks(self, chunk: Any) -> None:
+        from framework.chunk import Chunk
+
+        LOG.append(("chunk", len(chunk), self.ctx.clock.now_ms()))
+        spreads = ((chunk["ask"] - chunk["bid"]) * 10_000).round(6)
+        derived = Chunk({**{n: chunk[n] for n in chunk.names}, "bid": spreads, "ask": spreads + 1, "source": ["spread"] * len(chunk)})
+        await self.ctx.publish_batch("out", derived, at=chunk.times)
+
+
+class Reacting(Node[Strict]):
+    """Records each delivery (its subject) with the clock, and answers each tick at once (its consequence)."""
+
+    @handles("ticks")
+    async def on_tick(self, message: dict, origin: str) -> None:
+        kind = origin.split(".")[0]
+        LOG.append(("got", kind, message["symbol"], message["seq"], message["ts"], self.ctx.clock.now_ms(), self.ctx.service))
+        if kind == "ticks" and message["symbol"] == "EURUSD":
+            await self.ctx.publish("out", message)
+
+
+for _s in (
+    _spec("timed_feed", TimedFeed, TimedFeedParams, outputs=["ticks"], role="source"),
+    _spec("timed_spread", TimedSpread, Strict, inputs=["ticks"], outputs=["out"]),
+    _spec("reacting", Reacting, Strict, inputs=["ticks"], outputs=["out"]),
+):
+    REGISTRY.register(_s)
+
+TIMED = {
+    "src": {"node": "timed_feed", "phase": "data", "outputs": {"ticks": {"nats": "ticks.{symbol}"}}},
+    "other": {"node": "feed", "phase": "data", "params": {"symbol": "XAUUSD", "offset_ms": 500, "step_ms": 700, "count": 16},
+              "outputs": {"ticks": {"nats": "ticks.{symbol}"}}},
+    "spread": {"node": "timed_spread", "phase": "data", "inputs": {"ticks": {"nats": "ticks.EURUSD"}},
+               "outputs": {"out": {"nats": "spreads.{symbol}"}}},
+    "rec": {"node": "reacting", "phase": "data", "inputs": {"ticks": {"nats": ["ticks.{symbol}", "spreads.{symbol}", "reactions.{symbol}"]}},
+            "outputs": {"out": {"nats": "reactions.{symbol}"}}},
+    "rec2": {"node": "reacting", "phase": "data", "inputs": {"ticks": {"nats": "ticks.EURUSD"}}, "outputs": {"out": {"nats": "reactions.{symbol}"}}},
+}  # fmt: skip
+
+
+async def _timed(tmp_path: Path, services: dict[str, Any]) -> list[Any]:
+    LOG.clear()
+    rt = runtime(tmp_path, services, extra={"domains": ["ticks", "spreads", "reactions", "deadletter"]})
+    await asyncio.wait_for(rt.run(), TIMEOUT)
+    return list(LOG)
+
+
+async def test_a_timed_chunk_reaches_each_handler_in_event_time_with_batches_computing_ahead(tmp_path: Path) -> None:
+    log = await _timed(tmp_path, TIMED)
+    chunks = [e for e in log if e[0] == "chunk"]
+    assert [n for _, n, _ in chunks] == [5, 5, 2] and [now for *_, now in chunks] == [T0, T0 + 5_000, T0 + 10_000]  # whole, at once
+    got = [e[1:] for e in log if e[0] == "got"]
+    rec = [g[:-1] for g in got if g[-1] == "rec"]
+    assert [sum(1 for g in rec if g[0] == kind) for kind in ("ticks", "spreads", "reactions")] == [12 + 16, 12, 24]
+    assert all(now == ts for *_, ts, now, _ in got)  # every row when the clock reads its time, the derived ones too
+    times = [ts for *_, ts, _, _ in got]
+    assert times == sorted(times)  # in event-time order with the single-message source's ticks
+    for seq in range(1, 13):  # at each instant: the row to every subscriber, then their consequences, then what the batch derived
+        at = [(g[0], g[-1]) for g in got if g[1:3] == ("EURUSD", seq)]
+        assert sorted(at[:2]) == [("ticks", "rec"), ("ticks", "rec2")], (seq, at)
+        assert at[2:] == [("reactions", "rec"), ("reactions", "rec"), ("spreads", "rec")], (seq, at)
+    published = [e for e in log if e[0] == "published"]
+    assert published == [("published", 5, T0 + 4_000), ("published", 10, T0 + 9_000), ("published", 12, T0 + 11_000)]
+    for entry in published:  # a source's publication returns once its last row and what it set off are handled
+        assert log.index(entry) > max(i for i, e in enumerate(log) if e[0] == "got" and e[2:4] == ("EURUSD", entry[1]))
+    assert await _timed(tmp_path / "again", TIMED) == log  # deterministic
+
+
+async def test_what_a_batch_handler_publishes_without_times_waits_for_the_chunks_last_row(tmp_path: Path) -> None:
+    services = {**TIMED, "spread": {**TIMED["spread"], "node": "spread"}}  # the untimed kernel of the tests above
+    log = await _timed(tmp_path, services)
+    got = [e[1:] for e in log if e[0] == "got"]
+    assert all(now == ts for kind, *_, ts, now, _ in got if kind != "spreads")
+    spreads = [(ts, now) for kind, *_, ts, now, _ in got if kind == "spreads"]
+    assert len(spreads) == 12 and sorted({now for _, now in spreads}) == [T0 + 4_000, T0 + 9_000, T0 + 11_000]  # never before the chunk's last row
+    assert all(now >= ts for ts, now in spreads)
+
+
+async def test_a_timed_chunk_on_the_wall_clock_goes_out_when_its_rows_are_due(tmp_path: Path) -> None:
+    LOG.clear()
+    rt = runtime(tmp_path, TIMED, extra={"domains": ["ticks", "spreads", "reactions", "deadletter"], "runtime": {"clock": "wall"}})
+    await asyncio.wait_for(rt.run(), TIMEOUT)
+    got = [e[1:] for e in LOG if e[0] == "got"]
+    assert sorted(g[2] for g in got if g[0] == "spreads") == list(range(1, 13))  # history long past: all due at once
+    assert [n for _, n, _ in (e for e in LOG if e[0] == "chunk")] == [5, 5, 2]
+
+
 async def test_a_chunk_is_validated_per_column_and_its_bad_rows_dead_lettered(tmp_path: Path) -> None:
     import json
 

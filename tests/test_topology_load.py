@@ -59,8 +59,11 @@ def test_demo_profile_runs_everything_in_process_on_a_simulated_clock() -> None:
     enabled = {name for name, s in topo.services.items() if s.enabled}
     assert enabled == {
         "polygon-live-collector", "polygon-historical-downloader", "dukascopy-historical-downloader",
-        "external-data-collector", "data-bridge", "tick-aggregator", "spread-watch",
-    }  # fmt: skip
+        "external-data-collector", "data-bridge", "tick-aggregator", "feature-engineering-service",
+        "supervised-training-service", "finrl-training-service", "inference-service", "risk-management",
+        "execution-service", "performance-monitoring", "mt5-connector", "backtesting-engine", "dashboard-service",
+        "notification-hub", "spread-watch",
+    }  # fmt: skip  (all 17 seed services; backtesting-engine in service mode, backtest_runner)
     # the profile overrides the store kind (postgres in services.yaml) with the embedded ClickHouse
     assert topo.stores["timescale"].kind == "clickhouse"
     assert topo.services["polygon-live-collector"].params["simulate"] is True
@@ -88,8 +91,12 @@ def test_backtest_profile_keeps_nothing_between_runs() -> None:
     assert topo.runtime.clock == "simulated"
     assert topo.runtime.persist_log is False
     assert topo.runtime.validation == "sampled"
-    assert topo.services["synthetic-ticks"].enabled
-    assert topo.services["synthetic-ticks"].params["seed"] == 11
+    enabled = {name for name, s in topo.services.items() if s.enabled}
+    # history in, the live decision path on it, nothing trained, nobody notified
+    assert enabled == {
+        "backtesting-engine", "feature-engineering-service", "inference-service", "risk-management",
+        "execution-service", "mt5-connector", "performance-monitoring",
+    }  # fmt: skip
 
 
 def test_data_dir_override_reaches_interpolated_store_urls(tmp_path: Path) -> None:

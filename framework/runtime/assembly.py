@@ -135,7 +135,7 @@ def build_host(rt: Runtime, name: str) -> ServiceHost:
     ctx = NodeContext(
         name,
         clock=rt.clock,
-        pubsub=rt.pubsub,
+        pubsub=rt.dispatch.publisher(rt.pubsub),
         log=rt.log,
         validator=rt.validator,
         dead_letters=rt.dead_letters,
@@ -155,6 +155,8 @@ def build_host(rt: Runtime, name: str) -> ServiceHost:
         ctx.artifacts = rt.artifacts.for_service(name)
     host = ServiceHost(name, service, spec, node_cls, params, ctx, metrics, rt, routes=routes)
     ctx._offloader = rt.offloader
+    ctx.config_hash = rt.config_hash
+    ctx.system = rt.system
     ctx._background_hook = functools.partial(rt.dispatch.background, host)
     archived = {w.table: w for route in routes.values() if route.topics for w in route.writers}
     if archived:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from framework.clock import Clock, SimulatedClock, WallClock
+from framework.confighash import config_hash
 from framework.contracts import BoundaryValidator, ContractRegistry
 from framework.deadletter import TRANSPORT_SERVICE, DeadLetters
 from framework.durations import parse_seconds
@@ -29,7 +30,9 @@ from framework.runtime.consume import consume
 from framework.runtime.dispatch import LiveDispatch, Stopwatch
 from framework.runtime.graph import dependency_order
 from framework.runtime.host import ServiceHost
+from framework.runtime.introspect import SystemView
 from framework.runtime.offload import Offloader
+from framework.runtime.progress import RunProgress
 from framework.runtime.simulation import SimulationDriver
 from framework.stores.base import Store
 from framework.stores.batch import BatchWriter
@@ -69,6 +72,8 @@ class Runtime:
         self.pairs = list(pairs or topology.instruments)
         self.data_dir = Path(data_dir)
         self.wiring = resolve(topology, registry, self.pairs)
+        self.config_hash = config_hash(topology, self.pairs, self.data_dir)
+        """``ctx.config_hash``: the resolved topology and pairs, hashed (:mod:`framework.confighash`)."""
         self.services = self._select(only)
         settings = topology.runtime
         self.clock = clock or make_clock(settings)
@@ -100,6 +105,11 @@ class Runtime:
         self._started = False
         self.order: list[str] = []
         self.observability: Any = None
+        self._stopped: set[str] = set()
+        self.system = SystemView(self)
+        """What nodes see of the run as a whole (``ctx.system``)."""
+        self.progress = RunProgress(self)
+        """How far the run is (simulated time, messages, the nodes' headlines): ``fxrun``'s progress and summary."""
         read = {t for name in self.services for b in topology.services[name].inputs.values() for t in b.topics}
         self.archived_topics = set(topology.topics) if settings.archive else read
         """Topics the run's ports send to: all of them, or (``runtime.archive: false``) the ones a service reads."""
@@ -182,9 +192,21 @@ class Runtime:
                 host.consume_tasks.append(asyncio.create_task(consume(self, host, consumer, deliver), name=f"{host.name}.{port}"))
 
     async def start(self) -> None:
+        """Open the transports and stores, build and start every service; on a failure close what was opened
+        (a store held open would keep its files locked: chdb admits one engine per process)."""
         if self._started:
             raise RuntimeError("runtime already started")
         self._started = True
+        try:
+            await self._start()
+        except BaseException:
+            try:
+                await self.stop()
+            except Exception as exc:
+                log.warning("closing after a failed start: %s: %s", type(exc).__name__, exc)
+            raise
+
+    async def _start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         await self._open_transports()
         assert self.pubsub is not None and self.log is not None
@@ -302,7 +324,15 @@ class Runtime:
         except asyncio.TimeoutError:
             pass
 
-    async def run(self, duration: float | None = None) -> None:
+    async def run(
+        self, duration: float | None = None, *, serve_after: bool = False, ended: Callable[[], None] | None = None
+    ) -> None:
+        """Start, run until stopped, every source finished or ``duration`` passed, stop.
+
+        With ``serve_after``, a run that ends because its sources finished stops every other
+        service as usual (drained, flushed) but keeps its servers (``role: server``: the
+        dashboard) serving what the run left until a stop is requested (Ctrl-C); ``ended`` is
+        called once the rest has stopped (a summary printed while the servers go on)."""
         try:
             await self.start()
         except BaseException:
@@ -310,6 +340,18 @@ class Runtime:
             raise
         try:
             await self.wait(duration)
+            servers = [h for h in self.hosts.values() if h.spec.role == "server" and h.node is not None]
+            if serve_after and servers and self.draining and not self.halting:
+                for name in self.order:
+                    if self.hosts[name] not in servers:
+                        await self._stop_host(self.hosts[name])
+                for writer in self.writers.values():
+                    await writer.flush()
+                self.write_metrics()
+                if ended is not None:
+                    ended()
+                log.info("the run has ended; %s keep(s) serving until Ctrl-C", ", ".join(h.name for h in servers))
+                await self._halt.wait()
         finally:
             await self.stop()
 
@@ -329,23 +371,7 @@ class Runtime:
             await self.observability.close()
             self.observability = None
         for name in self.order:
-            host = self.hosts[name]
-            for sub in host.subscriptions:
-                await sub.unsubscribe()
-            await asyncio.gather(*host.consume_tasks, return_exceptions=True)
-            for wrapped in host.sequenced:
-                await (wrapped.drain() if self._drain else wrapped.cancel())
-            for buffer in host.buffers.values():
-                await buffer.close()
-            for consumer in host.consumers:
-                await consumer.stop()
-            if host.mailbox and not host.busy:  # delivered, not yet handled: handled before the node stops
-                await LiveDispatch.run_mailbox(host)
-            host.closing = True
-            host._signal_change()
-            await host.stop_node()
-            if host.metrics.state != "failed":
-                host.metrics.state = "stopped"
+            await self._stop_host(self.hosts[name])
         await self.dispatch.close()
         self.offloader.close()
         for task in list(self._background):
@@ -366,6 +392,28 @@ class Runtime:
         if self.dead_letters is not None:
             self.dead_letters.close()
         self.write_metrics()
+
+    async def _stop_host(self, host: ServiceHost) -> None:
+        """One service stops taking input, finishes what it holds and stops its node (once)."""
+        if host.name in self._stopped:
+            return
+        self._stopped.add(host.name)
+        for sub in host.subscriptions:
+            await sub.unsubscribe()
+        await asyncio.gather(*host.consume_tasks, return_exceptions=True)
+        for wrapped in host.sequenced:
+            await (wrapped.drain() if self._drain else wrapped.cancel())
+        for buffer in host.buffers.values():
+            await buffer.close()
+        for consumer in host.consumers:
+            await consumer.stop()
+        if host.mailbox and not host.busy:  # delivered, not yet handled: handled before the node stops
+            await LiveDispatch.run_mailbox(host)
+        host.closing = True
+        host._signal_change()
+        await host.stop_node()
+        if host.metrics.state != "failed":
+            host.metrics.state = "stopped"
 
     # --- observing ----------------------------------------------------------------------
 

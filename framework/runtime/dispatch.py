@@ -164,6 +164,10 @@ class LiveDispatch:
         host.tasks.append(task)
         task.add_done_callback(lambda t: host.tasks.remove(t) if t in host.tasks else None)
 
+    def publisher(self, bus: Any) -> Any:
+        """The bus as nodes publish on it: as it is (inline, in the order of the subscriptions)."""
+        return bus
+
     def source_finished(self) -> None:
         """Nothing to do live: sources do not drive the wall clock."""
 

@@ -43,6 +43,16 @@ Handle = Callable[[str, Any, Any], Awaitable[Any]]
 _starting: contextvars.ContextVar[tuple[str, asyncio.Task[Any] | None] | None] = contextvars.ContextVar("fxflow_starting", default=None)
 
 
+def headline_of(service: str, node: Node, final: bool = False) -> dict[str, Any] | None:
+    """``node.headline(final)`` as a plain dict; a headline that fails is logged, never the run's problem."""
+    try:
+        figures = node.headline(final)
+        return dict(figures) if figures else None
+    except Exception as exc:
+        log.debug("service %s: headline failed: %s: %s", service, type(exc).__name__, exc)
+        return None
+
+
 def starting_here() -> str | None:
     """The service whose ``on_start`` is running on this very task (tasks it spawns inherit the context, not the role)."""
     state = _starting.get()
@@ -80,6 +90,8 @@ class ServiceHost:
     restarting: bool = False
     healthy_since: float = 0.0
     closing: bool = False
+    final_headline: dict[str, Any] | None = None
+    """What the node's ``headline(final=True)`` said when it stopped for good (the run's summary)."""
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _signal_change(self) -> None:
@@ -152,7 +164,12 @@ class ServiceHost:
                     return None
                 count = len(message)
             elif batch:  # a batch handler takes a single message as a chunk of one
-                message = Chunk.from_rows([message])
+                try:
+                    message = Chunk.from_rows([message])
+                except (TypeError, AttributeError) as exc:
+                    metrics.received += 1
+                    await ctx.dead_letter(f"not a message for a batch handler: {type(exc).__name__}: {exc}", message, origin)
+                    return None
                 count = 1
             else:
                 count = 1
@@ -186,6 +203,7 @@ class ServiceHost:
                 if elapsed > metrics.latency_max_s:
                     metrics.latency_max_s = elapsed
 
+        handle.batch = batch  # type: ignore[attr-defined]  # a simulation driver hands a timed chunk whole only to a batch handler
         return handle
 
     async def callback(self, fn: Callable[[Any], Awaitable[None]] | None, outcome: Any, origin: str, cause: str | None) -> None:
@@ -350,4 +368,6 @@ class ServiceHost:
             except Exception as exc:
                 log.error("service %s: on_stop failed: %s", self.name, exc)
             save_state(self, node)
+            if self.closing:
+                self.final_headline = headline_of(self.name, node, final=True)
         await self.ctx.drain()

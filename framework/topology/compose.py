@@ -33,6 +33,8 @@ RUN_DEFAULTS: dict[str, Any] = {
     "data_dir": ".fxrun",
     "duration": None,
     "log_level": "INFO",
+    "serve_after": None,
+    "progress": None,
     "simulate_feeds": f"${{oc.decode:${{oc.env:{ENV_DEFAULTS['simulate_feeds']},false}}}}",
 }
 

@@ -309,6 +309,13 @@ class Service(Strict):
     outputs: dict[str, Binding] = Field(default_factory=dict)
     reads: list[str] = Field(default_factory=list, description="tables the service queries")
 
+    @field_validator("inputs", "outputs", mode="before")
+    @classmethod
+    def _unbind(cls, value: Any) -> Any:
+        """A port bound to null is not bound: a profile that gives a service another node drops the
+        bindings of services.yaml that node has no port for (profiles merge, they cannot delete a key)."""
+        return {port: b for port, b in value.items() if b is not None} if isinstance(value, dict) else value
+
 
 class RestartPolicy(Strict):
     max_restarts: int = Field(default=5, ge=0)
@@ -440,5 +447,25 @@ class RunConfig(Strict):
         description="run the external-feed collectors against their local simulators (no API keys, no internet); "
         "services read it as ${simulate_feeds}; default from FXFLOW_SIMULATE_FEEDS",
     )
+    serve_after: bool | None = Field(
+        default=None,
+        description="when a bounded run ends (its sources finished), keep its servers (the dashboard) serving until Ctrl-C; "
+        "null: only when run from a terminal (serve_after=false for CI)",
+    )
+    progress: str | bool | None = Field(
+        default=None,
+        description="how often a run shows its progress (simulated time, messages, the services' headlines): a duration; "
+        "null: every second on a terminal (a status block under the log), else a log line every 10s; false: never",
+    )
 
     _duration = field_validator("duration")(_check_duration)
+
+    @field_validator("progress")
+    @classmethod
+    def _progress(cls, value: str | bool | None) -> str | bool | None:
+        if isinstance(value, str):
+            if value.lower() in ("off", "false", "no"):
+                return False
+            if (parse_ms(value) or 0) <= 0:
+                raise ValueError(f"progress {value!r}: a positive duration (5s), or false")
+        return None if value is True else value

@@ -275,7 +275,7 @@ class InProcessPubSub(PubSubTransport):
         if self.wire:
             data = [encode(row, subject) for row in chunk.rows()]
             rows = [decode(d) for d in data]
-            chunk = type(chunk).from_rows(rows, chunk.names)
+            chunk = type(chunk).from_rows(rows, chunk.names).timed(chunk.times)
         per_row: list[Headers | None] | None = None
         for entry in entries:
             target = entry.target if isinstance(entry, _Subscription) else _responder(entry)

@@ -141,6 +141,8 @@ class Notice:
     code: str
     message: str
     retcode: int | None = None
+    filled: Decimal | None = None
+    """``partial_fill``: the lots the order got before its rest was cancelled."""
 
 
 @dataclass(slots=True)

@@ -104,7 +104,12 @@ class SwapModel(_Model):
 
 
 class PartialFills(_Model):
-    max_lots: float = Field(gt=0, description="at most this many lots fill on one price; the rest waits for the next")
+    max_lots: float = Field(gt=0, description="at most this many lots fill on one price")
+    rest: Literal["next", "cancel"] = Field(
+        default="next",
+        description="next: the rest fills on the next prices; cancel: the rest is cancelled at once, as MT5 answers an "
+        "IOC order it could fill only in part (10010, done partially: the order ends cancelled, its filled part kept)",
+    )
 
 
 class PaperParams(_Model):

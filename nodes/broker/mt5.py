@@ -268,7 +268,8 @@ class Mt5Broker(Broker):
                 notices = []
                 if code == rc.DONE_PARTIAL:
                     notices.append(Notice(order.symbol, order.order_id, order.ts, "partial_fill",
-                                          f"filled {result['volume']} of {order.quantity} lots; the rest is cancelled", code))  # fmt: skip
+                                          f"filled {result['volume']} of {order.quantity} lots; the rest is cancelled", code,
+                                          dec(result["volume"])))  # fmt: skip
                 return _Outcome(Ack(AckStatus.ACCEPTED, code, result.get("comment") or rc.name(code), str(result["order"])), notices)
             if code == rc.TIMEOUT:
                 raise _sent(BrokerUnavailable(f"the trade server timed out ({code})"))

@@ -7,7 +7,15 @@ as it would on replay.
 - **Fills** (:class:`~nodes.broker.models.PaperParams` ``fill_on``): a market order fills at the
   ask (buy) or bid (sell) of the first tick *strictly after* the order's time, or at the open of
   the first bar that starts at or after it (the signal's own bar closed at the order's time at
-  the earliest, so that is the next bar). Never a price from before the order.
+  the earliest, so that is the next bar). Never a price from before the order, and the same price
+  however late the order arrives: live delivery is asynchronous (an order may reach the broker
+  after the ticks that follow its time), so the recent prices of each symbol are kept
+  (``lookback_ms``) and an order fills on the first of them after its time, with the conversion
+  rates of that moment. With ``partial_fills`` each price fills at most ``max_lots``; the rest
+  waits for the next price, or (``rest: cancel``, MT5's IOC) is cancelled at once with a
+  ``partial_fill`` notice carrying 10010.
+- **Tickets** follow from the client order id (orders) and the order's deal count (deals), never
+  from arrival order, so the same orders and prices give the same fill ids live and on replay.
 - **Costs**: the quote's spread or a fixed one, adverse slippage, commission per lot and per
   notional, swap at each daily roll (three nights on the triple day), all booked to the cent in
   the account currency through :class:`~nodes.trading.money.Rates`.
@@ -24,7 +32,9 @@ State (balance, positions, working orders, deals) is :meth:`PaperBroker.snapshot
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+import hashlib
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -54,6 +64,26 @@ ZERO = Decimal(0)
 STATE_VERSION = 1
 ESTIMATE_MARGIN = 1.5
 ESTIMATE_FOR_MS = 3_600_000
+LOOKBACK_MS = 120_000
+"""Default span of recent prices kept per symbol for orders that arrive after them."""
+
+Raw = tuple[int, Any, Any, Any]
+"""A price as received: (ts, bid, ask or None, a bar's spread or None)."""
+
+
+def ticket(*parts: object) -> int:
+    """A broker ticket from what identifies an order or a deal: 53 bits (exact in JSON numbers), never 0."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) or 1
+
+
+def order_ticket(client_order_id: str) -> int:
+    return ticket("order", client_order_id)
+
+
+def deal_ticket(client_order_id: str, n: int) -> int:
+    """The ticket of the ``n``-th deal (1, 2, …) of an order: the paper broker's fill id is ``paper-<ticket>``."""
+    return ticket("deal", client_order_id, n)
 
 
 @dataclass(slots=True)
@@ -85,6 +115,7 @@ class _Order:
     status: str = "accepted"
     retcode: int | None = None
     done_ts: int | None = None
+    deals: int = 0
 
     @property
     def working(self) -> bool:
@@ -94,12 +125,12 @@ class _Order:
         return {
             "client_order_id": self.client_order_id, "order_id": self.order_id, "symbol": self.symbol, "side": self.side,
             "quantity": str(self.quantity), "ts": self.ts, "ticket": self.ticket, "filled": str(self.filled),
-            "status": self.status, "retcode": self.retcode, "done_ts": self.done_ts,
+            "status": self.status, "retcode": self.retcode, "done_ts": self.done_ts, "deals": self.deals,
         }  # fmt: skip
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> _Order:
-        return cls(**{**d, "quantity": Decimal(d["quantity"]), "filled": Decimal(d["filled"])})
+        return cls(**{**d, "quantity": Decimal(d["quantity"]), "filled": Decimal(d["filled"]), "deals": d.get("deals", 0)})
 
 
 class _Refusal(Exception):
@@ -113,10 +144,16 @@ class PaperBroker(Broker):
     kind = "paper"
 
     def __init__(
-        self, params: PaperParams, instruments: Mapping[str, Instrument], account: Account | None = None, journal: Journal | None = None
+        self,
+        params: PaperParams,
+        instruments: Mapping[str, Instrument],
+        account: Account | None = None,
+        journal: Journal | None = None,
+        lookback_ms: int = LOOKBACK_MS,
     ) -> None:
         super().__init__(journal)
         self.params = params
+        self.lookback_ms = lookback_ms
         self.account = account or Account()
         self.rules = {s: Rules.of(s, inst) for s, inst in instruments.items()}
         self.rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
@@ -127,12 +164,17 @@ class PaperBroker(Broker):
         self.positions: dict[str, _Held] = {}
         self.orders: dict[str, _Order] = {}
         self.deals: list[Deal] = []
-        """In (time, ticket) order (a bar-open fill can be dated before a deal made by a later tick)."""
+        """In time order, deals of one instant in the order they were made (a bar-open fill can be dated before a
+        deal made by a later tick)."""
         self.quotes: dict[str, _Quote] = {}
         """The latest price per symbol, exact; made from ``_raw`` when something needs it (most prices
         of a backtest move nothing: kept as received, they cost no Decimal arithmetic)."""
-        self._raw: dict[str, tuple[int, Any, Any, Any]] = {}
-        """symbol → (ts, bid, ask or None, a bar's spread or None), as received."""
+        self._raw: dict[str, Raw] = {}
+        """symbol → its latest price, as received."""
+        self._recent: dict[str, deque[Raw]] = {}
+        """symbol → its prices of the last ``lookback_ms`` in time order (ticks; with fill_on: bar_open, the
+        opens of bars of bar_timeframe), plus the one before: what a late order fills on. Not saved: after a
+        restart, orders fill from the next price on."""
         self._stale: set[str] = set()
         self._open: dict[str, list[_Order]] = {}
         """symbol → its working orders, in arrival order."""
@@ -158,15 +200,49 @@ class PaperBroker(Broker):
                 ack = self._refuse(order, refusal)
             else:
                 self.ticket += 1
-                working = _Order(order.client_order_id, order.order_id, order.symbol, order.side, lots, order.ts, self.ticket)
+                working = _Order(order.client_order_id, order.order_id, order.symbol, order.side, lots, order.ts,
+                                 order_ticket(order.client_order_id))  # fmt: skip
                 self.orders[order.client_order_id] = working
                 self._open.setdefault(order.symbol, []).append(working)
                 ack = Ack(AckStatus.ACCEPTED, rc.PLACED, "accepted, fills on the next price", str(working.ticket))
-                quote = self.quote(order.symbol)
-                if self.params.fill_on == "tick" and quote is not None and quote.ts > order.ts:
-                    self._fill(working, quote.ts, quote.bid, quote.ask)  # the order arrived after a newer price
+                for raw in self._prices_after(order.symbol, order.ts):  # it arrived after the prices that follow its time
+                    self._fill_at(working, raw)
+                    if not working.working:
+                        break
         self.journal.record("response", "submit", _ack_payload(ack), order.order_id)
         return ack
+
+    def _prices_after(self, symbol: str, ts: int) -> list[Raw]:
+        """The kept prices an order of time ``ts`` fills on: ticks strictly after it, or bar opens at or after it."""
+        recent = self._recent.get(symbol)
+        if not recent:
+            return []
+        if self.params.fill_on == "tick":
+            start = bisect.bisect_right(recent, ts, key=_raw_ts)
+        else:
+            start = bisect.bisect_left(recent, ts, key=_raw_ts)
+        return list(_islice(recent, start))
+
+    def _price_at(self, symbol: str, ts: int) -> Raw | None:
+        """The last price of ``symbol`` at or before ``ts``; None when every price known is later."""
+        latest = self._raw.get(symbol)
+        if latest is None or latest[0] <= ts:
+            return latest
+        recent = self._recent.get(symbol)
+        index = bisect.bisect_right(recent, ts, key=_raw_ts) if recent else 0
+        return recent[index - 1] if index else None
+
+    def _remember(self, symbol: str, raw: Raw) -> None:
+        recent = self._recent.get(symbol)
+        if recent is None:
+            recent = self._recent[symbol] = deque()
+        if not recent or recent[-1][0] <= raw[0]:
+            recent.append(raw)
+        else:  # a price older than the newest kept one (out of order): in its place
+            recent.insert(bisect.bisect_right(recent, raw[0], key=_raw_ts), raw)
+        cutoff = recent[-1][0] - self.lookback_ms
+        while len(recent) > 1 and recent[1][0] <= cutoff:
+            recent.popleft()
 
     def _refuse(self, order: OrderRequest, refusal: _Refusal) -> Ack:
         self.orders[order.client_order_id] = _Order(
@@ -193,11 +269,11 @@ class PaperBroker(Broker):
         if in_weekend(order.ts):
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: the market is closed (weekend)")
         self._fresh()
-        quote = self.quotes.get(order.symbol)
-        if quote is None:
+        price = self._price_at(order.symbol, order.ts) or self._raw.get(order.symbol)
+        if price is None:
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price yet")
-        if order.ts - quote.ts > self.params.max_quote_age_ms:
-            raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {quote.ts} ({self.params.max_quote_age} before the order)")
+        if order.ts - price[0] > self.params.max_quote_age_ms:
+            raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {price[0]} ({self.params.max_quote_age} before the order)")
         try:
             held = self.positions.get(order.symbol)
             current = held.position.quantity if held else ZERO
@@ -219,13 +295,14 @@ class PaperBroker(Broker):
             return
         ts = tick["ts"]
         self._advance(ts)
-        self._set(symbol, ts, tick["bid"], tick["ask"], None)
-        if self.params.fill_on == "tick" and self._open.get(symbol):
-            quote = self.quote(symbol)
-            assert quote is not None
-            for order in list(self._open[symbol]):
-                if order.ts < ts:
-                    self._fill(order, quote.ts, quote.bid, quote.ask)
+        raw = (ts, tick["bid"], tick["ask"], None)
+        self._set(symbol, *raw)
+        if self.params.fill_on == "tick":
+            self._remember(symbol, raw)
+            if self._open.get(symbol):
+                for order in list(self._open[symbol]):
+                    if order.ts < ts:
+                        self._fill_at(order, raw)
         if self.positions:
             self._check_stop_out(ts)
 
@@ -237,14 +314,14 @@ class PaperBroker(Broker):
             return
         start = bar["ts"]
         self._advance(start)
-        if self.params.fill_on == "bar_open" and self._open.get(symbol):
-            working = [o for o in self._open[symbol] if o.ts <= start]
+        if self.params.fill_on == "bar_open":
+            opening = (start, bar["open"], None, bar.get("spread_mean"))
+            self._remember(symbol, opening)
+            working = [o for o in self._open.get(symbol, ()) if o.ts <= start]
             if working:
-                opening = (start, bar["open"], None, bar.get("spread_mean"))
                 self._set(symbol, *opening)
-                quote = self._exact(symbol, opening)  # the open, even when a later tick came first
                 for order in working:
-                    self._fill(order, start, quote.bid, quote.ask)
+                    self._fill_at(order, opening)  # the open, even when a later tick came first
         self._advance(bar["ts_close"])
         self._set(symbol, bar["ts_close"], bar["close"], None, bar.get("spread_mean"))
         if self.positions:
@@ -329,18 +406,42 @@ class PaperBroker(Broker):
 
     # --- execution ------------------------------------------------------------------
 
-    def _fill(self, order: _Order, ts: int, bid: Decimal, ask: Decimal) -> None:
+    def _fill_at(self, order: _Order, raw: Raw) -> None:
+        """Fill (a slice of) ``order`` on the price ``raw``, with the conversion rates of its time."""
+        quote = self._exact(order.symbol, raw)
+        self._fill(order, raw[0], quote.bid, quote.ask, self._rates_at(raw[0]))
+
+    def _rates_at(self, ts: int) -> Rates:
+        """The conversion rates as of ``ts``: the latest ones, unless a price after ``ts`` moved them."""
+        self._fresh()
+        if all(raw[0] <= ts for raw in self._raw.values()):
+            return self.rates
+        rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
+        for symbol, latest in self._raw.items():
+            raw = self._price_at(symbol, ts) or latest
+            quote = self.quotes[symbol] if raw is latest else self._exact(symbol, raw)
+            rates.update(symbol, quote.bid, quote.ask)
+        return rates
+
+    def _fill(self, order: _Order, ts: int, bid: Decimal, ask: Decimal, rates: Rates | None = None) -> None:
         self._fresh()
         rules = self.rules[order.symbol]
         lots = order.quantity - order.filled
-        if self.params.partial_fills is not None:
-            lots = min(lots, dec(self.params.partial_fills.max_lots))
+        partial = self.params.partial_fills
+        if partial is not None:
+            lots = min(lots, dec(partial.max_lots))
         expected = ask if order.side == "buy" else bid
         price = self.params.slippage.price(rules, order.side, expected, lots)
-        self._execute(order.symbol, order.side, lots, price, ts, order.ticket, order.client_order_id, "client", price - expected)
+        order.deals += 1
+        self._execute(order.symbol, order.side, lots, price, ts, order.ticket, order.client_order_id, "client",
+                      deal_ticket(order.client_order_id, order.deals), price - expected, rates)  # fmt: skip
         order.filled += lots
         order.status = "filled" if order.filled == order.quantity else "partially_filled"
-        if order.status == "filled":
+        if order.status == "partially_filled" and partial is not None and partial.rest == "cancel":
+            order.status, order.retcode = "cancelled", rc.DONE_PARTIAL
+            message = f"filled {order.filled} of {order.quantity} lots; the rest is cancelled"
+            self.notices.append(Notice(order.symbol, order.order_id, ts, "partial_fill", message, rc.DONE_PARTIAL, order.filled))
+        if not order.working:
             order.done_ts = ts
             self._open[order.symbol].remove(order)
 
@@ -354,8 +455,11 @@ class PaperBroker(Broker):
         order_ticket: int,
         client_id: str | None,
         reason: str,
+        deal_ticket: int,
         slippage: Decimal | None = None,
+        rates: Rates | None = None,
     ) -> Deal:
+        rates = rates or self.rates
         rules = self.rules[symbol]
         held = self.positions.get(symbol)
         if held is None:
@@ -363,7 +467,7 @@ class PaperBroker(Broker):
         before = held.position.quantity
         realized = held.position.apply(side, lots, price)
         after = held.position.quantity
-        profit = book(self.rates.convert(realized, rules.quote, self.currency)) if realized else ZERO
+        profit = book(rates.convert(realized, rules.quote, self.currency)) if realized else ZERO
         swap = ZERO
         if before == 0 or (before > 0) == (side == "buy"):
             entry = "in"
@@ -372,7 +476,7 @@ class PaperBroker(Broker):
             swap = held.swap if closed == abs(before) else book(held.swap * closed / abs(before))
             held.swap -= swap
             entry = "out" if after == 0 or (after > 0) == (before > 0) else "inout"
-        notional = self.rates.convert(rules.units(lots) * price, rules.quote, self.currency)
+        notional = rates.convert(rules.units(lots) * price, rules.quote, self.currency)
         commission = book(self.params.commission.amount(lots, notional))
         self.balance += profit + swap - commission
         if after == 0:
@@ -382,8 +486,8 @@ class PaperBroker(Broker):
         self.ticket += 1
         self.revision += 1
         self._estimate = None
-        deal = Deal(self.ticket, order_ticket, client_id, symbol, side, entry, lots, price, ts, commission, swap, profit, reason, slippage)
-        bisect.insort(self.deals, deal, key=_deal_order)
+        deal = Deal(deal_ticket, order_ticket, client_id, symbol, side, entry, lots, price, ts, commission, swap, profit, reason, slippage)
+        bisect.insort(self.deals, deal, key=_deal_ts)
         order = self.orders.get(client_id) if client_id else None
         self.journal.record("event", "deal", deal.to_json(), order.order_id if order else None)
         return deal
@@ -435,12 +539,13 @@ class PaperBroker(Broker):
             long = held.position.quantity > 0
             lots = abs(held.position.quantity)
             self.ticket += 1
-            ticket = self.ticket
+            closing = ticket("stop_out", worst, ts)
             level = equity / margin
-            deal = self._execute(worst, "sell" if long else "buy", lots, quote.bid if long else quote.ask, ts, ticket, None, "stop_out")
+            deal = self._execute(worst, "sell" if long else "buy", lots, quote.bid if long else quote.ask, ts, closing, None,
+                                 "stop_out", ticket("stop_out", worst, ts, "deal"))  # fmt: skip
             message = (f"stop out: equity {equity} / margin {margin} = {level:.4f} below {self.stop_out}; "
                        f"closed {worst} {lots} lots at {deal.price}")  # fmt: skip
-            self.notices.append(Notice(worst, f"stop-out-{ticket}", ts, "stop_out", message))
+            self.notices.append(Notice(worst, f"stop-out-{closing}", ts, "stop_out", message))
             self.journal.record("event", "stop_out", {"symbol": worst, "equity": equity, "margin": margin, "deal": deal.ticket})
 
     def _estimator(self, ts: int) -> tuple[int, float, list[tuple[str, float, float, float, float, float]]]:
@@ -472,7 +577,7 @@ class PaperBroker(Broker):
     async def poll(self, since_ms: int | None = None) -> list[Deal]:
         if since_ms is None:
             return list(self.deals)
-        return self.deals[bisect.bisect_left(self.deals, (since_ms, -1), key=_deal_order) :]
+        return self.deals[bisect.bisect_left(self.deals, since_ms, key=_deal_ts) :]
 
     def account_view(self) -> AccountView:
         self._fresh()
@@ -508,7 +613,7 @@ class PaperBroker(Broker):
             return
         cutoff = self.now - horizon
         if self.deals and self.deals[0].ts < cutoff:
-            self.deals = self.deals[bisect.bisect_left(self.deals, (cutoff, -1), key=_deal_order) :]
+            self.deals = self.deals[bisect.bisect_left(self.deals, cutoff, key=_deal_ts) :]
         old = [k for k, o in self.orders.items() if not o.working and (o.done_ts or o.ts) < cutoff]
         for key in old:
             del self.orders[key]
@@ -540,7 +645,7 @@ class PaperBroker(Broker):
         self.ticket = state["ticket"]
         self.now = state["now"]
         self.last_roll = state["last_roll"]
-        self.quotes, self._raw, self._stale, self._estimate = {}, {}, set(), None
+        self.quotes, self._raw, self._stale, self._estimate, self._recent = {}, {}, set(), None, {}
         for symbol, (ts, bid, ask) in state["quotes"].items():
             if symbol in self.rules:
                 self.quotes[symbol] = _Quote(ts, Decimal(bid), Decimal(ask))
@@ -561,8 +666,17 @@ class PaperBroker(Broker):
         self.deals = [Deal.from_json(d) for d in state["deals"]]
 
 
-def _deal_order(deal: Deal) -> tuple[int, int]:
-    return (deal.ts, deal.ticket)
+def _deal_ts(deal: Deal) -> int:
+    return deal.ts
+
+
+def _raw_ts(raw: Raw) -> int:
+    return raw[0]
+
+
+def _islice(prices: deque[Raw], start: int) -> Iterator[Raw]:
+    for index in range(start, len(prices)):
+        yield prices[index]
 
 
 def _request_payload(order: OrderRequest) -> dict[str, Any]:

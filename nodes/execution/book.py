@@ -38,6 +38,10 @@ class Tracked:
     final: OrderStatus | None = None
     """A terminal status the orders table holds for it that the restored state had not reached:
     applied at reconciliation, after the broker's fills (which a cancel may follow)."""
+    cancel_after_fill: str | None = None
+    """The reason of a cancelled remainder (10010) heard of before any fill of the order: fills and
+    errors travel on separate subjects, so the fill may come second; the order is cancelled once it
+    is applied (or when the broker, asked, says so)."""
 
     @property
     def status(self) -> OrderStatus:
@@ -66,6 +70,7 @@ class Tracked:
             "query_due_ms": self.query_due_ms,
             "queries": self.queries,
             "final": None if self.final is None else self.final.value,
+            "cancel_after_fill": self.cancel_after_fill,
         }
 
     @classmethod
@@ -94,6 +99,7 @@ class Tracked:
             query_due_ms=d["query_due_ms"],
             queries=d["queries"],
             final=None if d["final"] is None else S(d["final"]),
+            cancel_after_fill=d.get("cancel_after_fill"),
         )
 
 

@@ -2,8 +2,10 @@
 
 **Errors** (``broker_error.v1``): the MT5 retcode decides. A refusal (10019 no money, 10014
 volume, 10018 market closed, 10006 reject, …) rejects the order: the broker said no. 10031 (no
-connection to the trade server) and the terminal's own IPC errors (negative codes) fail it: the
-request never got there. 10012 (timeout) is ambiguous, the order may have been executed, so the
+connection to the trade server), the terminal's own IPC errors (negative codes) and ``stale_order``
+(the connector would not send an order that old) fail it: the request never got there. 10010 (done
+partially) cancels it: the broker filled a part and cancelled the rest, so the order ends cancelled
+with its fills kept. 10012 (timeout) is ambiguous, the order may have been executed, so the
 order stays submitted and the broker is asked about it (as Nautilus treats a submit whose outcome
 is unknown: it waits for reconciliation instead of guessing).
 
@@ -28,7 +30,11 @@ from nodes.trading.orders import TRANSITIONS, Order, OrderStatus
 S = OrderStatus
 
 NEVER_ARRIVED = {10031: "no connection to the trade server"}
+NOT_SENT = frozenset({"stale_order", "no_connection"})
+"""Codes of errors without a retcode that say the order never reached the broker."""
 AMBIGUOUS = {10012: "timed out: the order may have been executed"}
+DONE_PARTIAL = 10010
+"""Filled in part, the rest cancelled (MT5's answer to an IOC order it could fill only in part)."""
 
 
 def error_outcome(error: Mapping[str, Any]) -> tuple[OrderStatus | None, str]:
@@ -40,7 +46,9 @@ def error_outcome(error: Mapping[str, Any]) -> tuple[OrderStatus | None, str]:
         reason += f" (MT5 retcode {retcode})"
     if retcode in AMBIGUOUS or (retcode is None and code == "timeout"):
         return None, reason
-    if retcode in NEVER_ARRIVED or (isinstance(retcode, int) and retcode < 0) or (retcode is None and code == "no_connection"):
+    if retcode == DONE_PARTIAL or (retcode is None and code == "partial_fill"):
+        return S.CANCELLED, reason
+    if retcode in NEVER_ARRIVED or (isinstance(retcode, int) and retcode < 0) or (retcode is None and code in NOT_SENT):
         return S.FAILED, reason
     return S.REJECTED, reason
 

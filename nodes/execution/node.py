@@ -17,6 +17,14 @@ order as it was; it never stops the service. A broker error rejects or fails its
 MT5 retcode in the reason (:func:`~nodes.execution.broker.error_outcome`); an error the order's
 status does not allow is dead-lettered and alerted.
 
+**Event time.** Every order event carries the time of what caused it, never when it was handled:
+the approved signal's ``ts`` (its decision's time) for pending and submitted, the fill's for
+partially filled and filled, the error's for a rejection. So live delivery, whatever its delays
+and interleaving, publishes the same events as a replay on simulated time (``tests/test_parity.py``),
+and the broker fills a market order on the first price after its decision. Events the service
+makes on its own (an acknowledgement timeout, a reconciliation, an order held until the broker
+answered) carry the clock.
+
 **Reconciliation** (after NautilusTrader's live execution engine). Until the broker has told us
 its state (``ctx.request("broker", broker_query)``: open orders, positions, fills since the last
 one we saw), nothing is submitted: orders wait as pending, an alert says so, and the query is
@@ -46,7 +54,7 @@ from framework.durations import parse_ms
 from framework.node import Node, every, handles
 from nodes.execution.book import OrderBook, Tracked
 from nodes.execution.broker import BrokerState, error_outcome, parse_state, position_differences, resolution
-from nodes.execution.ledger import Ledger
+from nodes.trading.ledger import Ledger
 from nodes.execution.spec import ExecutionParams
 from nodes.trading.instruments import Rules, VolumeError, dec
 from nodes.trading.orders import OPEN, TRANSITIONS, InvalidTransition, Order, OrderStatus, client_order_id
@@ -208,21 +216,22 @@ class Execution(Node[ExecutionParams]):
             await self.ctx.dead_letter(f"volume: {exc}", signal, origin, contract="approved_signal.v1")
             return
         stop, take = signal.get("stop_loss"), signal.get("take_profit")
+        at = signal["ts"]  # the decision's time: the order's, whenever the signal reached this service
         tracked = Tracked(
             order=Order(order_id, symbol, signal["side"], lots),
             signal_id=signal["signal_id"],
             decision_id=signal["decision_id"],
-            created_ms=now,
-            updated_ms=now,
+            created_ms=at,
+            updated_ms=at,
             stop_loss=rules.price(stop) if _number(stop) and stop > 0 else None,
             take_profit=rules.price(take) if _number(take) and take > 0 else None,
         )
         self.book.add(tracked)
-        await self._emit(tracked, now)
+        await self._emit(tracked, at)
         if not self.reconciled:
-            await self._reconcile(now)
+            await self._reconcile(now, fresh=tracked)
         if self.reconciled and tracked.status is S.PENDING:
-            await self._submit(tracked, now)
+            await self._submit(tracked, at, now)
 
     def _signal_problem(self, signal: Mapping[str, Any], now: int) -> str | None:
         missing = [f for f in SIGNAL_FIELDS if f not in signal]
@@ -247,28 +256,31 @@ class Execution(Node[ExecutionParams]):
             return f"stale: the approved signal is {now - ts} ms old (max_signal_age {self.params.max_signal_age})"
         return None
 
-    async def _submit(self, tracked: Tracked, now: int) -> None:
-        tracked.submitted_ms = now
+    async def _submit(self, tracked: Tracked, at: int, now: int) -> None:
+        """Send ``tracked`` as of event time ``at`` (what the broker fills after); its acknowledgement is awaited on the clock."""
+        tracked.submitted_ms = at
         tracked.query_due_ms = now + self._ack_ms
         self._due_ms = tracked.query_due_ms if self._due_ms is None else min(self._due_ms, tracked.query_due_ms)
-        await self._move(tracked, S.SUBMITTED, None, now)
+        await self._move(tracked, S.SUBMITTED, None, at)
 
     # --- order events ---------------------------------------------------------------------
 
-    async def _move(self, tracked: Tracked, status: OrderStatus, reason: str | None, now: int) -> bool:
-        """Move ``tracked`` to ``status`` and publish it; False (nothing changed) when the table forbids it."""
+    async def _move(self, tracked: Tracked, status: OrderStatus, reason: str | None, at: int) -> bool:
+        """Move ``tracked`` to ``status`` and publish it as of ``at``; False (nothing changed) when the table forbids it."""
         try:
             tracked.order.move(status)
         except InvalidTransition:
             return False
         tracked.reason = reason
-        tracked.updated_ms = now
+        tracked.updated_ms = at
         if status is not S.SUBMITTED:
             tracked.query_due_ms = None
-        await self._emit(tracked, now)
+        if tracked.order.done:
+            tracked.cancel_after_fill = None
+        await self._emit(tracked, at)
         return True
 
-    async def _emit(self, tracked: Tracked, now: int) -> None:
+    async def _emit(self, tracked: Tracked, at: int) -> None:
         order = tracked.order
         key = (order.order_id, order.status.value, float(order.filled))
         if key in self._already:  # published before the restart (the orders table says so)
@@ -284,7 +296,7 @@ class Execution(Node[ExecutionParams]):
             "order_type": "market",
             "quantity": float(order.quantity),
             "status": order.status.value,
-            "ts": now,
+            "ts": at,
             "filled_quantity": float(order.filled),
         }
         if order.avg_price is not None:
@@ -354,16 +366,19 @@ class Execution(Node[ExecutionParams]):
                 except InvalidTransition as exc:
                     problem = str(exc)
             if problem is None:
+                at = fill["ts"]
                 self.book.note_broker_id(tracked, fill.get("broker_order_id"))
-                tracked.updated_ms = now
+                tracked.updated_ms = at
                 tracked.query_due_ms = None
                 tracked.reason = None
-                await self._emit(tracked, now)
+                await self._emit(tracked, at)
+                if tracked.cancel_after_fill is not None and not order.done:
+                    await self._move(tracked, S.CANCELLED, tracked.cancel_after_fill, at)
             else:
                 await self._alert("illegal_transition", "critical", f"{what} for order {order.order_id} "
                                   f"({order.status.value}) refused: {problem}; recorded and counted in the position, "
                                   "the order unchanged", now, symbol=symbol, key=fill_id)  # fmt: skip
-        await self._publish_position(symbol, now)
+        await self._publish_position(symbol, fill["ts"])
 
     @handles("broker_errors")
     async def on_broker_error(self, error: dict[str, Any], origin: str) -> None:
@@ -380,6 +395,10 @@ class Execution(Node[ExecutionParams]):
             await self._alert("unknown_order", "warning", f"broker error {reason} for order {error['order_id']}, "
                               "which this service does not know", now, symbol=error["symbol"], key=error["order_id"])  # fmt: skip
             return
+        if target is S.CANCELLED and tracked.status in OPEN and not tracked.order.filled:
+            # a cancelled remainder (10010) before the fill it follows, which travels on another subject
+            tracked.cancel_after_fill = reason
+            target = None
         if target is None:
             if tracked.status in OPEN:
                 tracked.reason = reason
@@ -387,7 +406,8 @@ class Execution(Node[ExecutionParams]):
                 self._due_ms = tracked.query_due_ms if self._due_ms is None else min(self._due_ms, tracked.query_due_ms)
             return
         status = tracked.status
-        if not await self._move(tracked, target, reason, now):
+        at = error["ts"] if isinstance(error["ts"], int) and not isinstance(error["ts"], bool) else now
+        if not await self._move(tracked, target, reason, at):
             why = f"broker error {reason} would move order {tracked.order.order_id} from {status.value} to {target.value}"
             await self.ctx.dead_letter(f"illegal transition: {why}", error, origin, contract="broker_error.v1")
             await self._alert("illegal_transition", "warning", f"{why}, which is not allowed; the order unchanged", now,
@@ -454,8 +474,9 @@ class Execution(Node[ExecutionParams]):
             return "the connector is not connected to the broker"
         return state
 
-    async def _reconcile(self, now: int) -> None:
-        """Align with the broker (see the module docstring); on failure, hold orders and retry later."""
+    async def _reconcile(self, now: int, fresh: Tracked | None = None) -> None:
+        """Align with the broker (see the module docstring); on failure, hold orders and retry later. The held orders
+        go out on the clock, except ``fresh``, whose signal is being handled: it goes out at its own time."""
         if self._retry_ms is not None and now < self._retry_ms:
             return
         self._retry_ms = now + self._check_ms
@@ -497,7 +518,7 @@ class Execution(Node[ExecutionParams]):
                  self.ctx.service, adopted, resolved)  # fmt: skip
         for tracked in self.book.pending():
             if now - tracked.created_ms <= self._max_age_ms:
-                await self._submit(tracked, now)
+                await self._submit(tracked, tracked.created_ms if tracked is fresh else now, now)
             else:
                 await self._move(tracked, S.FAILED, "never submitted: the signal went stale before the broker could "
                                  "be reconciled with", now)  # fmt: skip
@@ -521,9 +542,10 @@ class Execution(Node[ExecutionParams]):
         """Ask the broker about submitted orders nothing was heard of within ``ack_timeout``."""
         if not self.reconciled:
             return
-        due = [t for t in self.book.open() if t.query_due_ms is not None and t.query_due_ms <= now]
+        opened = self.book.open()
+        due = [t for t in opened if t.query_due_ms is not None and t.query_due_ms <= now]
         if not due:
-            self._due_ms = min((t.query_due_ms for t in self.book.open() if t.query_due_ms is not None), default=None)
+            self._due_ms = min((t.query_due_ms for t in opened if t.query_due_ms is not None), default=None)
             return
         since = max(0, min(t.submitted_ms or t.created_ms for t in due) - MARGIN_MS)
         state = await self._ask({"query": "state", "ts": now, "since_ms": since, "order_ids": [t.order.order_id for t in due]})

@@ -5,7 +5,8 @@ rows of the whole history in batch (:class:`~nodes.features.engine.Batch`) and p
 ``history`` (tables only) the valid rows ``ml_features`` lacks for this feature-set version.
 The tail of that history primes the streaming engine, which then turns each closed bar on
 ``bars`` into its row on ``features`` (NATS, archive, table), bitwise equal to what the batch
-computes for it. Calendar events and FRED observations arriving on ``external`` are used from
+computes for it. Bars come in chunks (one bar live, thousands from a backtest's timed chunks)
+and their rows leave as one chunk, each at the time of the bar it was made from. Calendar events and FRED observations arriving on ``external`` are used from
 then on, never before their release (:mod:`nodes.features.macro`, :mod:`nodes.features.events`).
 
 - A bar still forming (``complete: false``) is skipped; a malformed one is dead-lettered with the
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from framework.chunk import Chunk
 from framework.durations import parse_ms
 from framework.errors import UserError
 from framework.node import Node, handles
@@ -33,6 +35,7 @@ from nodes.features.featureset import FeatureSetError, ResolvedFeatureSet
 from nodes.features.macro import MacroData
 
 BAR_COLUMNS = "symbol, timeframe, ts, ts_close, open, high, low, close, tick_count, spread_mean, spread_min, spread_max, complete"
+FEATURE_FIELDS = ("symbol", "timeframe", "ts", "feature_set", "values")
 
 
 class FeatureEngineering(Node[FeatureEngineeringParams]):
@@ -140,6 +143,14 @@ class FeatureEngineering(Node[FeatureEngineeringParams]):
             "%s: backfill of %d rows: %d published, %d already stored, %d in warm-up (incomplete window), %d withheld (NaN or inf)",
             self.ctx.service, c.rows, published, c.rows - c.incomplete - c.nonfinite - published, c.incomplete, c.nonfinite,
         )  # fmt: skip
+        if c.nonfinite:
+            worst = ", ".join(f"{name} in {n:,}" for name, n in c.worst())
+            hint = (
+                f"; a higher timeframe's context (htf<i>_) is defined once that timeframe has {self.fs.history} bars of its own "
+                "(params.feature_set.history): download more history or shorten groups.context.timeframes"
+                if any(":htf" in name for name, _ in c.worst()) else ""
+            )
+            self.ctx.log.warning("%s: rows withheld because a feature is undefined: %s%s", self.ctx.service, worst, hint)
 
     # ------------------------------------------------------------------ streaming
 
@@ -147,24 +158,37 @@ class FeatureEngineering(Node[FeatureEngineeringParams]):
     async def on_external(self, event: dict[str, Any]) -> None:
         self.engine.add_event(event, self.ctx.clock.now_ms())
 
-    @handles("bars")
-    async def on_bar(self, bar: dict[str, Any]) -> None:
-        if isinstance(bar, dict) and bar.get("complete") is False:
-            return
+    @handles("bars", batch=True)
+    async def on_bars(self, chunk: Chunk) -> None:
+        """Bars (a chunk of one live, thousands in a backtest) → their rows, one chunk on ``features``. The rows of
+        a timed chunk (history handed on ahead of time) keep the time of the bar each was made from."""
+        times = chunk.times.tolist() if chunk.times is not None else None
+        out: list[dict[str, Any]] = []
+        at: list[int] = []
+        for i, bar in enumerate(chunk.rows()):
+            rows = await self._rows(bar)
+            out.extend(self._message(row) for row in rows)
+            if times is not None:
+                at.extend([times[i]] * len(rows))
+        if out:
+            await self.ctx.publish_batch("features", Chunk.from_rows(out, FEATURE_FIELDS), at=at if times is not None else None)
+
+    async def _rows(self, bar: dict[str, Any]) -> list[Row]:
+        """The rows one bar makes publishable; a malformed bar is dead-lettered, one of another timeframe ignored."""
+        if bar.get("complete") is False:
+            return []
         try:
             symbol, timeframe, ts, ts_close, values = parse_bar(bar)
         except BarError as exc:
-            where = f"{bar.get('symbol')} {bar.get('timeframe')} ts={bar.get('ts')}" if isinstance(bar, dict) else "bar"
-            await self.ctx.dead_letter(f"{where}: {exc}", bar, origin="bars")
-            return
+            await self.ctx.dead_letter(f"{bar.get('symbol')} {bar.get('timeframe')} ts={bar.get('ts')}: {exc}", bar, origin="bars")
+            return []
         if timeframe not in self.timeframes:
             self.ignored += 1
-            return
+            return []
         if symbol not in self.ctx.instruments:
             await self.ctx.dead_letter(f"{symbol} {timeframe} ts={ts}: unknown instrument {symbol!r}", bar, origin="bars")
-            return
-        for row in self.engine.on_bar(symbol, timeframe, ts, ts_close, values):
-            await self.ctx.publish("features", self._message(row))
+            return []
+        return self.engine.on_bar(symbol, timeframe, ts, ts_close, values)
 
     def _message(self, row: Row) -> dict[str, Any]:
         names = self.engine.joiner.plan(row.timeframe)[0]

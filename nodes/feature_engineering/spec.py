@@ -24,7 +24,10 @@ class FeatureEngineeringParams(BaseModel):
     timeframes: list[str] | None = Field(default=None, description="timeframes to compute; default: the topology's")
     backfill: bool = Field(default=True, description="at start, compute and write the rows ml_features lacks for the stored bars")
     backfill_lookback: Duration | None = Field(default=None, description="backfill only bars this recent (from the newest stored one); null: all")
-    bars_table: str = Field(default="historical_aggregates", pattern=TABLE_NAME, description="stored bars read at start (history and warm-up)")
+    bars_table: str | None = Field(
+        default="historical_aggregates", pattern=TABLE_NAME,
+        description="stored bars read at start (history and warm-up); null: none, the rows warm up on the stream (a backtest: its bars arrive as bars.*)",
+    )  # fmt: skip
     calendar_table: str | None = Field(default="external_economic_calendar", pattern=TABLE_NAME, description="economic calendar read at start")
     fred_table: str | None = Field(default="external_fred_indicators", pattern=TABLE_NAME, description="FRED observations read at start")
     features_table: str = Field(default="ml_features", pattern=TABLE_NAME, description="where existing rows are looked up before a backfill")

@@ -7,36 +7,40 @@ use as the reference.
 
 from __future__ import annotations
 
-import numpy as np
-from nodes.features.ta import ta as talib
+from typing import TYPE_CHECKING
 
-from nodes.features.bars import Bars
+import numpy as np
+
 from nodes.features.featureset import Bands, _num
 from nodes.features.numeric import safe_div
+from nodes.features.ta import ta as talib
 
-Out = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from nodes.features.kernel import Rows
 
 
-def compute(bars: Bars, p: Bands, out: Out, t: int = 0) -> None:
-    h, lo, c = bars.high, bars.low, bars.close
-    ct = c[t:]
+def compute(x: Rows, p: Bands) -> None:
+    b = x.bars
+    h, lo, c = b.high, b.low, b.close
+    ct = x.rows(c)
     for n in p.natr:
-        out[f"natr_{n}"] = talib.NATR(h, lo, c, n)[t:] / 100.0
+        x.running(talib.NATR, (h, lo, c), n, out=(x.col(f"natr_{n}"),), over=100.0)
     tr = talib.TRANGE(h, lo, c) if p.trange or p.keltner is not None else None
     if p.trange:
-        out["trange_rel"] = tr[t:] / ct
+        np.divide(x.rows(tr), ct, out=x.col("trange_rel"))
     for n, k in p.bbands:
-        upper, middle, lower = (x[t:] for x in talib.BBANDS(c, n, k, k, 0))
+        upper, middle, lower = x.running(talib.BBANDS, (c,), n, k, k, 0, share=True)
         width = upper - lower
-        out[f"bb_pctb_{n}_{_num(k)}"] = safe_div(ct - lower, width, 0.5)
-        out[f"bb_width_{n}_{_num(k)}"] = width / middle
+        safe_div(np.subtract(ct, lower, out=x.scratch), width, 0.5, out=x.col(f"bb_pctb_{n}_{_num(k)}"))
+        np.divide(width, middle, out=x.col(f"bb_width_{n}_{_num(k)}"))
     if p.keltner is not None:
         n, k = p.keltner
-        basis, band = talib.EMA(c, n)[t:], talib.EMA(tr, n)[t:]
+        (basis,) = x.running(talib.EMA, (c,), n)
+        (band,) = x.running(talib.EMA, (tr,), n, lead=1)
         lower = basis - k * band
-        upper = basis + k * band
-        out[f"kc_pos_{n}"] = safe_div(ct - lower, upper - lower, 0.5)
-        out[f"kc_width_{n}"] = (upper - lower) / basis
+        width = (basis + k * band) - lower
+        safe_div(np.subtract(ct, lower, out=x.scratch), width, 0.5, out=x.col(f"kc_pos_{n}"))
+        np.divide(width, basis, out=x.col(f"kc_width_{n}"))
         if p.squeeze:
-            bb_upper, _, bb_lower = talib.BBANDS(c, n, 2.0, 2.0, 0)
-            out[f"squeeze_{n}"] = safe_div(bb_upper[t:] - bb_lower[t:], upper - lower, 1.0)
+            bb_upper, _, bb_lower = x.running(talib.BBANDS, (c,), n, 2.0, 2.0, 0, share=True)
+            safe_div(bb_upper - bb_lower, width, 1.0, out=x.col(f"squeeze_{n}"))

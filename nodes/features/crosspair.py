@@ -9,15 +9,17 @@ value. The kernel then rolls over them like over the row's own bars.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from nodes.features.ta import ta as talib
 
-from nodes.features.bars import Bars
 from nodes.features.featureset import CrossPair
 from nodes.features.numeric import lag_log_ratio, shift
+from nodes.features.ta import ta as talib
 
-Out = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from nodes.features.kernel import Rows
+
 Series = Callable[[str], "tuple[np.ndarray, np.ndarray] | None"]
 """symbol → (ts_close, close) of its bars of the timeframe (sorted), or None when there are none."""
 
@@ -53,11 +55,15 @@ def aux(at: np.ndarray, members: Sequence[tuple[str, int]], gold: str | None, se
     return basket, gold_ret
 
 
-def compute(bars: Bars, basket: np.ndarray, gold: np.ndarray, p: CrossPair, out: Out, t: int = 0) -> None:
+def compute(x: Rows, p: CrossPair) -> None:
     for h in p.horizons:
-        out[f"xs_usd_ret_{h}"] = basket[t:].copy() if h == 1 else talib.SUM(basket, h)[t:]
-    own_prev = shift(lag_log_ratio(bars.close, 1), 1)
+        out = x.col(f"xs_usd_ret_{h}")
+        if h == 1:
+            out[:] = x.rows(x.basket)
+        else:
+            x.running(talib.SUM, (x.basket,), h, out=(out,))
+    own_prev = shift(lag_log_ratio(x.bars.close, 1), 1)
     for n in p.corr:
-        out[f"xs_gold_corr_{n}"] = talib.CORREL(own_prev, gold, n)[t:]
+        x.running(talib.CORREL, (own_prev, x.gold), n, lead=2, out=(x.col(f"xs_gold_corr_{n}"),))
     for n in p.corr:
-        out[f"xs_usd_corr_{n}"] = talib.CORREL(own_prev, basket, n)[t:]
+        x.running(talib.CORREL, (own_prev, x.basket), n, lead=2, out=(x.col(f"xs_usd_corr_{n}"),))

@@ -88,9 +88,16 @@ class Counters:
     revised: int = 0
     too_old: int = 0
     """Revised or late bars older than the kept window: not recomputed (the next backfill has them)."""
+    undefined: dict[str, int] = field(default_factory=dict)
+    """Per ``timeframe:feature``, the complete rows of a batch where that feature was NaN or infinite:
+    what holds rows back (a higher timeframe with too little history, a join with no data)."""
 
     def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+    def worst(self, n: int = 3) -> list[tuple[str, int]]:
+        """The ``n`` features that held back most rows."""
+        return sorted(self.undefined.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
 class Joiner:
@@ -125,20 +132,32 @@ class Joiner:
         values = km[:, self.context_cols]
         return values, complete & np.isfinite(values).all(axis=1)
 
-    def assemble(self, symbol: str, timeframe: str, ts: np.ndarray, at: np.ndarray, km: np.ndarray, source: CtxSource) -> np.ndarray:
+    def assemble(
+        self, symbol: str, timeframe: str, ts: np.ndarray, at: np.ndarray, km: np.ndarray, source: CtxSource, finite: np.ndarray | None = None
+    ) -> np.ndarray:
         """The rows' vectors: ``km``'s kernel columns in the names' order, then the joined ones. When
         ``km`` already has a column per name with the kernel's first (:func:`batch_blocks` with
-        ``width``), the joins are written into it."""
+        ``width``), the joins are written into it. ``finite`` (per row: every kernel value is
+        finite), when given, becomes "every published value is finite"."""
         names, take, width, joins = self.plan(timeframe)
         if take is None and km.shape[1] == len(names):
             out = km
         else:
             out = np.empty((len(ts), len(names)), order="F")
             out[:, :width] = km[:, :width] if take is None else np.take(km, take, axis=1)
+        if finite is not None and take is not None:  # the dropped features do not count
+            finite &= np.isfinite(out[:, :width]).all(axis=1)
         if joins:
             cols = self.join(symbol, timeframe, ts, at, source)
-            for i, name in joins:
-                out[:, i] = cols[name]
+            if finite is None:
+                for i, name in joins:
+                    out[:, i] = cols[name]
+            else:
+                scratch = np.empty(len(ts), dtype=bool)
+                for i, name in joins:
+                    col = out[:, i]
+                    col[:] = cols[name]
+                    finite &= np.isfinite(col, out=scratch)
         return out
 
     def join(self, symbol: str, timeframe: str, ts: np.ndarray, at: np.ndarray, source: CtxSource) -> dict[str, np.ndarray]:
@@ -211,17 +230,24 @@ class Batch:
             parts: list[tuple[np.ndarray, np.ndarray]] = []
             names, take, _, _ = self.joiner.plan(tf)
             width = len(names) if take is None else 0
-            for lo, hi, km, complete in batch_blocks(self.fs, bars, basket, gold, timeframe_ms(tf), rows=rows, width=width):
+            for lo, hi, km, complete, finite in batch_blocks(self.fs, bars, basket, gold, timeframe_ms(tf), rows=rows, width=width):
                 if keep_context:
                     parts.append(self.joiner.context_of(km, complete))
                 if stream not in wanted:
                     continue
                 ts, at = bars.ts[lo:hi], bars.ts_close[lo:hi]
-                values = self.joiner.assemble(symbol, tf, ts, at, km, self._source)
-                valid = complete & np.isfinite(values).all(axis=1)
+                values = self.joiner.assemble(symbol, tf, ts, at, km, self._source, finite)
+                valid = complete & finite
                 self.counters.rows += hi - lo
                 self.counters.incomplete += int((~complete).sum())
-                self.counters.nonfinite += int((complete & ~valid).sum())
+                withheld = complete & ~valid
+                if withheld.any():
+                    self.counters.nonfinite += int(withheld.sum())
+                    undefined = self.counters.undefined
+                    bad = ~np.isfinite(values[withheld])
+                    for j in np.flatnonzero(bad.any(axis=0)).tolist():
+                        key = f"{tf}:{names[j]}"
+                        undefined[key] = undefined.get(key, 0) + int(bad[:, j].sum())
                 yield FeatureFrame(symbol, tf, names, ts, at, values, valid, complete)
             if keep_context:
                 width = len(self.joiner.context_features)

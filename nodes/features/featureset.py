@@ -403,7 +403,10 @@ class Macro(_Group):
         return 1
 
 
-_CONTEXT_DEFAULT = {"1m": ["15m", "1h"], "5m": ["1h", "4h"], "15m": ["1h", "4h"], "30m": ["4h", "1d"], "1h": ["4h", "1d"], "4h": ["1d"], "1d": []}
+_CONTEXT_DEFAULT = {"1m": ["15m", "1h"], "5m": ["1h", "4h"], "15m": ["1h", "4h"], "30m": ["4h"], "1h": ["4h"], "4h": [], "1d": []}
+"""No 1d context by default: a higher timeframe's row needs ``history`` bars of its own before it is
+defined (W = 512 daily bars is two years), and a row with any undefined feature is withheld, so a
+1d context would hold back every 30m/1h/4h row of a history shorter than that."""
 
 
 class Context(_Group):

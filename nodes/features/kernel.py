@@ -1,11 +1,32 @@
-"""The kernel: every kernel-group feature of one (symbol, timeframe) over a window of bars.
+"""The kernel: every kernel-group feature of one (symbol, timeframe), for rows of a bar span.
 
-Causal by construction (TA-Lib running computations and elementwise numpy from the window's
-first bar), so row i of the result depends only on the window's start and bars <= i. The
-anchored windows of :mod:`nodes.features.windows` rely on exactly that.
+Rows come in *segments* (:class:`Segment`); every row of a segment is defined as computed over
+the same window, the bars from the segment's ``start`` to the row (the anchored windows of
+:mod:`nodes.features.windows`: a batch evaluates a run of blocks in one call, one segment per
+block; a streaming update one row). Each value is one of three kinds, and :class:`Rows` computes
+each kind in the cheapest way that gives the bits of that definition:
+
+- *running* (TA-Lib's SMA, EMA, RSI, ADX, STDDEV...: their value depends on where the computation
+  started): run over each segment's window, the segment's rows kept (:meth:`Rows.running`);
+- *local* (elementwise numpy, TA-Lib's TRANGE, BOP, ROCR, MOM, WILLR, AROON, AROONOSC: a pure
+  function of the last few bars, whatever precedes them): computed once for all the rows, from
+  the bars just before the first row (:meth:`Rows.local`, :meth:`Rows.rows`, :meth:`Rows.lag`);
+- *phased* (TA-Lib's CCI sums a circular buffer whose slots count from the window's first bar):
+  run from the latest bar that is a whole number of periods after the window's start and early
+  enough for the row's look-back, which fills the buffer's slots exactly as the window does
+  (:meth:`Rows.phased`).
+
+Which TA-Lib functions are local or phased is a property of TA-Lib's code; the streaming tests
+(a window per row) against the batch (one run for many rows) hold it to the bit. The normalising
+arithmetic (ratios to close, /100, z-scores) is elementwise, so it is done once per call on the
+rows' columns, in place: numpy's elementwise results do not depend on an element's position in
+its array. A row's value still depends only on its window's start and the bars up to the row.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -16,24 +37,260 @@ from nodes.features.featureset import ResolvedFeatureSet
 _SIMPLE = {"returns": returns, "volatility": volatility, "trend": trend, "momentum": momentum, "bands": bands, "activity": activity}
 
 
-def kernel(fs: ResolvedFeatureSet, bars: Bars, basket: np.ndarray, gold: np.ndarray, last: int | None = None) -> np.ndarray:
-    """A (len(bars), len(fs.kernel_names)) float64 matrix, NaN where a feature is not defined yet;
-    only its ``last`` rows when given (a streaming update needs one)."""
-    out: dict[str, np.ndarray] = {}
+class Segment(NamedTuple):
+    """Rows ``lo``..``hi`` (exclusive) of a span, each computed over the window from ``start`` (span indices)."""
+
+    start: int
+    lo: int
+    hi: int
+
+
+class Rows:
+    """Rows of a bar span being computed, in segments; the output matrix and the ways to fill it.
+
+    Arrays given to the methods are span arrays (index 0 = the span's first bar); results are
+    arrays of the rows (index 0 = the first row).
+    """
+
+    def __init__(self, fs: ResolvedFeatureSet, bars: Bars, basket: np.ndarray, gold: np.ndarray, segments: Sequence[Segment], out: np.ndarray) -> None:
+        self.bars, self.basket, self.gold = bars, basket, gold
+        self.segments = segments
+        self.lo, self.hi = segments[0].lo, segments[-1].hi
+        self.n = self.hi - self.lo
+        self._single = len(segments) == 1
+        self._whole = self._single and segments[0].start == 0 and segments[0].hi == len(bars)
+        """One segment whose window is the whole span (a streaming update): running inputs need no slicing."""
+        self.scratch = np.empty(self.n)
+        """A rows array for intermediate results: ufuncs writing over their own input check for
+        overlap, a cost that dominates on one row (a streaming update), so steps alternate buffers."""
+        self.depth = min(s.lo - s.start for s in segments)
+        """Bars of every row's window before its segment: no local look-back may exceed it."""
+        self._cols = out.T
+        """Column j of ``out`` is ``self._cols[j]`` (a contiguous row of the transpose: the cheaper indexing)."""
+        self._index = fs.kernel_index
+        self._taken: dict[str, int] = {}
+        """Columns written so far, in order (a dict: an ordered set)."""
+        self._checked = 0
+        self._plans: dict[tuple[int, tuple[int, ...]], list[tuple[slice, tuple[tuple[slice | int, slice], ...]]]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[Sequence[np.ndarray], tuple[np.ndarray, ...]]] = {}
+        """Outputs of :meth:`running` by function, inputs (by identity: the entry keeps them alive) and parameters."""
+
+    def col(self, name: str) -> np.ndarray:
+        """The output column of feature ``name`` (the rows), to be written in place."""
+        return self._cols[self._taken.setdefault(name, self._index[name])]
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        """A span array's values at the rows."""
+        return x[self.lo : self.hi]
+
+    def lag(self, x: np.ndarray, k: int) -> np.ndarray:
+        """``x`` ``k`` bars before each row (a local look-back; NaN where that is before the row's window)."""
+        if k <= self.depth:
+            return x[self.lo - k : self.hi - k]
+        got = np.full(self.n, np.nan)
+        for start, a, b in self.segments:
+            first = max(a, start + k)
+            if first < b:
+                got[first - self.lo : b - self.lo] = x[first - k : b - k]
+        return got
+
+    def local(self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], *args: Any, lookback: int) -> Any:
+        """``fn`` over the inputs from ``lookback`` bars before the first row: its value at the rows
+        (over each segment's window when a window is shorter than that)."""
+        if lookback > self.depth:
+            got = self.running(fn, inputs, *args, out=None)
+            return got if len(got) > 1 else got[0]
+        got = fn(*[x[self.lo - lookback : self.hi] for x in inputs], *args)
+        return tuple(o[lookback:] for o in got) if isinstance(got, (list, tuple)) else got[lookback:]
+
+    def running(
+        self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], *args: Any, lead: int = 0, lags: Sequence[int] = (0,),
+        out: Sequence[np.ndarray] | None = None, over: float | np.ndarray | None = None, share: bool = False,
+    ) -> tuple[np.ndarray, ...]:  # fmt: skip
+        """``fn`` over each segment's window, its outputs at the segment's rows and, for each of
+        ``lags``, that many bars earlier in the same window: the arrays (into ``out`` when given),
+        output by output and lag by lag, divided by ``over`` when given (a number or the rows' array).
+        ``share``: the same call made again (same function, inputs and parameters) returns these
+        arrays instead of computing them again; they must then not be written to.
+
+        ``lead``: the inputs' first ``lead`` values of any window are undefined (NaN) by construction
+        (a lagged difference): the window is passed from its ``lead``-th bar, which is where TA-Lib
+        starts on such a window (its first bar with every input defined)."""
+        if self._whole and not share and lags == (0,) and lead < self.lo:  # a streaming update: the lean path
+            got = fn(*inputs, *args) if lead == 0 else fn(*[x[lead:] for x in inputs], *args)
+            i = self.lo - lead
+            rows = tuple(o[i:] for o in got) if type(got) is tuple else (got[i:],)
+            if out is None:
+                return rows if over is None else tuple(r / over for r in rows)
+            for dst, r in zip(out, rows):
+                if over is None:
+                    dst[:] = r
+                else:
+                    np.divide(r, over, out=dst)
+            return tuple(out)
+        cached = share and out is None and over is None
+        if cached:
+            key = (fn, *map(id, inputs), args, lead, tuple(lags))
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit[1]
+        if self._single:
+            got = self._running_one(fn, inputs, args, lead, lags, out, over)
+            if cached:
+                self._cache[key] = (inputs, got)
+            return got
+        results = list(out) if out is not None else []
+        count = len(inputs)
+        x0, x1, x2 = (*inputs, None, None)[:3]
+        for window, picks in self._plan(lead, tuple(lags)):
+            if count == 1:
+                got = fn(x0[window], *args)
+            elif count == 2:
+                got = fn(x0[window], x1[window], *args)
+            elif count == 3:
+                got = fn(x0[window], x1[window], x2[window], *args)
+            else:
+                got = fn(*[x[window] for x in inputs], *args)
+            if type(got) is not tuple:
+                got = (got,)
+            if not results:
+                results = [np.empty(self.n) for _ in range(len(got) * len(lags))]
+            k = 0
+            for o in got:
+                for src, rows in picks:
+                    if type(src) is slice:
+                        results[k][rows] = o[src]
+                    else:
+                        _nan_led(results[k][rows], o, src)
+                    k += 1
+        if over is not None:
+            for r in results:
+                r /= over
+        elif cached:
+            self._cache[key] = (inputs, tuple(results))
+        return tuple(results)
+
+    def _plan(self, lead: int, lags: tuple[int, ...]) -> list[tuple[slice, tuple[tuple[slice | int, slice], ...]]]:
+        """Per segment, the window's slice of the inputs and, per lag, the slice of the outputs taken
+        and the rows' slice it goes to (an int, below 0, when the rows start too close to the window's start)."""
+        plan = self._plans.get((lead, lags))
+        if plan is None:
+            plan = []
+            for start, a, b in self.segments:
+                w = min(start + lead, b)
+                rows = slice(a - self.lo, b - self.lo)
+                picks = tuple((slice(i, i + b - a) if (i := a - w - lag) >= 0 else i, rows) for lag in lags)
+                plan.append((slice(w, b), picks))
+            self._plans[(lead, lags)] = plan
+        return plan
+
+    def _running_one(
+        self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], args: tuple[Any, ...], lead: int, lags: Sequence[int],
+        out: Sequence[np.ndarray] | None, over: float | np.ndarray | None,
+    ) -> tuple[np.ndarray, ...]:  # fmt: skip
+        """:meth:`running` of a single segment (a streaming update): the rows' arrays are views of the window's outputs."""
+        start, a, b = self.segments[0]
+        w = min(start + lead, b)
+        got = fn(*inputs, *args) if w == 0 and b == len(inputs[0]) else fn(*[x[w:b] for x in inputs], *args)
+        if type(got) is not tuple:
+            got = (got,)
+        m, rows = b - a, []
+        for o in got:
+            for lag in lags:
+                i = a - w - lag
+                if i >= 0:
+                    rows.append(o[i : i + m])
+                else:
+                    rows.append(np.empty(m))
+                    _nan_led(rows[-1], o, i)
+        if out is not None:
+            for dst, r in zip(out, rows):
+                if over is None:
+                    dst[:] = r
+                else:
+                    np.divide(r, over, out=dst)
+            return tuple(out)
+        if over is not None:
+            return tuple(r / over for r in rows)
+        return tuple(rows)
+
+    def phased(
+        self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], *args: Any, period: int, lookback: int, out: np.ndarray, over: float | None = None
+    ) -> None:  # fmt: skip
+        """``fn`` (a circular buffer of ``period`` slots counted from the window's first bar) at the
+        rows, into ``out`` (divided by ``over``): run per segment from the latest bar ``period`` × k
+        after the window's start that leaves ``lookback`` bars before the segment's first row."""
+        lo = self.lo
+        for start, a, b in self.segments:
+            w = start + period * ((a - lookback - start) // period) if a - lookback >= start else start
+            out[a - lo : b - lo] = fn(*[x[w:b] for x in inputs], *args)[a - w :]
+        if over is not None:
+            out /= over
+
+    def windowed(self, fn: Callable[[Bars], np.ndarray], out: np.ndarray) -> None:
+        """A function of a whole window's bars (the checks' planted features), per segment."""
+        lo = self.lo
+        for start, a, b in self.segments:
+            out[a - lo : b - lo] = fn(self.bars.slice(start, b))[a - start :]
+
+    def narrow(self, finite: np.ndarray | None) -> None:
+        """Clear ``finite`` where a column written since the last call is NaN or infinite (called after
+        each group, while its columns are still in the CPU's cache)."""
+        if finite is None:
+            return
+        cols = list(self._taken.values())[self._checked :]
+        self._checked += len(cols)
+        if not cols:
+            return
+        scratch = np.empty(self.n, dtype=bool)
+        for j in cols:
+            finite &= np.isfinite(self._cols[j], out=scratch)
+
+    def check(self, names: Sequence[str]) -> None:
+        """Every feature's column was written."""
+        if len(self._taken) != len(names):
+            missing = sorted(set(names) - set(self._taken)) or sorted(set(self._taken) - set(names))
+            raise AssertionError(f"kernel and feature names disagree: {missing}")
+
+
+def _nan_led(dst: np.ndarray, src: np.ndarray, i: int) -> None:
+    """dst = src[i : i + len(dst)] with i < 0: NaN before ``src[0]`` (rows too close to their window's start)."""
+    k = min(-i, len(dst))
+    dst[:k] = np.nan
+    dst[k:] = src[: len(dst) - k]
+
+
+def compute(
+    fs: ResolvedFeatureSet, bars: Bars, basket: np.ndarray, gold: np.ndarray, segments: Sequence[Segment], out: np.ndarray,
+    finite: np.ndarray | None = None,
+) -> None:  # fmt: skip
+    """Every kernel feature of the segments' rows into ``out`` (rows × at least the kernel's columns,
+    in :attr:`ResolvedFeatureSet.kernel_names` order; a column-major matrix keeps each column contiguous).
+    ``finite`` (one flag per row), when given, is cleared where a kernel value is NaN or infinite."""
+    x = Rows(fs, bars, basket, gold, segments, out)
     groups = fs.params.groups
-    t = len(bars) - last if last is not None else 0
+    if len(out) > 1 and out.strides[0] != out.itemsize:
+        raise ValueError("the kernel writes column by column: out must be column-major (order='F')")
     with np.errstate(divide="ignore", invalid="ignore"):
         for name, module in _SIMPLE.items():
             group = getattr(groups, name)
             if group is not None:
-                module.compute(bars, group, out, t)
+                module.compute(x, group)
+                x.narrow(finite)
         if groups.crosspair is not None:
-            crosspair.compute(bars, basket, gold, groups.crosspair, out, t)
+            crosspair.compute(x, groups.crosspair)
         for name, fn in fs.extra.items():
-            out[name] = fn(bars)[t:]
-    names = fs.kernel_names
-    if len(out) != len(names):
-        missing = sorted(set(names) - set(out)) or sorted(set(out) - set(names))
-        raise AssertionError(f"kernel and feature names disagree: {missing}")
-    # one copy into a (features, rows) block whose transpose is the (rows, features) matrix, column-major
-    return np.concatenate([out[name] for name in names]).reshape(len(names), len(bars) - t).T
+            x.windowed(fn, x.col(name))
+        x.narrow(finite)
+    x.check(fs.kernel_names)
+
+
+def kernel(fs: ResolvedFeatureSet, bars: Bars, basket: np.ndarray, gold: np.ndarray, last: int | None = None) -> np.ndarray:
+    """A (rows, len(fs.kernel_names)) float64 matrix over one window (``bars``), NaN where a feature
+    is not defined yet; only its ``last`` rows when given (a streaming update needs one)."""
+    n = len(bars)
+    t = n - last if last is not None else 0
+    out = np.empty((n - t, len(fs.kernel_names)), order="F")
+    if n - t:
+        compute(fs, bars, basket, gold, [Segment(0, t, n)], out)
+    return out

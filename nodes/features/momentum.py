@@ -2,36 +2,38 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from nodes.features.featureset import Momentum
 from nodes.features.ta import ta as talib
 
-from nodes.features.bars import Bars
-from nodes.features.featureset import Momentum
-
-Out = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from nodes.features.kernel import Rows
 
 
-def compute(bars: Bars, p: Momentum, out: Out, t: int = 0) -> None:
-    o, h, lo, c = bars.open, bars.high, bars.low, bars.close
+def compute(x: Rows, p: Momentum) -> None:
+    b = x.bars
+    o, h, lo, c = b.open, b.high, b.low, b.close
     for n in p.rsi:
-        out[f"rsi_{n}"] = talib.RSI(c, n)[t:] / 100.0
+        x.running(talib.RSI, (c,), n, out=(x.col(f"rsi_{n}"),), over=100.0)
     if p.stoch is not None:
         fastk, slowk, slowd = p.stoch
-        k, d = talib.STOCH(h, lo, c, fastk_period=fastk, slowk_period=slowk, slowk_matype=0, slowd_period=slowd, slowd_matype=0)
-        out["stoch_k"], out["stoch_d"] = k[t:] / 100.0, d[t:] / 100.0
+        x.running(talib.STOCH, (h, lo, c), fastk, slowk, 0, slowd, 0, out=(x.col("stoch_k"), x.col("stoch_d")), over=100.0)
     if p.cci is not None:
-        out[f"cci_{p.cci}"] = talib.CCI(h, lo, c, p.cci)[t:] / 100.0
+        x.phased(talib.CCI, (h, lo, c), p.cci, period=p.cci, lookback=p.cci - 1, out=x.col(f"cci_{p.cci}"), over=100.0)
     if p.willr is not None:
-        out[f"willr_{p.willr}"] = talib.WILLR(h, lo, c, p.willr)[t:] / 100.0
+        np.divide(x.local(talib.WILLR, (h, lo, c), p.willr, lookback=p.willr - 1), 100.0, out=x.col(f"willr_{p.willr}"))
     for n in p.roc:
-        out[f"roc_{n}"] = talib.ROCR(c, n)[t:] - 1.0
+        np.subtract(x.local(talib.ROCR, (c,), n, lookback=n), 1.0, out=x.col(f"roc_{n}"))
     for n in p.mom:
-        out[f"mom_{n}"] = talib.MOM(c, n)[t:] / c[t:]
+        np.divide(x.local(talib.MOM, (c,), n, lookback=n), x.rows(c), out=x.col(f"mom_{n}"))
     if p.ultosc is not None:
-        out["ultosc"] = talib.ULTOSC(h, lo, c, *p.ultosc)[t:] / 100.0
+        x.running(talib.ULTOSC, (h, lo, c), *p.ultosc, out=(x.col("ultosc"),), over=100.0)
     if p.cmo is not None:
-        out[f"cmo_{p.cmo}"] = talib.CMO(c, p.cmo)[t:] / 100.0
+        x.running(talib.CMO, (c,), p.cmo, out=(x.col(f"cmo_{p.cmo}"),), over=100.0)
     if p.trix is not None:
-        out[f"trix_{p.trix}"] = talib.TRIX(c, p.trix)[t:] / 100.0
+        x.running(talib.TRIX, (c,), p.trix, out=(x.col(f"trix_{p.trix}"),), over=100.0)
     if p.bop:
-        out["bop"] = talib.BOP(o[t:], h[t:], lo[t:], c[t:])
+        x.col("bop")[:] = x.local(talib.BOP, (o, h, lo, c), lookback=0)

@@ -1,17 +1,14 @@
 """Causal array helpers of the kernel: element i depends on elements <= i only.
 
-Every helper is elementwise numpy or a TA-Lib running computation started at the window's first
-element, so a row's value depends only on the window's start and the bars up to the row: the
-property that makes the batch and streaming evaluations of a row the same bits. Helpers taking
-``t`` return rows ``t..`` only: running computations still start at the window's first element,
-the elementwise finish is done on the rows kept (numpy's elementwise results do not depend on an
-element's position in its array, so this changes no bit and saves the work on the warm-up rows).
+Every helper is elementwise numpy (whose results do not depend on an element's position in its
+array, nor on how many elements are computed at once) or carries values forward within the
+array it is given, so the kernel can apply them to a window, to a run of rows or to one row and
+get the same bits. :func:`lag_log_ratio` taking ``t`` returns rows ``t..`` only.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from nodes.features.ta import ta as talib
 
 Z_FLOOR = 1e-7
 """A z-score's standard deviation at or below this fraction of the mean's magnitude counts as zero
@@ -32,18 +29,6 @@ def lag_log_ratio(x: np.ndarray, k: int, t: int = 0) -> np.ndarray:
     return out
 
 
-def lag_ratio(x: np.ndarray, k: int, t: int = 0) -> np.ndarray:
-    """x[i] / x[i-k] - 1 for i >= t; NaN where i < k (and where x[i-k] is NaN)."""
-    n = len(x)
-    out = nans(n - t)
-    first = max(t, k)
-    if first < n:
-        r = x[first:] / x[first - k : n - k]
-        r -= 1.0
-        out[first - t :] = r
-    return out
-
-
 def shift(x: np.ndarray, k: int = 1) -> np.ndarray:
     out = nans(len(x))
     if k < len(x):
@@ -51,25 +36,28 @@ def shift(x: np.ndarray, k: int = 1) -> np.ndarray:
     return out
 
 
-def safe_div(a: np.ndarray, b: np.ndarray, default: float) -> np.ndarray:
-    """a / b, ``default`` where b is 0; NaN stays NaN (warm-up)."""
-    out = np.full(np.broadcast(a, b).shape, default)
-    np.divide(a, b, out=out, where=b != 0)
-    nan = np.isnan(a) | np.isnan(b)
-    out[nan] = np.nan
+def safe_div(a: np.ndarray, b: np.ndarray, default: float, out: np.ndarray | None = None) -> np.ndarray:
+    """a / b, ``default`` where b is 0; NaN stays NaN (warm-up). ``out`` may be ``a`` or ``b``."""
+    nan = np.isnan(a)
+    nan |= np.isnan(b)
+    zero = b == 0
+    out = np.divide(a, b, out=out)
+    if zero.any():
+        np.copyto(out, default, where=zero)
+    if nan.any():
+        np.copyto(out, np.nan, where=nan)
     return out
 
 
-def zscore(x: np.ndarray, n: int, t: int = 0) -> np.ndarray:
-    """(x - SMA(x, n)) / STDDEV(x, n) for rows >= t, 0 where the window is constant."""
-    mean = talib.SMA(x, n)[t:]
-    std = talib.STDDEV(x, n)[t:]
-    x = x[t:]
-    out = np.zeros(len(x))
+def zscore(x: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray) -> None:
+    """(x - mean) / std into ``out`` (the rolling SMA and STDDEV of ``x`` given), 0 where the window
+    is constant, NaN where either is not defined yet."""
+    out[:] = 0.0
     live = std > Z_FLOOR * np.abs(mean)
     np.divide(x - mean, std, out=out, where=live)
-    out[np.isnan(mean) | np.isnan(std)] = np.nan
-    return out
+    nan = np.isnan(mean)
+    nan |= np.isnan(std)
+    np.copyto(out, np.nan, where=nan)
 
 
 def ffill_known(x: np.ndarray, fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:

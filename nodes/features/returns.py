@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from nodes.features.bars import Bars
 from nodes.features.featureset import Returns
-from nodes.features.numeric import lag_log_ratio, safe_div
+from nodes.features.numeric import safe_div
 
-Out = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from nodes.features.kernel import Rows
 
 
-def compute(bars: Bars, p: Returns, out: Out, t: int = 0) -> None:
-    c = bars.close
+def compute(x: Rows, p: Returns) -> None:
+    b, tmp = x.bars, x.scratch
+    c = x.rows(b.close)
     for h in p.horizons:
-        out[f"ret_{h}"] = lag_log_ratio(c, h, t)
+        np.log(np.divide(c, x.lag(b.close, h), out=tmp), out=x.col(f"ret_{h}"))
     if p.bar_shape:
-        o, hi, lo, c = bars.open[t:], bars.high[t:], bars.low[t:], c[t:]
-        out["ret_oc"] = np.log(c / o)
-        out["range_hl"] = np.log(hi / lo)
-        out["wick_up"] = np.log(hi / np.maximum(o, c))
-        out["wick_down"] = np.log(np.minimum(o, c) / lo)
-        out["close_pos"] = safe_div(c - lo, hi - lo, 0.5)
+        o, hi, lo = x.rows(b.open), x.rows(b.high), x.rows(b.low)
+        np.log(np.divide(c, o, out=tmp), out=x.col("ret_oc"))
+        np.log(np.divide(hi, lo, out=tmp), out=x.col("range_hl"))
+        np.log(np.divide(hi, np.maximum(o, c), out=tmp), out=x.col("wick_up"))
+        np.log(np.divide(np.minimum(o, c), lo, out=tmp), out=x.col("wick_down"))
+        safe_div(np.subtract(c, lo, out=tmp), hi - lo, 0.5, out=x.col("close_pos"))

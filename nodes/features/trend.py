@@ -6,50 +6,51 @@ so one model can pool pairs quoted on very different scales.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+from nodes.features.featureset import Trend
 from nodes.features.ta import ta as talib
 
-from nodes.features.bars import Bars
-from nodes.features.featureset import Trend
-from nodes.features.numeric import lag_ratio
-
-Out = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from nodes.features.kernel import Rows
 
 
-def _dist(c: np.ndarray, ma: np.ndarray) -> np.ndarray:
-    out = c / ma
-    out -= 1.0
-    return out
+def _ratio(x: Rows, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """a / b - 1"""
+    np.subtract(np.divide(a, b, out=x.scratch), 1.0, out=out)
 
 
-def compute(bars: Bars, p: Trend, out: Out, t: int = 0) -> None:
-    c, h, lo = bars.close, bars.high, bars.low
-    ct = c[t:]
-    sma = {n: talib.SMA(c, n) for n in p.sma}
-    for n, ma in sma.items():
-        out[f"sma_dist_{n}"] = _dist(ct, ma[t:])
-    for n, ma in sma.items():
-        out[f"sma_slope_{n}"] = lag_ratio(ma, p.slope_lag, t)
-    ema = {n: talib.EMA(c, n) for n in p.ema}
-    for n, ma in ema.items():
-        out[f"ema_dist_{n}"] = _dist(ct, ma[t:])
-    for n, ma in ema.items():
-        out[f"ema_slope_{n}"] = lag_ratio(ma, p.slope_lag, t)
-    for a, b in p.crosses:
-        out[f"sma_cross_{a}_{b}"] = _dist(sma[a][t:], sma[b][t:])
+def compute(x: Rows, p: Trend) -> None:
+    b = x.bars
+    c, h, lo = b.close, b.high, b.low
+    ct = x.rows(c)
+    sma: dict[int, np.ndarray] = {}
+    for kind, fn, periods in (("sma", talib.SMA, p.sma), ("ema", talib.EMA, p.ema)):
+        for n in periods:
+            ma, earlier = x.running(fn, (c,), n, lags=(0, p.slope_lag))
+            _ratio(x, ct, ma, x.col(f"{kind}_dist_{n}"))
+            _ratio(x, ma, earlier, x.col(f"{kind}_slope_{n}"))
+            if kind == "sma":
+                sma[n] = ma
+    for a, z in p.crosses:
+        _ratio(x, sma[a], sma[z], x.col(f"sma_cross_{a}_{z}"))
     if p.macd is not None:
-        macd, signal, hist = talib.MACD(c, *p.macd)
-        out["macd"], out["macd_signal"], out["macd_hist"] = macd[t:] / ct, signal[t:] / ct, hist[t:] / ct
+        x.running(talib.MACD, (c,), *p.macd, out=(x.col("macd"), x.col("macd_signal"), x.col("macd_hist")), over=ct)
     if p.adx is not None:
         n = p.adx
-        plus, minus = talib.PLUS_DI(h, lo, c, n)[t:], talib.MINUS_DI(h, lo, c, n)[t:]
-        out[f"adx_{n}"] = talib.ADX(h, lo, c, n)[t:] / 100.0
-        out[f"plus_di_{n}"], out[f"minus_di_{n}"] = plus / 100.0, minus / 100.0
-        out[f"di_diff_{n}"] = (plus - minus) / 100.0
+        x.running(talib.ADX, (h, lo, c), n, out=(x.col(f"adx_{n}"),), over=100.0)
+        (plus,) = x.running(talib.PLUS_DI, (h, lo, c), n)
+        (minus,) = x.running(talib.MINUS_DI, (h, lo, c), n)
+        np.divide(np.subtract(plus, minus, out=x.scratch), 100.0, out=x.col(f"di_diff_{n}"))
+        np.divide(plus, 100.0, out=x.col(f"plus_di_{n}"))
+        np.divide(minus, 100.0, out=x.col(f"minus_di_{n}"))
     if p.aroon is not None:
         n = p.aroon
-        down, up = talib.AROON(h, lo, n)
-        out[f"aroon_up_{n}"], out[f"aroon_down_{n}"] = up[t:] / 100.0, down[t:] / 100.0
-        out[f"aroon_osc_{n}"] = talib.AROONOSC(h, lo, n)[t:] / 100.0
+        down, up = x.local(talib.AROON, (h, lo), n, lookback=n)
+        np.divide(up, 100.0, out=x.col(f"aroon_up_{n}"))
+        np.divide(down, 100.0, out=x.col(f"aroon_down_{n}"))
+        np.divide(x.local(talib.AROONOSC, (h, lo), n, lookback=n), 100.0, out=x.col(f"aroon_osc_{n}"))
     if p.linreg is not None:
-        out[f"linreg_slope_{p.linreg}"] = talib.LINEARREG_SLOPE(c, p.linreg)[t:] / ct
+        x.running(talib.LINEARREG_SLOPE, (c,), p.linreg, out=(x.col(f"linreg_slope_{p.linreg}"),), over=ct)

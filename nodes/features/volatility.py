@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-import numpy as np
-from nodes.features.ta import ta as talib
+from typing import TYPE_CHECKING
 
-from nodes.features.bars import Bars
+import numpy as np
+
 from nodes.features.featureset import Volatility
 from nodes.features.numeric import lag_log_ratio, safe_div
+from nodes.features.ta import ta as talib
 
-Out = dict[str, np.ndarray]
+if TYPE_CHECKING:
+    from nodes.features.kernel import Rows
+
 _PK = 1.0 / (4.0 * np.log(2.0))
 _GK = 2.0 * np.log(2.0) - 1.0
 
 
-def compute(bars: Bars, p: Volatility, out: Out, t: int = 0) -> None:
-    hl2 = np.log(bars.high / bars.low) ** 2
+def compute(x: Rows, p: Volatility) -> None:
+    b = x.bars
     if "cc" in p.estimators:
-        lr = lag_log_ratio(bars.close, 1)
+        lr = lag_log_ratio(b.close, 1)
         for n in p.windows:
-            out[f"rv_cc_{n}"] = talib.STDDEV(lr, n)[t:]
+            x.running(talib.STDDEV, (lr,), n, lead=1, out=(x.col(f"rv_cc_{n}"),))
+    if "pk" in p.estimators or "gk" in p.estimators:
+        hl2 = np.log(b.high / b.low) ** 2
     if "pk" in p.estimators:
         for n in p.windows:
-            out[f"rv_pk_{n}"] = np.sqrt(talib.SMA(hl2, n)[t:] * _PK)
+            (mean,) = x.running(talib.SMA, (hl2,), n)
+            np.sqrt(np.multiply(mean, _PK, out=x.scratch), out=x.col(f"rv_pk_{n}"))
     if "gk" in p.estimators:
-        gk = 0.5 * hl2 - _GK * np.log(bars.close / bars.open) ** 2
+        gk = 0.5 * hl2 - _GK * np.log(b.close / b.open) ** 2
         for n in p.windows:
-            out[f"rv_gk_{n}"] = np.sqrt(np.maximum(talib.SMA(gk, n)[t:], 0.0))
+            (mean,) = x.running(talib.SMA, (gk,), n)
+            np.sqrt(np.maximum(mean, 0.0, out=x.scratch), out=x.col(f"rv_gk_{n}"))
     if p.ratio is not None:
-        a, b = p.ratio
-        out[f"rv_ratio_{a}_{b}"] = safe_div(out[f"rv_cc_{a}"], out[f"rv_cc_{b}"], 1.0)
+        short, long = p.ratio
+        safe_div(x.col(f"rv_cc_{short}"), x.col(f"rv_cc_{long}"), 1.0, out=x.col(f"rv_ratio_{short}_{long}"))

@@ -6,8 +6,10 @@ same input window: the W bars before the block's first bar, then the block's bar
 row. The kernel is causal (TA-Lib running computations and elementwise numpy, started at the
 window's first bar), so a row depends only on that window:
 
-- batch runs the kernel once per block over ``[block start - W, block end)`` and keeps the
-  block's rows: about (W + B) / B times the cost of the kernel alone;
+- batch runs the kernel once per run of whole blocks (a chunk), each block a segment of it
+  (:mod:`nodes.features.kernel`): the running computations (TA-Lib's moving averages and
+  smoothings) once per block over ``[block start - W, block end)``, about (W + B) / B times
+  their cost alone, the local ones (elementwise numpy, a few TA-Lib functions) once per chunk;
 - streaming runs it for each new bar over ``[block start - W, bar]`` and keeps the last row.
 
 Same start, same bars, same operations: the same bits. A block whose start has fewer than W
@@ -23,7 +25,7 @@ import numpy as np
 
 from nodes.features.bars import Bars
 from nodes.features.featureset import ResolvedFeatureSet
-from nodes.features.kernel import kernel
+from nodes.features.kernel import Segment, compute
 
 
 def block_ids(ts: np.ndarray, block: int, timeframe_ms: int) -> np.ndarray:
@@ -41,11 +43,12 @@ def block_bounds(ts: np.ndarray, block: int, timeframe_ms: int) -> tuple[np.ndar
 
 def batch_blocks(
     fs: ResolvedFeatureSet, bars: Bars, basket: np.ndarray, gold: np.ndarray, timeframe_ms: int, *, rows: int = 65_536, width: int = 0
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """``(start, stop, kernel rows, complete)`` for consecutive runs of whole blocks of about ``rows`` rows.
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(start, stop, kernel rows, complete, finite)`` for consecutive runs of whole blocks of about
+    ``rows`` rows; ``finite``: every kernel value of the row is finite.
 
     The kernel's columns come first in a matrix of ``width`` columns (at least the kernel's), so
-    the caller can add its joined columns in place."""
+    the caller can add its joined columns in place; those are left to the caller (uninitialised)."""
     W = fs.history
     starts, ends = block_bounds(bars.ts, fs.block, timeframe_ms)
     k = len(fs.kernel_names)
@@ -57,14 +60,16 @@ def batch_blocks(
             j += 1
         j = max(j, i + 1)
         lo, hi = int(starts[i]), int(ends[j - 1])
-        matrix = np.full((hi - lo, width), np.nan, order="F")
+        matrix = np.empty((hi - lo, width), order="F")
         complete = np.zeros(hi - lo, dtype=bool)
-        for b in range(i, j):
-            i0, i1 = int(starts[b]), int(ends[b])
-            s = i0 - W
-            if s < 0:
-                continue
-            matrix[i0 - lo : i1 - lo, :k] = kernel(fs, bars.slice(s, i1), basket[s:i1], gold[s:i1], last=i1 - i0)
-            complete[i0 - lo : i1 - lo] = True
-        yield lo, hi, matrix, complete
+        b = i + int(np.searchsorted(starts[i:j], W))  # blocks with W bars before them: a suffix
+        ready = int(starts[b]) if b < j else hi
+        matrix[: ready - lo, :k] = np.nan
+        complete[ready - lo :] = True
+        finite = complete.copy()
+        if b < j:
+            first = ready - W
+            segments = [Segment(int(starts[m]) - W - first, int(starts[m]) - first, int(ends[m]) - first) for m in range(b, j)]
+            compute(fs, bars.slice(first, hi), basket[first:hi], gold[first:hi], segments, matrix[ready - lo :, :k], finite[ready - lo :])
+        yield lo, hi, matrix, complete, finite
         i = j

@@ -3,7 +3,9 @@
 **Models.** Each declared model (``params.models``) is a *slot*: a rule (``kind: sma_cross``)
 built from its params at start, or a trained model loaded from the artifact
 ``<name>@promoted``, whose card (the artifact's metadata) says its kind, feature-set version,
-features in order, timeframe and horizon.
+features in order, timeframe and horizon. A trained model declared with a ``version`` is pinned:
+that version of artifact ``<name>`` is loaded at start (model id ``<name>-v<version>``) and
+never swapped, so a backtest names exactly the checkpoint it tests.
 
 **Hot swap.** Every ``poll`` (event time) the service resolves ``<name>@promoted``; a new
 promotion is fetched (its sha256 verified by the store), then deserialised off the loop
@@ -201,12 +203,19 @@ class Inference(Node[InferenceParams]):
             slot.problem = f"model {slot.name!r} needs an artifact store (a `kind: files` store in the topology)"
             self._say(("store",), slot.problem, error=True)
             return
+        pinned = slot.decl.version
+        if pinned is not None and slot.versions:
+            return  # a pinned version is loaded once and never swapped
         try:
-            ref = await artifacts.resolve(tag)
+            ref = await (artifacts.resolve(tag) if pinned is None else artifacts.resolve(slot.name, version=pinned))
         except ArtifactNotFound as exc:
             if not slot.versions:
-                slot.problem = f"no model serves {slot.name!r} yet: {exc}"
-                self._say(("missing", slot.name), slot.problem, error=False)  # a new deployment: training has not promoted one
+                if pinned is None:
+                    slot.problem = f"no model serves {slot.name!r} yet: {exc}"
+                    self._say(("missing", slot.name), slot.problem, error=False)  # a new deployment: training has not promoted one
+                else:
+                    slot.problem = f"model {slot.name!r} is pinned to version {pinned}, which is not stored: {exc}"
+                    self._say(("missing", slot.name), slot.problem, error=True)
             return
         if ref.version == slot.seen:
             return
@@ -219,7 +228,7 @@ class Inference(Node[InferenceParams]):
             if card.timeframe != slot.decl.timeframe:
                 raise ModelError(f"its card is for timeframe {card.timeframe!r}, the model is declared for {slot.decl.timeframe!r}")
             data = await artifacts.get(ref)
-            model_id = await self._model_id(slot.name, ref)
+            model_id = f"{slot.name}-v{ref.version}" if pinned is not None else await self._model_id(slot.name, ref)
         except (ArtifactError, ModelError) as exc:
             await self._failed(slot, ref, exc)
             return
@@ -255,12 +264,14 @@ class Inference(Node[InferenceParams]):
         self._install(slot, self._live(slot, model, card, model_id, ref.sha256))
         self._route()
         unserved = self.ctx.metrics.per_port.get(f"unserved:{slot.name}", 0)
-        self.ctx.log.info("%s: %s loaded (%s v%d, kind %s, feature set %s)%s", slot.name, model_id, slot.name + PROMOTED, ref.version,
+        source = slot.name + (PROMOTED if slot.decl.version is None else " pinned")
+        self.ctx.log.info("%s: %s loaded (%s v%d, kind %s, feature set %s)%s", slot.name, model_id, source, ref.version,
                           card.kind, card.feature_set, f"; {unserved} feature messages got no signal before" if unserved else "")  # fmt: skip
 
     async def _failed(self, slot: Slot, ref: ArtifactRef, exc: Exception) -> None:
         keeps = f"{slot.versions[0].model_id} stays live" if slot.versions else "no model serves it yet"
-        reason = f"{slot.name}: promoted v{ref.version} refused ({type(exc).__name__}: {exc}); {keeps}"
+        how = "promoted" if slot.decl.version is None else "pinned"
+        reason = f"{slot.name}: {how} v{ref.version} refused ({type(exc).__name__}: {exc}); {keeps}"
         if not slot.versions:
             slot.problem = reason
         self._say(("failed", slot.name, ref.version), reason, error=True)
@@ -310,8 +321,9 @@ class Inference(Node[InferenceParams]):
             return
         if len(out) > 1:
             out.sort(key=lambda o: (o[0], o[1]))
-        await self.ctx.publish_many("signals", [o[2] for o in out])
-        await self.ctx.publish_many("predictions", [o[3] for o in out])
+        at = None if chunk.times is None else chunk.times[[o[0] for o in out]]  # a timed chunk: each signal at its vector's time
+        await self.ctx.publish_batch("signals", Chunk.from_rows([o[2] for o in out]), at=at)
+        await self.ctx.publish_batch("predictions", Chunk.from_rows([o[3] for o in out]), at=at)
 
     def _unserved(self, slot: Slot, row: dict[str, Any]) -> None:
         """No version of ``slot`` can take ``row``: no signal; counted (metrics ``ports``: ``unserved:<model>``), the why logged once.

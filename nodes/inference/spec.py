@@ -11,6 +11,9 @@ Models are declared in the topology, one block per model name::
           timeframe: 1h
           params: {fast: dist_sma_10, slow: dist_sma_50}
 
+A trained model can be pinned instead: ``signal-1h: {timeframe: 1h, version: 3}`` serves version 3
+of artifact ``signal-1h`` (model id ``signal-1h-v3``) and never swaps it.
+
 Kept light (pydantic and framework imports only): the lint imports every spec.
 """
 
@@ -41,6 +44,11 @@ class ModelDecl(BaseModel):
         "loaded from the artifact `<name>@promoted` (its card says its kind)",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="a rule's parameters")
+    version: int | None = Field(
+        default=None, ge=1,
+        description="a trained model pinned to this version of artifact `<name>` (model id `<name>-v<version>`), never swapped; "
+        "none: the promoted version, hot-swapped (a backtest or a walk-forward fold pins the checkpoint it tests)",
+    )  # fmt: skip
     symbols: list[str] | None = Field(
         default=None, description="the symbols it serves; none: a trained model's card symbols (all pairs when empty), a rule all pairs"
     )
@@ -74,6 +82,8 @@ class ModelDecl(BaseModel):
             if self.feature_set is not None:
                 raise ValueError("feature_set is a rule's; a trained model's card names the set it was trained on")
             return self
+        if self.version is not None:
+            raise ValueError("version pins a trained model's artifact; a rule has none (leave kind out to pin a trained model)")
         if self.kind not in RULES:
             raise ValueError(
                 f"kind {self.kind!r} is not a rule kind ({', '.join(sorted(RULES))}); "

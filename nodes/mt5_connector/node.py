@@ -3,7 +3,11 @@
 - ``orders`` (``orders.submitted.*``): each order goes to the broker once. A refusal is a
   ``broker.error`` with its MT5 return code (10031 when it could not be sent at all); an order
   whose line dropped on the way is in doubt (error 10012, MT5's "outcome unknown"): not sent
-  again until found, and execution decides what to do (it asks ``broker.query``).
+  again until found, and execution decides what to do (it asks ``broker.query``). An order this
+  connector never saw that is older than ``max_order_age`` when it arrives (a redelivery after a
+  replay or an outage) is not sent: error ``stale_order``. An order the broker filled in part and
+  cancelled the rest of (10010) is reported, as ``partial_fill`` with 10010, once its deals are
+  published, so execution sees the fills before the cancel.
 - ``ticks`` / ``bars``: the paper broker's prices and clock (a real terminal has its own).
 - a timer polls MT5's deals; the paper broker's deals come with the price that made them.
   Each deal is published once as ``broker.fill.{symbol}``, its fill id from the deal ticket,
@@ -27,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from framework.durations import parse_ms
 from framework.errors import UserError
 from framework.node import Node, every, handles
 from nodes.broker import retcodes as rc
@@ -58,6 +63,8 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         self.published: dict[int, int] = {}
         """deal ticket → deal time: what was published (kept while a poll can still return it)."""
         self.cursor: int | None = None
+        """The newest deal time published; each poll reaches back ``_overlap_ms`` before it."""
+        self._next_prune_ms = 0
         self.orders: dict[str, dict[str, Any]] = {}
         """client order id → what we know of the order (from its event, the broker's answers, its fills)."""
         self.by_order_id: dict[str, str] = {}
@@ -65,6 +72,9 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         self._dirty = False
         self._saved_revision = 0
         self._errors: list[dict[str, Any]] = []
+        self._held: list[Notice] = []
+        """``partial_fill`` notices waiting for the deals of their order (MT5 reports the deal on a later poll)."""
+        self._max_age_ms = parse_ms(self.params.max_order_age) or 0
         doc = self._newest(self._restored, self._read_file() if self.sync else None)
         if doc is not None:
             self._load(doc)
@@ -82,7 +92,7 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         if kind == "paper":
             from nodes.broker.paper import PaperBroker
 
-            return PaperBroker(self.params.paper, instruments, self.ctx.account, self.journal)
+            return PaperBroker(self.params.paper, instruments, self.ctx.account, self.journal, lookback_ms=self._paper_lookback_ms)
         from nodes.broker.mt5 import Mt5Broker
         from nodes.broker.terminal import ModuleTerminal, RpycTerminal, load_metatrader5
 
@@ -107,6 +117,18 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         return Mt5Broker(mt5, terminal, instruments, password=password, journal=self.journal, run_blocking=offload,
                          wall_ms=self.ctx.clock.now_ms)  # fmt: skip
 
+    @property
+    def _paper_lookback_ms(self) -> int:
+        return (parse_ms(self.params.max_order_age) or 0) + 60_000
+
+    @property
+    def _overlap_ms(self) -> int:
+        """How far before the newest deal published a new one may be dated: MT5's clock skew and reporting delay; the
+        paper broker's late orders, filled on the prices of their time (up to its lookback), after newer deals."""
+        if self.broker.kind == "mt5":
+            return parse_ms(self.params.mt5.history_overlap) or 0
+        return self._paper_lookback_ms
+
     async def on_stop(self) -> None:
         await self._sync()
         self._persist()
@@ -120,6 +142,10 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         cid = order.client_order_id
         known = self.orders.get(cid)
         if known is None or known["status"] == "rejected":
+            age = self.ctx.clock.now_ms() - order.ts
+            if age > self._max_age_ms:
+                await self._refuse_stale(order, age)
+                return
             self.orders[cid] = known = {
                 "order_id": order.order_id, "symbol": order.symbol, "side": order.side, "quantity": str(order.quantity),
                 "ts": order.ts, "status": "submitted", "filled": "0", "broker_order_id": None, "retcode": None,
@@ -132,21 +158,36 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         self._acknowledged(order, known, ack)
         await self._sync()
 
+    async def _refuse_stale(self, order: OrderRequest, age: int) -> None:
+        message = (f"not sent to the broker: the order is {age} ms old (its ts {order.ts}), older than max_order_age "
+                   f"{self.params.max_order_age}")  # fmt: skip
+        self.ctx.log.warning("%s: order %s %s", self.ctx.service, order.order_id, message)
+        self._error(Notice(order.symbol, order.order_id, self.ctx.clock.now_ms(), "stale_order", message))
+        await self._drain_errors()
+        await self._drain_journal()
+
+    def _event_ms(self, order: OrderRequest) -> int:
+        """When the broker answered an order: the paper broker's time is the market data's (the order's own time, so a
+        replay gives the same messages); a real broker answers now."""
+        return order.ts if self.broker.kind == "paper" else self.ctx.clock.now_ms()
+
     def _acknowledged(self, order: OrderRequest, known: dict[str, Any], ack: Ack) -> None:
         known["retcode"] = ack.retcode
         if ack.broker_order_id:
             known["broker_order_id"] = ack.broker_order_id
         if ack.status is AckStatus.ACCEPTED:
-            if known["status"] in ("submitted", "unknown"):
+            if ack.retcode == rc.DONE_PARTIAL:
+                known["status"] = "cancelled"  # the rest is gone: what a query says from now on, also after a restart
+            elif known["status"] in ("submitted", "unknown"):
                 known["status"] = "accepted"
         elif ack.status is AckStatus.REJECTED:
             known["status"] = "rejected"
-            self._error(Notice(order.symbol, order.order_id, self.ctx.clock.now_ms(), rc.code(ack.retcode or rc.REJECT),
+            self._error(Notice(order.symbol, order.order_id, self._event_ms(order), rc.code(ack.retcode or rc.REJECT),
                                ack.message or rc.name(ack.retcode or rc.REJECT), ack.retcode))  # fmt: skip
         elif ack.status is AckStatus.IN_DOUBT:
             known["status"] = "unknown"
             code = ack.retcode or rc.TIMEOUT
-            self._error(Notice(order.symbol, order.order_id, self.ctx.clock.now_ms(), rc.code(code),
+            self._error(Notice(order.symbol, order.order_id, self._event_ms(order), rc.code(code),
                                f"order in doubt, not sent again until found: {ack.message}", code))  # fmt: skip
         elif known["status"] == "submitted":  # a duplicate of an order the broker has: it keeps its status
             known["status"] = "accepted"
@@ -247,7 +288,10 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
     async def _sync(self) -> None:
         """Publish what the broker did since the last call (deals once, notices), log, save."""
         try:
-            deals = await self.broker.poll(self.cursor)
+            since = self.cursor
+            if since is not None and self.broker.kind != "mt5":  # MT5's poll reaches back by itself
+                since -= self._overlap_ms
+            deals = await self.broker.poll(since)
         except BrokerUnavailable as exc:
             if self.was_connected:
                 self.ctx.log.warning("%s: broker unreachable: %s", self.ctx.service, exc)
@@ -257,7 +301,7 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
             if not self.was_connected:
                 self.ctx.log.info("%s: broker reachable again", self.ctx.service)
             self.was_connected = True
-        new = sorted((d for d in deals if d.ticket not in self.published), key=lambda d: (d.ts, d.ticket))
+        new = sorted((d for d in deals if d.ticket not in self.published), key=lambda d: d.ts)
         notices = self.broker.take_notices()
         changed = bool(new or notices or self._dirty or self.broker.revision != self._saved_revision)
         if changed:
@@ -268,11 +312,14 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
             self._filled(deal)
             self.cursor = deal.ts if self.cursor is None else max(self.cursor, deal.ts)
         for notice in notices:
-            self._error(notice)
             if notice.code == "partial_fill":
                 cid = self.by_order_id.get(notice.order_id)
                 if cid in self.orders:
                     self.orders[cid]["status"] = "cancelled"
+                self._held.append(notice)
+            else:
+                self._error(notice)
+        self._release_held()
         await self._drain_errors()
         await self._drain_journal()
         if changed:
@@ -280,6 +327,19 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
             self._persist()
         self._dirty = False
         self._saved_revision = self.broker.revision
+
+    def _release_held(self) -> None:
+        """Report each cancelled remainder once its order's deals are published (or after ``max_order_age``)."""
+        now = self.ctx.clock.now_ms()
+        waiting = []
+        for notice in self._held:
+            known = self.orders.get(self.by_order_id.get(notice.order_id, ""))
+            filled = Decimal(known["filled"]) if known is not None else None
+            if filled is None or notice.filled is None or filled >= notice.filled or now - notice.ts > self._max_age_ms:
+                self._error(notice)
+            else:
+                waiting.append(notice)
+        self._held = waiting
 
     def _filled(self, deal: Deal) -> None:
         cid = deal.client_order_id
@@ -360,12 +420,12 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         self.by_order_id = {o["order_id"]: cid for cid, o in self.orders.items()}
 
     def _prune(self) -> None:
-        if self.cursor is None:
+        """Forget deals no poll can return again and orders done for ``KEEP_DONE_MS``: at most once per hour of
+        deal time (each pass walks everything kept; per deal it made a long backtest quadratic)."""
+        if self.cursor is None or self.cursor < self._next_prune_ms:
             return
-        from framework.durations import parse_ms
-
-        overlap = (parse_ms(self.params.mt5.history_overlap) or 0) if self.broker.kind == "mt5" else 0
-        horizon = self.cursor - overlap - 60_000
+        self._next_prune_ms = self.cursor + 3_600_000
+        horizon = self.cursor - self._overlap_ms - 60_000
         self.published = {t: ts for t, ts in self.published.items() if ts >= horizon}
         old = [cid for cid, o in self.orders.items() if o["status"] not in OPEN and o["ts"] < self.cursor - KEEP_DONE_MS]
         for cid in old:

@@ -24,6 +24,12 @@ class Mt5ConnectorParams(BaseModel):
         "mt5linux: the same terminal through mt5linux's RPyC bridge (Linux)",
     )
     poll: PositiveDuration = Field(default="1s", description="how often MT5 deals are polled (the paper broker needs no polling)")
+    max_order_age: PositiveDuration = Field(
+        default="1m",
+        description="an order older than this (its ts against the clock) when it first arrives is refused with a broker error "
+        "`stale_order`, never sent: an old decision redelivered after a replay or a long outage must not trade now; the paper "
+        "broker keeps this much of recent prices (and a minute more), so a younger order fills on the first price after its time",
+    )
     paper: PaperParams = Field(default_factory=PaperParams)
     mt5: Mt5Params = Field(default_factory=Mt5Params)
     sync_state: bool | None = Field(
@@ -53,7 +59,8 @@ SPEC = NodeSpec(
     },
     outputs={
         "fills": Port("fill.v1", "one per broker deal (fill_id from the deal ticket)"),
-        "errors": Port("broker_error.v1", "refusals (MT5 retcode; 10031: not sent), in-doubt orders (10012), stop-outs, cancelled remainders"),
+        "errors": Port("broker_error.v1", "refusals (MT5 retcode; 10031: not sent), stale orders (stale_order: not sent), in-doubt "
+                       "orders (10012), stop-outs, cancelled remainders (10010)"),
         "log": Port("broker_log.v1", "every request and response, secrets masked"),
     },
     role="transform",

@@ -98,6 +98,13 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             await self.simulator.start()
             self.ctx.log.info("%s: simulating the Polygon feed on %s", self.ctx.service, self.simulator.url)
 
+    def event_span(self) -> tuple[int, int] | None:
+        """The simulated feed's window (the run's progress shows how far it is)."""
+        sim = self.simulator
+        if sim is None or sim.end_ms is None or self.params.simulation.start is None:
+            return None
+        return _iso_ms(self.params.simulation.start), sim.end_ms
+
     def _position_file(self) -> Path:
         return Path(self.ctx.data_dir) / "simulation-position.json"
 
@@ -196,8 +203,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             self.tickers,
             backoff=Backoff(parse_seconds(params.backoff_initial), parse_seconds(params.backoff_max), jitter=params.backoff_jitter),
             max_reconnects=params.max_reconnects,
-            # on a simulated clock the run may hold the feed while other services work (a training): no pong deadline
-            heartbeat=parse_seconds(params.heartbeat) if params.heartbeat and not self.ctx.clock.simulated else None,
+            heartbeat=parse_seconds(params.heartbeat) if params.heartbeat else None,
             connect_timeout=parse_seconds(params.connect_timeout),
             handshake_timeout=parse_seconds(params.connect_timeout),
             on_malformed=self._malformed,

@@ -9,7 +9,9 @@
   execution service publishes the order event after it has the fill.)
 - Pending approvals count until their order is done: an approval is pending from the moment
   the gate publishes it; what its order has filled no longer counts as pending; a terminal
-  status (filled, cancelled, rejected, failed, expired) ends it.
+  status (filled, cancelled, rejected, failed, expired) ends it, and so does silence: one with
+  no order event or fill for ``pending_timeout`` (it never became an order, or its order is
+  stuck) stops counting (:meth:`Book.expire`), so it cannot block new positions forever.
 - The balance moves with realized P&L (converted to the account currency when realized, booked
   to the cent) and with commissions.
 """
@@ -50,6 +52,7 @@ class Pending:
     side: str
     quantity: Decimal
     ts: int
+    """When it was approved, or last heard of (an order event or a fill of its order), in event time."""
     signal_id: str | None = None
     order_id: str | None = None
     filled: Decimal = ZERO
@@ -164,6 +167,7 @@ class Book:
         if pending is not None:
             pending.order_id, pending.seen = key, True
             pending.filled = max(pending.filled, counted.filled)
+            pending.ts = max(pending.ts, ts)
             if done:
                 del self.pending[pending.key]
         return Applied(symbol, added, realized, done)
@@ -192,6 +196,7 @@ class Book:
             if pending.client_order_id == key:
                 pending.order_id, pending.seen = key, True
                 pending.filled = max(pending.filled, counted.filled)
+                pending.ts = max(pending.ts, ts)
         return Applied(symbol, added, realized, False)
 
     def _counted(self, key: str, ts: int) -> Counted:
@@ -237,8 +242,8 @@ class Book:
         return booked
 
     def expire(self, now: int, timeout_ms: int) -> list[Pending]:
-        """Approvals no order event followed within ``timeout_ms``: they stop counting (the caller alerts)."""
-        gone = [p for p in self.pending.values() if not p.seen and now - p.ts >= timeout_ms]
+        """Approvals not heard of (no order event, no fill) for ``timeout_ms``: they stop counting (the caller alerts)."""
+        gone = [p for p in self.pending.values() if now - p.ts >= timeout_ms]
         for p in gone:
             del self.pending[p.key]
         return gone

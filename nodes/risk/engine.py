@@ -14,12 +14,22 @@ long adds only with ``pyramiding``. The order has a closing part and an opening 
 
 When only the opening part fails, the closing part is still approved (the reasons say what was
 trimmed); when nothing is left, the signal is rejected. Every check's record is kept either way.
-Deterministic: time is the caller's ``now`` (the node's clock), nothing is random or unordered.
+
+**Event time.** A signal is judged as of its own ``ts``: the prices and conversion rates of that
+instant (the last quote of each symbol at or before it, from the last ``quote_history``), its
+throttle window, its pending approvals, and it is stamped with it. Live delivery is asynchronous
+(ticks after the signal may reach the gate before it does, and by how much varies), so a decision
+that read the newest prices would differ from the same signal's on a replay. Only the stale check
+compares the signal with the clock: a signal that reached the gate too late is refused. Marks
+(daily loss, drawdown) move with the newest event time seen. Deterministic: nothing is random or
+unordered.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -77,12 +87,20 @@ class RiskEngine:
         self.book = Book(self.rules, self.currency, dec(account.balance))
         self.rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
         self.quotes: dict[str, Quote] = {}
+        self.recent: dict[str, deque[Quote]] = {}
+        """symbol → its quotes of the last ``quote_history`` (and the one before), oldest first: a signal's prices."""
+        self.watermark: int | None = None
+        """The newest event time seen (quotes, bars, order events, fills): the time of marks."""
+        self._finest: int | None = None
+        """The length of the shortest bars seen: their closes are prices."""
         self.atr: dict[tuple[str, str], WilderATR] = {}
         self.calendar = Blackout(params.calendar_impacts, _ms(params.calendar_before), _ms(params.calendar_after))
         self.throttle = R.Throttle(params.throttle_orders, _ms(params.throttle_window))
         self.state = StateOfRecord()
-        self.seen: dict[str, int] = {}
-        """signal_id → when it was decided (insertion order is time order: pruned from the front)."""
+        self.seen: OrderedDict[str, int] = OrderedDict()
+        """signal_id → when it was decided (insertion order is time order: pruned from the front; an OrderedDict
+        because a dict pruned from the front makes ``next(iter(...))`` walk every removed entry: O(window) per
+        signal over a long run)."""
         self.reconciled = params.reconcile == "none"
         self.reconcile_problem: str | None = None if self.reconciled else "waiting for the broker's state"
         self.last_reconcile_ask: int | None = None
@@ -97,7 +115,7 @@ class RiskEngine:
         """command_id → when applied: a command delivered twice (mailbox and bus, a redelivery) is applied once."""
         self.ms = {name: _ms(getattr(params, name)) for name in (
             "max_quote_age", "default_ttl", "max_clock_skew", "dedup_window", "pending_timeout", "reconcile_retry", "reconcile_timeout",
-            "alert_cooldown")}  # fmt: skip
+            "alert_cooldown", "quote_history")}  # fmt: skip
         self.day_offset = params.day_start_ms()
 
     # ------------------------------------------------------------------ inputs
@@ -126,7 +144,14 @@ class RiskEngine:
         if not isinstance(signal.get("timeframe"), str):
             raise BadSignal(f"timeframe {signal.get('timeframe')!r} is missing")
 
-    def on_quote(self, symbol: str, bid: Any, ask: Any, ts: int, now: int, source: str = "tick") -> list[dict[str, Any]]:
+    def _seen(self, ts: int) -> int:
+        """Move the event time on to ``ts`` (never back); returns it."""
+        if self.watermark is None or ts > self.watermark:
+            self.watermark = ts
+        return self.watermark
+
+    def on_quote(self, symbol: str, bid: Any, ask: Any, ts: int, now: int | None = None, source: str = "tick") -> list[dict[str, Any]]:
+        """A price (``now`` is not used: marks follow event time)."""
         if symbol not in self.rules:
             return []
         current = self.quotes.get(symbol)
@@ -134,12 +159,38 @@ class RiskEngine:
             return []
         b = dec(bid)
         a = dec(ask) if ask is not None else None
-        self.quotes[symbol] = Quote(b, a, ts, source)
+        quote = self.quotes[symbol] = Quote(b, a, ts, source)
         self.rates.update(symbol, b, a)
-        return self.mark(now)
+        recent = self.recent.get(symbol)
+        if recent is None:
+            recent = self.recent[symbol] = deque()
+        recent.append(quote)
+        cutoff = ts - self.ms["quote_history"]
+        while len(recent) > 1 and recent[1].ts <= cutoff:
+            recent.popleft()
+        return self.mark(self._seen(ts))
+
+    def prices_at(self, at: int) -> tuple[dict[str, Quote], Rates]:
+        """The quotes and conversion rates as of event time ``at``: each symbol's last quote at or before it."""
+        if all(q.ts <= at for q in self.quotes.values()):
+            return self.quotes, self.rates
+        quotes: dict[str, Quote] = {}
+        rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
+        for symbol, latest in self.quotes.items():
+            quote: Quote | None = latest
+            if latest.ts > at:
+                recent = self.recent.get(symbol) or ()
+                index = bisect.bisect_right(recent, at, key=_quote_ts)
+                quote = recent[index - 1] if index else None
+            if quote is not None:
+                quotes[symbol] = quote
+                rates.update(symbol, quote.bid, quote.ask)
+        return quotes, rates
 
     def on_bar(self, bar: Mapping[str, Any], now: int) -> list[dict[str, Any]]:
-        """ATR per symbol and timeframe from complete first publications; the close is a price when no fresher tick is."""
+        """ATR per symbol and timeframe from complete first publications; the close of a bar of the finest timeframe
+        seen is a price when no fresher tick is. (A coarser bar's close is a finer one's, and a coarse bucket closed
+        early, at the end of a bounded input, would date its price at its end: in the future.)"""
         symbol, timeframe = bar["symbol"], bar["timeframe"]
         if symbol not in self.rules or bar.get("complete") is False:
             return []
@@ -148,6 +199,11 @@ class RiskEngine:
             if atr is None:
                 atr = self.atr[(symbol, timeframe)] = WilderATR(self.p.atr_period)
             atr.update(float(bar["high"]), float(bar["low"]), float(bar["close"]), int(bar["ts"]))
+        length = int(bar["ts_close"]) - int(bar["ts"])
+        if self._finest is None or length < self._finest:
+            self._finest = length
+        elif length > self._finest:
+            return []
         spread = bar.get("spread_mean")
         close = dec(bar["close"])
         return self.on_quote(symbol, close, None if spread is None else close + dec(spread), int(bar["ts_close"]), now, "bar")
@@ -160,11 +216,13 @@ class RiskEngine:
             raise ValueError(f"order event with status {event.get('status')!r} and side {event.get('side')!r}")
         quote = self.quotes.get(event["symbol"])
         self.book.on_order_event(event, self.rates, self.rates.mid(event["symbol"]) if quote else None)
-        return self.mark(now)
+        return self.mark(self._seen(int(event["ts"])))
 
     def on_fill(self, fill: Mapping[str, Any], now: int) -> list[dict[str, Any]]:
         """Raises ValueError for a fill that cannot be applied (unknown symbol, no quantity or price)."""
-        return self.mark(now) if self.book.on_fill(fill, self.rates) is not None else []
+        if self.book.on_fill(fill, self.rates) is None:
+            return []
+        return self.mark(self._seen(int(fill["ts"])))
 
     def warm_up(self, bars: list[Mapping[str, Any]]) -> int:
         """ATRs from past bars (sorted by symbol, timeframe, time), for the series no snapshot brought; returns how many."""
@@ -211,7 +269,7 @@ class RiskEngine:
         alerts = [self.alert("reconciliation", "warning", p, now) for p in problems]
         alerts.append(self.alert("reconciliation", "info", f"reconciled with the broker: balance {self.book.balance()} {self.currency}, "
                                  f"{open_count(self.book.nets())} open or pending positions", now))  # fmt: skip
-        return [a for a in alerts if a] + self.mark(now)
+        return [a for a in alerts if a] + self.mark(self.watermark if self.watermark is not None else now)
 
     def reconcile_failed(self, reason: str, now: int) -> list[dict[str, Any]]:
         self.reconcile_problem = reason
@@ -220,8 +278,9 @@ class RiskEngine:
 
     # ------------------------------------------------------------------ marking
 
-    def equity(self) -> Decimal:
-        return self.book.equity(self.quotes, self.rates)
+    def equity(self, quotes: Mapping[str, Quote] | None = None, rates: Rates | None = None) -> Decimal:
+        """Marked to the latest prices, or to ``quotes`` and ``rates`` (:meth:`prices_at`)."""
+        return self.book.equity(self.quotes if quotes is None else quotes, self.rates if rates is None else rates)
 
     def mark(self, now: int) -> list[dict[str, Any]]:
         """Mark to market: the day's start, the peak, and the breaches they give."""
@@ -322,18 +381,22 @@ class RiskEngine:
         return signal_id in self.seen
 
     def decide(self, signal: Mapping[str, Any], now: int) -> Outcome | None:
-        """The verdict on ``signal`` (validated with :meth:`validate`); None for a signal decided before."""
+        """The verdict on ``signal`` (validated with :meth:`validate`) as of its ``ts``; None for a signal decided
+        before. ``now`` (the clock) only says whether the signal came too late."""
         sid = signal["signal_id"]
         if sid in self.seen:
             return None
-        self._forget_old(now)
-        self.seen[sid] = now
+        at = int(signal["ts"])
+        self._forget_old(at)
+        self.seen[sid] = at
         alerts: list[dict[str, Any]] = []
-        for gone in self.book.expire(now, self.ms["pending_timeout"]):
+        for gone in self.book.expire(at, self.ms["pending_timeout"]):
             alert = self.alert("reconciliation", "warning", f"approval {gone.key} ({gone.side} {gone.quantity} {gone.symbol}) "
-                               "saw no order event in time and no longer counts", now, symbol=gone.symbol)  # fmt: skip
+                               f"saw no order event or fill for {self.p.pending_timeout} and no longer counts", at,
+                               symbol=gone.symbol)  # fmt: skip
             alerts += [alert] if alert else []
-        alerts += self.mark(now)
+        alerts += self.mark(self.watermark if self.watermark is not None else at)
+        quotes, rates = self.prices_at(at)
         symbol, side = signal["symbol"], signal["side"]
         rules = self.rules[symbol]
         checks: dict[str, R.Check] = {}
@@ -343,7 +406,7 @@ class RiskEngine:
         checks["reconciled"] = R.passed() if self.reconciled else R.failed(f"not reconciled: {self.reconcile_problem}")
         ttl = signal.get("ttl_ms") or self.ms["default_ttl"]
         checks["stale"] = R.stale(signal["ts"], ttl, now, self.ms["max_clock_skew"])
-        checks["throttle"] = self.throttle.check(now)
+        checks["throttle"] = self.throttle.check(at)
         net = self.book.net(symbol)
         close, opens = _plan(side, net, self.p.pyramiding)
         position = {"net": float(net), "filled": float(self.book.filled(symbol)), "close": float(close), "open": opens}
@@ -370,7 +433,7 @@ class RiskEngine:
             reasons.append("trading is reducing: the opening part was trimmed")
         else:
             why = "not evaluated"
-            opening, size, stops = self._opening(signal, symbol, side, rules, net, close, now)
+            opening, size, stops = self._opening(signal, symbol, side, rules, net, close, at, quotes, rates)
             checks.update(opening)
             refused = [c.reason for c in opening.values() if c.ok is False and c.reason]
             if refused:
@@ -384,22 +447,22 @@ class RiskEngine:
             reasons = [c.reason for c in checks.values() if c.ok is False and c.reason]
         approved = quantity > 0
         did = decision_id(sid)
-        decision: dict[str, Any] = {"decision_id": did, "signal_id": sid, "symbol": symbol, "ts": now,
+        decision: dict[str, Any] = {"decision_id": did, "signal_id": sid, "symbol": symbol, "ts": at,
                                     "decision": "approved" if approved else "rejected", "reasons": reasons,
                                     "checks": {name: check.record() for name, check in checks.items()}}  # fmt: skip
         for name, check in checks.items():
             kind = _REJECTION_ALERTS.get(name)
             if kind and check.ok is False and check.reason:
-                alert = self.alert(kind, "warning", f"{symbol}: {check.reason}", now, symbol=symbol, cooldown=True)
+                alert = self.alert(kind, "warning", f"{symbol}: {check.reason}", at, symbol=symbol, cooldown=True)
                 alerts += [alert] if alert else []
         if not approved:
             return Outcome(decision, None, alerts)
         order_side = side if side != "flat" else ("sell" if net > 0 else "buy")
         decision["quantity"] = float(quantity)
         message: dict[str, Any] = {"signal_id": sid, "decision_id": did, "symbol": symbol, "side": order_side,
-                                   "quantity": float(quantity), "ts": now, "limits": self._limits(symbol)}  # fmt: skip
+                                   "quantity": float(quantity), "ts": at, "limits": self._limits(symbol)}  # fmt: skip
         if size is not None:
-            quote = self.quotes[symbol]
+            quote = quotes[symbol]
             entry = (quote.ask if quote.ask is not None else quote.bid) if order_side == "buy" else quote.bid
             sign = 1 if order_side == "buy" else -1
             sl, tp = stops
@@ -407,21 +470,21 @@ class RiskEngine:
                 message["stop_loss"] = float(rules.price(entry - sign * sl))
             if tp and entry + sign * tp > 0:
                 message["take_profit"] = float(rules.price(entry + sign * tp))
-        self.throttle.record(now)
-        self.book.approve(did, symbol, order_side, quantity, now, sid)
+        self.throttle.record(at)
+        self.book.approve(did, symbol, order_side, quantity, at, sid)
         return Outcome(decision, message, alerts)
 
-    def _opening(self, signal: Mapping[str, Any], symbol: str, side: str, rules: Rules, net: Decimal, close: Decimal,
-                 now: int) -> tuple[dict[str, R.Check], Size | None, tuple[Decimal | None, Decimal | None]]:  # fmt: skip
+    def _opening(self, signal: Mapping[str, Any], symbol: str, side: str, rules: Rules, net: Decimal, close: Decimal, at: int,
+                 quotes: Mapping[str, Quote], rates: Rates) -> tuple[dict[str, R.Check], Size | None, tuple[Decimal | None, Decimal | None]]:  # fmt: skip
         checks: dict[str, R.Check] = {}
-        quote = self.quotes.get(symbol)
-        prices = R.quote_age(symbol, quote.ts if quote else None, now, self.ms["max_quote_age"])
+        quote = quotes.get(symbol)
+        prices = R.quote_age(symbol, quote.ts if quote else None, at, self.ms["max_quote_age"])
         equity: Decimal | None = None
         if prices.ok:
             try:
-                self.rates.rate(rules.quote, self.currency)
-                self.rates.rate(rules.base, self.currency)
-                equity = self.equity()
+                rates.rate(rules.quote, self.currency)
+                rates.rate(rules.base, self.currency)
+                equity = self.equity(quotes, rates)
             except MissingRate as exc:
                 prices = R.failed(f"state unknown: {exc}")
         checks["prices"] = prices
@@ -431,13 +494,13 @@ class RiskEngine:
         else:
             checks["spread"] = R.skipped("no price")
         currencies = (rules.base, rules.quote)
-        checks["calendar"] = R.calendar(self.calendar.blocking(currencies, now), currencies)
+        checks["calendar"] = R.calendar(self.calendar.blocking(currencies, at), currencies)
         checks["confidence"] = R.confidence(float(signal["confidence"]), self.p.min_confidence)
         if equity is None:
             for name in OPENING_CHECKS:
                 checks.setdefault(name, R.skipped("no equity without prices"))
             return checks, None, (None, None)
-        size, stops, checks["sizing"] = self._size(signal, symbol, rules, equity)
+        size, stops, checks["sizing"] = self._size(signal, symbol, rules, equity, rates)
         if size is None:
             for name in OPENING_CHECKS:
                 checks.setdefault(name, R.skipped("no size"))
@@ -449,16 +512,16 @@ class RiskEngine:
         try:
             limit = self.p.symbol_limit(self.p.max_symbol_exposure, symbol)
             checks["symbol_exposure"] = R.symbol_exposure(
-                symbol, notional(after[symbol], rules, self.rates, self.currency), notional(net, rules, self.rates, self.currency), limit
+                symbol, notional(after[symbol], rules, rates, self.currency), notional(net, rules, rates, self.currency), limit
             )
             checks["currency_exposure"] = R.currency_exposure(
-                currency_exposure(before, self.rules, self.rates, self.currency),
-                currency_exposure(after, self.rules, self.rates, self.currency),
+                currency_exposure(before, self.rules, rates, self.currency),
+                currency_exposure(after, self.rules, rates, self.currency),
                 self.p.max_currency_exposure,
             )
             checks["open_positions"] = R.open_positions(open_count(after), open_count(before), self.p.max_open_positions)
             checks["leverage"] = R.leverage(
-                gross_notional(after, self.rules, self.rates, self.currency), gross_notional(before, self.rules, self.rates, self.currency),
+                gross_notional(after, self.rules, rates, self.currency), gross_notional(before, self.rules, rates, self.currency),
                 equity, self.p.max_leverage,
             )  # fmt: skip
         except MissingRate as exc:
@@ -468,8 +531,8 @@ class RiskEngine:
         checks["drawdown"] = R.drawdown(self.peak, equity, self.p.max_drawdown)
         return checks, size, stops
 
-    def _size(self, signal: Mapping[str, Any], symbol: str, rules: Rules,
-              equity: Decimal) -> tuple[Size | None, tuple[Decimal | None, Decimal | None], R.Check]:  # fmt: skip
+    def _size(self, signal: Mapping[str, Any], symbol: str, rules: Rules, equity: Decimal,
+              rates: Rates) -> tuple[Size | None, tuple[Decimal | None, Decimal | None], R.Check]:  # fmt: skip
         """The size and the (stop-loss, take-profit) distances: ATRs of the signal's timeframe (or ``atr_timeframe``)."""
         timeframe = self.p.atr_timeframe or signal["timeframe"]
         atr = self.atr.get((symbol, timeframe))
@@ -494,7 +557,7 @@ class RiskEngine:
                 size = fixed_size(self.p.fixed_lots, rules)
             else:
                 assert stops[0] is not None
-                size = risk_size(equity, self.p.risk_per_trade, stops[0], rules, self.rates, self.currency)
+                size = risk_size(equity, self.p.risk_per_trade, stops[0], rules, rates, self.currency)
         except (VolumeError, MissingRate) as exc:
             return None, stops, R.failed(str(exc), equity=round(float(equity), 2), **detail)
         return size, stops, R.passed(equity=round(float(equity), 2), **detail, **size.record())
@@ -554,6 +617,7 @@ class RiskEngine:
             "day_start_equity": None if self.day_start_equity is None else str(self.day_start_equity),
             "alert_seq": self.alert_seq,
             "applied_commands": self.applied_commands,
+            "watermark": self.watermark,
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
@@ -565,12 +629,17 @@ class RiskEngine:
             self.atr[(symbol, timeframe)] = WilderATR.from_snapshot(value)
         self.calendar.restore(data["calendar"])
         self.throttle.times.extend(int(t) for t in data["throttle"])
-        self.seen = {k: int(v) for k, v in data["seen"].items()}
+        self.seen = OrderedDict((k, int(v)) for k, v in data["seen"].items())
         self.peak = None if data["peak"] is None else Decimal(data["peak"])
         self.day = data["day"]
         self.day_start_equity = None if data["day_start_equity"] is None else Decimal(data["day_start_equity"])
         self.alert_seq = int(data.get("alert_seq", 0))
         self.applied_commands = {k: int(v) for k, v in data.get("applied_commands", {}).items()}
+        self.watermark = data.get("watermark")
+
+
+def _quote_ts(quote: Quote) -> int:
+    return quote.ts
 
 
 def _plan(side: str, net: Decimal, pyramiding: bool) -> tuple[Decimal, bool]:

@@ -63,6 +63,11 @@ class RiskParams(BaseModel):
     )
     allow_unknown_spread: bool = Field(default=False, description="open on a price from a bar that has no spread (bar-only backtests)")
     max_quote_age: PositiveDuration = Field(default="2m", description="a price older than this is stale: nothing opens on it")
+    quote_history: PositiveDuration = Field(
+        default="5m",
+        description="recent quotes kept per symbol: a signal is judged on the prices of its own time, which live delivery may "
+        "have overtaken by the time it arrives (a signal older than this finds no price and opens nothing)",
+    )
     calendar_impacts: list[Literal["low", "medium", "high"]] = Field(default_factory=lambda: ["high"], description="releases that block")
     calendar_before: PositiveDuration = Field(default="15m", description="no new positions this long before a release of the pair's currencies")
     calendar_after: PositiveDuration = Field(default="15m", description="... nor this long after it")
@@ -73,7 +78,11 @@ class RiskParams(BaseModel):
     throttle_window: PositiveDuration = Field(default="1m")
     dedup_window: PositiveDuration = Field(default="7d", description="how long signal ids are remembered (one decision per id)")
     # state
-    pending_timeout: PositiveDuration = Field(default="10m", description="an approval no order event followed stops counting after this (alerted)")
+    pending_timeout: PositiveDuration = Field(
+        default="10m",
+        description="an approval with no order event or fill for this long (event time) stops counting as pending exposure "
+        "(alerted): one that never became an order, or an order stuck open, must not block new positions forever",
+    )
     reconcile: Literal["broker", "none"] = Field(
         default="broker",
         description="broker: ask the broker's state (broker.query) before the first decision; none: start flat at account.balance",

@@ -37,8 +37,18 @@ def failed(reason: str, **detail: Any) -> Check:
     return Check(False, reason, detail)
 
 
+_SKIPPED: dict[str, Check] = {}
+
+
 def skipped(why: str, **detail: Any) -> Check:
-    return Check(None, None, {"skipped": why, **detail})
+    if detail:
+        return Check(None, None, {"skipped": why, **detail})
+    check = _SKIPPED.get(why)
+    if check is None:  # most decisions skip the same checks for the same few reasons: one Check each (frozen, shared)
+        check = Check(None, None, {"skipped": why})
+        if len(_SKIPPED) < 256:
+            _SKIPPED[why] = check
+    return check
 
 
 def _f(value: Decimal, places: int = 2) -> float:

@@ -34,13 +34,20 @@ class Drawdown:
     current: float
 
 
+def drawdown_curve(equity: Sequence[float] | np.ndarray) -> np.ndarray:
+    """The drawdown at every mark: the fall from the highest equity so far, as a fraction of it."""
+    equity = np.asarray(equity, dtype=np.float64)
+    if not len(equity):
+        return equity
+    return 1.0 - equity / np.maximum.accumulate(equity)
+
+
 def drawdown(ts_ms: Sequence[int] | np.ndarray, equity: Sequence[float] | np.ndarray) -> Drawdown:
     equity = np.asarray(equity, dtype=np.float64)
     ts = np.asarray(ts_ms, dtype=np.int64)
     if not len(equity):
         return Drawdown(0.0, 0, 0.0)
-    peaks = np.maximum.accumulate(equity)
-    dd = 1.0 - equity / peaks
+    dd = drawdown_curve(equity)
     underwater = dd > 0
     longest = 0
     if underwater.any():

@@ -1,12 +1,16 @@
-"""Netting positions and their P&L in the account currency.
+"""Netting positions and their P&L in the account currency (execution-service and performance-monitoring).
 
 A fill moves the symbol's :class:`~nodes.trading.positions.Position`; what it realizes (in the
-quote currency) is converted to the account currency with the latest prices
-(:class:`~nodes.trading.money.Rates`) and booked to the cent at that moment. When no price
+quote currency) is converted to the account currency with the prices of its time
+(:class:`~nodes.trading.money.Rates`: the latest, or, for a fill dated before the latest dated
+quotes, each pair's quote as of the fill; a fill ahead of its symbol's dated quotes waits for
+the quote of its time) and booked to the cent at that moment. When no price
 joins the quote currency to the account's yet (EURJPY before any USDJPY quote), the amount is
 kept in the quote currency and booked at the first price that arrives: it is never converted
 at a guessed rate. Unrealized P&L is marked at the price that would close the position (bid
 for a long, ask for a short) and converted the same way.
+
+The margin a position uses is its units × mid price / the account's leverage, converted the same way.
 
 Quotes are kept as they arrive (floats) and turned into rates only when a conversion needs
 them, so a tick costs a dict store.
@@ -14,6 +18,8 @@ them, so a tick costs a dict store.
 
 from __future__ import annotations
 
+import bisect
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -26,6 +32,19 @@ from nodes.trading.positions import Position
 ZERO = Decimal(0)
 
 
+def _ts(quote: tuple[int, float, float]) -> int:
+    return quote[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    realized: Decimal
+    """What the fill realized, in the quote currency (zero for a fill that only opens or adds)."""
+    booked: Decimal | None
+    """Booked now in the account currency: this fill's P&L and whatever of the symbol waited for a price
+    (None: it waits too)."""
+
+
 @dataclass
 class Entry:
     position: Position
@@ -33,6 +52,8 @@ class Entry:
     """Booked, in the account currency."""
     unbooked: Decimal = ZERO
     """Realized in the quote currency, waiting for a price to convert it."""
+    unbooked_ts: int | None = None
+    """The time of a fill whose conversion waits for the prices of its time (see :meth:`Ledger.fill`)."""
     commission: Decimal = ZERO
     unrealized: Decimal = ZERO
     """At the last mark, in the account currency."""
@@ -46,14 +67,27 @@ class Ledger:
     rates: Rates = field(init=False)
     entries: dict[str, Entry] = field(default_factory=dict)
     quotes: dict[str, tuple[float, float]] = field(default_factory=dict)
+    history_ms: int = 600_000
+    """How long dated quotes are kept to convert a fill dated before the latest prices (a late fill)."""
     _stale: set[str] = field(default_factory=set)
+    _history: dict[str, deque[tuple[int, float, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
 
-    def quote(self, symbol: str, bid: float, ask: float) -> None:
+    def quote(self, symbol: str, bid: float, ask: float, ts: int | None = None) -> None:
+        """The latest price of ``symbol``; with its time ``ts``, also kept for :meth:`fill`'s conversions as of a fill's time."""
         self.quotes[symbol] = (bid, ask)
         self._stale.add(symbol)
+        if ts is not None:
+            kept = self._history.get(symbol)
+            if kept is None:
+                kept = self._history[symbol] = deque()
+            if kept and ts < kept[-1][0]:
+                return
+            kept.append((ts, bid, ask))
+            while len(kept) > 1 and kept[1][0] <= ts - self.history_ms:
+                kept.popleft()
 
     def _sync(self) -> None:
         for symbol in self._stale:
@@ -71,6 +105,15 @@ class Ledger:
         """Apply a fill; the P&L it realized in the account currency, booked (None: no price to convert it yet).
 
         A symbol with no quote takes the fill's price as its rate (a USDJPY fill is a USDJPY price)."""
+        return self.fill(symbol, side, lots, price, commission).booked
+
+    def fill(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal, ts: int | None = None) -> Applied:
+        """:meth:`apply`, also telling what the fill itself realized in the quote currency (a round trip's share).
+
+        With the fill's time ``ts``, a fill dated before the latest dated quotes is converted at the prices of its
+        time (each pair's last quote at or before ``ts``), as the broker booked it, not at later ones; a fill newer
+        than its own symbol's latest dated quote (the broker filled on a price not given here yet) waits for that
+        price: booked by :meth:`book_waiting` once a quote of its symbol at or after ``ts`` has come."""
         self._sync()
         if symbol not in self.quotes:
             self.rates.update(symbol, price)
@@ -79,18 +122,42 @@ class Ledger:
         entry.commission += commission
         realized = entry.position.apply(side, lots, price)
         if not realized:
-            return ZERO
+            return Applied(ZERO, ZERO)
         entry.unbooked += realized
-        return self._book(symbol, entry)
+        if ts is not None and self._ahead(symbol, ts):
+            entry.unbooked_ts = ts if entry.unbooked_ts is None else min(entry.unbooked_ts, ts)
+            return Applied(realized, None)
+        return Applied(realized, self._book(symbol, entry, None if ts is None else self._rates_at(ts, symbol, price)))
 
-    def _book(self, symbol: str, entry: Entry) -> Decimal | None:
+    def _ahead(self, symbol: str, ts: int) -> bool:
+        """Whether ``ts`` is later than every dated quote of ``symbol`` while its P&L needs a conversion."""
+        kept = self._history.get(symbol)
+        return bool(kept) and kept[-1][0] < ts and self.rules[symbol].quote != self.currency
+
+    def _rates_at(self, ts: int, symbol: str, price: Decimal | None = None) -> Rates | None:
+        """The rates as of ``ts`` (None: the latest are, no dated quote being later)."""
+        if not any(kept[-1][0] > ts for kept in self._history.values()):
+            return None
+        rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
+        for other, (bid, ask) in self.quotes.items():
+            kept = self._history.get(other)
+            if kept:
+                at = bisect.bisect_right(kept, ts, key=_ts)
+                _, bid, ask = kept[at - 1] if at else kept[0]  # none as old: the oldest kept is the nearest
+            rates.update(other, bid, ask)
+        if symbol not in self.quotes and price is not None:
+            rates.update(symbol, price)
+        return rates
+
+    def _book(self, symbol: str, entry: Entry, rates: Rates | None = None) -> Decimal | None:
         quote = self.rules[symbol].quote
         try:
-            booked = book(self.rates.convert(entry.unbooked, quote, self.currency))
+            booked = book((rates or self.rates).convert(entry.unbooked, quote, self.currency))
         except MissingRate:
             return None
         entry.realized += booked
         entry.unbooked = ZERO
+        entry.unbooked_ts = None
         return booked
 
     def book_waiting(self) -> list[str]:
@@ -99,7 +166,14 @@ class Ledger:
         if not waiting:
             return []
         self._sync()
-        return [s for s in waiting if self._book(s, self.entries[s]) is not None]
+        booked = []
+        for symbol in waiting:
+            at = self.entries[symbol].unbooked_ts
+            if at is not None and self._ahead(symbol, at):
+                continue
+            if self._book(symbol, self.entries[symbol], None if at is None else self._rates_at(at, symbol)) is not None:
+                booked.append(symbol)
+        return booked
 
     def mark(self, symbol: str) -> bool:
         """Mark the position to its latest quote; False when there is no quote or no rate yet."""
@@ -118,6 +192,22 @@ class Ledger:
         except MissingRate:
             return False
         return True
+
+    def margin(self, symbol: str, leverage: Decimal) -> Decimal | None:
+        """The margin the symbol's position uses, in the account currency, booked: units × mid price / leverage,
+        converted from the quote currency (None: no price or no rate yet)."""
+        entry = self.entries.get(symbol)
+        if entry is None or entry.position.flat:
+            return ZERO
+        self._sync()
+        mid = self.rates.mid(symbol)
+        if mid is None:
+            return None
+        rules = self.rules[symbol]
+        try:
+            return book(self.rates.convert(rules.units(abs(entry.position.quantity)) * mid / leverage, rules.quote, self.currency))
+        except MissingRate:
+            return None
 
     def net(self) -> dict[str, Decimal]:
         """Signed lots per symbol, flat ones left out."""
@@ -144,6 +234,7 @@ class Ledger:
                 "avg_price": str(e.position.avg_price),
                 "realized": str(e.realized),
                 "unbooked": str(e.unbooked),
+                "unbooked_ts": e.unbooked_ts,
                 "commission": str(e.commission),
                 "unrealized": str(e.unrealized),
                 "fills": e.fills,
@@ -160,6 +251,7 @@ class Ledger:
             entry.position.avg_price = Decimal(d["avg_price"])
             entry.realized = Decimal(d["realized"])
             entry.unbooked = Decimal(d["unbooked"])
+            entry.unbooked_ts = d.get("unbooked_ts")
             entry.commission = Decimal(d["commission"])
             entry.unrealized = Decimal(d["unrealized"])
             entry.fills = d["fills"]

@@ -1,0 +1,63 @@
+"""``fxrun backtest run | sweep | show`` (nodes/backtest/command.py): each run in a data directory of its own."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+import orjson
+import pytest
+
+from nodes.backtest import command, reference
+
+ROOT = Path(__file__).resolve().parents[1]
+END = 1793397600000  # Friday 2026-10-30T22:00Z
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+
+
+SMALL = reference.overrides(iso(END - 400 * 60_000), iso(END), report=False)
+
+
+def test_run_prints_the_result_and_the_same_configuration_is_not_run_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FXFLOW_PROJECT", str(ROOT))
+    assert command.main(["run", *SMALL]) == 0
+    out = capsys.readouterr().out
+    runs = list((tmp_path / ".fxrun-backtests").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("bt-")
+    assert f"backtest {runs[0].name}" in out and "trades" in out and "total_return" in out
+    result = orjson.loads(next(runs[0].glob("backtests/*/result.json")).read_bytes())
+    assert result["run_id"] == runs[0].name  # the run id and the directory both come from the configuration hash
+
+    assert command.main(["run", *SMALL]) == 0  # the same configuration: its result, not a second run
+    again = capsys.readouterr().out
+    assert "ran before" in again and f"backtest {runs[0].name}" in again
+    assert len(list((tmp_path / ".fxrun-backtests").iterdir())) == 1
+    assert command.main(["show", str(runs[0])]) == 0 and "total_return" in capsys.readouterr().out
+    assert command.main(["show", str(tmp_path / "nothing")]) == 1
+
+
+def test_a_sweep_runs_each_combination_in_its_own_process_and_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    monkeypatch.setenv("FXFLOW_PROJECT", str(ROOT))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "sweep"
+    code = command.main(["sweep", "--param", "++topology.services.backtesting-engine.params.seed=7,8", "--jobs", "2", "--out", str(out),
+                         *SMALL])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    rows = orjson.loads((out / "sweep.json").read_bytes())
+    assert [r["overrides"] for r in rows] == [["++topology.services.backtesting-engine.params.seed=7"],
+                                              ["++topology.services.backtesting-engine.params.seed=8"]]  # fmt: skip
+    assert all(r["exit"] == 0 and r["metrics"]["bars"] == 400 for r in rows)
+    assert rows[0]["run_id"] != rows[1]["run_id"] and rows[0]["details"]["params"]["seed"] == 7
+    assert (out / "000" / "backtests").is_dir() and (out / "001" / "backtests").is_dir()
+    assert rows[0]["run_id"] in printed and rows[1]["run_id"] in printed
+    with pytest.raises(Exception, match="not empty"):
+        command.main(["sweep", "--param", "++topology.services.backtesting-engine.params.seed=7", "--out", str(out), *SMALL])
