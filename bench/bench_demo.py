@@ -5,8 +5,8 @@
 
 Each run is a child process in a fresh data directory. Peak memory is the largest sum of the
 resident set sizes of the run's whole process tree (fxrun and the worker processes it starts
-for training), sampled every 100 ms from /proc, beside the kernel's own figure for the largest
-single process (``ru_maxrss`` of the children). The baseline, in the same invocation, is the
+for training, the backtest's child), sampled every 100 ms from /proc, beside the largest single
+process. Summing counts pages the processes share more than once: an upper bound. The baseline, in the same invocation, is the
 demo's data half alone (``only=`` the sources, aggregation and the stores' writers): the ratio
 says what the trading half (features, training, inference, risk, execution, broker,
 performance, dashboard, notifications) adds. The issue's aims: under 3 minutes, under 2 GB.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_HALF = "only=[synthetic-ticks,polygon-historical-downloader,dukascopy-historical-downloader,external-data-collector,data-bridge,tick-aggregator]"
+DATA_HALF = "only=[polygon-live-collector,polygon-historical-downloader,dukascopy-historical-downloader,external-data-collector,data-bridge,tick-aggregator]"
 
 
 def _tree(root: int) -> list[int]:
@@ -65,13 +64,14 @@ def run(label: str, *overrides: str) -> dict[str, float]:
                "topology.services.dashboard-service.params.port=0", *overrides]  # fmt: skip
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        peak = 0
+        peak = biggest = 0
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, biggest
             while not done.is_set():
-                peak = max(peak, sum(_rss(pid) for pid in _tree(proc.pid)))
+                sizes = [_rss(pid) for pid in _tree(proc.pid)]
+                peak, biggest = max(peak, sum(sizes)), max(biggest, max(sizes, default=0))
                 done.wait(0.1)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -83,7 +83,6 @@ def run(label: str, *overrides: str) -> dict[str, float]:
         if proc.returncode:
             sys.exit(f"{label}: fxrun exited with {proc.returncode}:\n{out.decode()[-3000:]}")
         summary = next((line for line in out.decode().splitlines() if line.startswith("run ended after")), "")
-        biggest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
         print(f"{label:24} wall {wall:6.1f} s   peak RSS of the tree {peak / 2**20:7.0f} MiB   largest process {biggest / 2**20:6.0f} MiB")
         if summary:
             print(f"{'':24} {summary}")

@@ -1,4 +1,5 @@
-"""The demo end to end, as a newcomer sees it: ``fxrun topology=demo serve_after=false`` in a subprocess.
+"""The demo end to end, as a newcomer sees it: ``fxrun topology=demo`` in a subprocess, its
+dashboard kept serving the finished run until Ctrl-C (``serve_after=true``: a terminal's default).
 
 The whole pipeline has to happen: 14 instruments of quotes become bars and features, a model is
 trained and promoted, inference signals with it, the risk gate approves some signals, execution
@@ -13,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +41,39 @@ def count(data_dir: Path, sql: str) -> int:
     return int(rows(data_dir, sql)[0]["n"])
 
 
+def serve_then_interrupt(cmd: list[str], log: Path) -> tuple[int, str, str, str]:
+    """Run ``cmd`` until it says its dashboard keeps serving the finished run; read the page; Ctrl-C it.
+    Returns the exit code, stdout, stderr and the page's HTML."""
+    with log.open("w") as errors:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=errors, text=True)  # fmt: skip
+        assert proc.stdout is not None
+        lines, page = [], ""
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                serving = re.search(r"^>>> dashboard-service keeps serving the finished run on (\S+) until Ctrl-C$", line)
+                if serving:
+                    with urllib.request.urlopen(serving[1], timeout=10) as response:
+                        page = response.read().decode()
+                    proc.send_signal(signal.SIGINT)
+            code = proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return code, "".join(lines), log.read_text(), page
+
+
 def test_the_demo_runs_the_whole_pipeline_and_ends_with_a_summary(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
-    result = subprocess.run(
-        [*fxrun(), "topology=demo", "serve_after=false", f"data_dir={data_dir}", "progress=2s",
+    code, out, err, page = serve_then_interrupt(
+        [*fxrun(), "topology=demo", "serve_after=true", f"data_dir={data_dir}", "progress=2s",
          "topology.services.dashboard-service.params.port=0"],  # any free port: 8050 may be taken on a CI machine
-        cwd=ROOT, env={**os.environ, "PYTHONHASHSEED": "0"}, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-        timeout=600,
+        tmp_path / "stderr.log",
     )  # fmt: skip
-    out, err = result.stdout, result.stderr
-    assert result.returncode == 0, err[-4000:]
+    assert code == 0, err[-4000:]
     assert "Traceback" not in out + err, err[-4000:]
+    assert "<title>fxflow dashboard</title>" in page  # the finished run stayed on view until Ctrl-C
 
     # the dashboard's URL, prominent on stdout
     assert re.search(r"^>>> dashboard-service: open http://127\.0\.0\.1:\d+/ in a browser$", out, re.M), out
