@@ -29,7 +29,6 @@ and the HTML report, and says ``backtest.completed.<run_id>``.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -42,6 +41,7 @@ from framework.node import Node, handles
 from nodes.backtest import report as html
 from nodes.backtest import tape as tapes
 from nodes.backtest.spec import BacktesterParams
+from nodes.backtest.status import number, status_message
 
 SLICE = 20_000
 """Bars in one timed chunk at most (features and inference compute a chunk ahead; a million dicts would hold gigabytes)."""
@@ -67,9 +67,6 @@ def slabs(closes: np.ndarray, size: int, step: int) -> list[tuple[int, int]]:
         lo = hi
     return out
 
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def model_of(signal_id: str, symbol: str) -> str:
@@ -203,13 +200,7 @@ class Backtester(Node[BacktesterParams]):
 
     async def _status(self, status: str, ts: int, *, progress: float | None = None, metrics: dict[str, Any] | None = None,
                       message: str | None = None) -> None:  # fmt: skip
-        out: dict[str, Any] = {"run_id": self.run_id, "ts": int(ts), "status": status}
-        if progress is not None:
-            out["progress"] = min(1.0, max(0.0, float(progress)))
-        if metrics is not None:
-            out["metrics"] = {k: _number(v) for k, v in metrics.items()}
-        if message:
-            out["message"] = message
+        out = status_message(self.run_id, ts, status, progress=progress, metrics=metrics, message=message)
         await self.ctx.publish("status", out)
         if self.params.status_file:
             with open(self._path(self.params.status_file), "ab") as file:
@@ -236,7 +227,7 @@ class Backtester(Node[BacktesterParams]):
             details["report"] = f"backtests/{self.run_id}/report.html"  # under the data_dir: the same in every directory
         await self._results(now, metrics, details)
         self.folder.mkdir(parents=True, exist_ok=True)
-        result = {"run_id": self.run_id, "ts": now, "metrics": {k: _number(v) for k, v in sorted(metrics.items())}, "details": details}
+        result = {"run_id": self.run_id, "ts": now, "metrics": {k: number(v) for k, v in sorted(metrics.items())}, "details": details}
         (self.folder / "result.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
         if report is not None:  # the curve and the round trips themselves: what a walk-forward chains
             (self.folder / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_SORT_KEYS))
@@ -276,10 +267,10 @@ class Backtester(Node[BacktesterParams]):
 
     async def _results(self, now: int, metrics: dict[str, Any], details: dict[str, Any]) -> None:
         for name, value in sorted(metrics.items()):
-            number = _number(value)
-            if number is None:
+            figure = number(value)
+            if figure is None:
                 continue
-            await self.ctx.publish("results", {"run_id": self.run_id, "ts": now, "metric": name, "value": number, "details": details})
+            await self.ctx.publish("results", {"run_id": self.run_id, "ts": now, "metric": name, "value": figure, "details": details})
         await self.ctx.flush("results")
 
     async def _write_report(self, report: dict[str, Any] | None, details: dict[str, Any]) -> Path:

@@ -42,7 +42,6 @@ process (``fxrun topology=backtest``), one data directory per run under its own
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import re
 import shutil
@@ -68,6 +67,7 @@ from framework.node import Node, every, handles
 from nodes.backtest import tape as tapes
 from nodes.backtest.reference import leaves
 from nodes.backtest.runner_spec import BacktestRunnerParams
+from nodes.backtest.status import RUN_ID, check_run_id, number, status_message
 
 PROFILE = "topology=backtest"
 BARS_FILE, MODELS_FILE, STATUS_FILE, OUTPUT_FILE = "bars.npz", "artifacts.json", "status.jsonl", "fxrun.out"
@@ -81,7 +81,6 @@ RUNNER_PARAMS = frozenset({"source", "file", "start", "end", "timeframes", "run_
 """The child replay's params the runner sets (a request gives the window, symbols and timeframes)."""
 CONFINED = ("topology.runtime.pubsub", "topology.runtime.log", "topology.nats", "topology.kafka", "topology.stores", "topology.tables")
 """What a request may not reach: the child's bus, log and stores stay its own (never the running system's)."""
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -108,9 +107,7 @@ class Request(BaseModel):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, value: str | None) -> str | None:
-        if value is not None and not _RUN_ID.match(value):
-            raise ValueError(f"{value!r}: a run id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
+        return check_run_id(value)
 
     @field_validator("lookback")
     @classmethod
@@ -242,9 +239,6 @@ def write_inputs(folder: Path, frame: Any, external: list[dict[str, Any]], model
         (folder / MODELS_FILE).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
-
 
 def _iso(ms: int) -> str:
     when = datetime.fromtimestamp(ms / 1000, timezone.utc)
@@ -356,7 +350,7 @@ class BacktestRunner(Node[BacktestRunnerParams]):
         except Refused as exc:
             self.ctx.log.warning("backtest request refused: %s", exc)
             reply: dict[str, Any] = {"ts": now, "accepted": False, "reason": _one_line(str(exc)) or "refused"}
-            if isinstance(run_id, str) and _RUN_ID.match(run_id):
+            if isinstance(run_id, str) and RUN_ID.match(run_id):
                 reply["run_id"] = run_id
             return reply
         self.accepted += 1
@@ -606,13 +600,7 @@ class BacktestRunner(Node[BacktestRunnerParams]):
 
     async def _status(self, run: Run, status: str, *, progress: Any = None, metrics: dict[str, Any] | None = None,
                       message: str | None = None) -> None:  # fmt: skip
-        out: dict[str, Any] = {"run_id": run.run_id, "ts": self.ctx.clock.now_ms(), "status": status}
-        if isinstance(progress, (int, float)) and not isinstance(progress, bool):
-            out["progress"] = min(1.0, max(0.0, float(progress)))
-        if metrics is not None:
-            out["metrics"] = {k: _number(v) for k, v in metrics.items()}
-        if message:
-            out["message"] = message
+        out = status_message(run.run_id, self.ctx.clock.now_ms(), status, progress=progress, metrics=metrics, message=message)
         await self.ctx.publish("status", out)
 
     async def _completed(self, run: Run, result: dict[str, Any]) -> None:
@@ -620,13 +608,13 @@ class BacktestRunner(Node[BacktestRunnerParams]):
         metrics = dict(result.get("metrics") or {})
         details = {**(result.get("details") or {}), "request": run.request, "account": await self._account(run, now)}
         for name, value in sorted(metrics.items()):
-            number = _number(value)
-            if number is not None:
-                await self.ctx.publish("results", {"run_id": run.run_id, "ts": now, "metric": name, "value": number, "details": details})
+            figure = number(value)
+            if figure is not None:
+                await self.ctx.publish("results", {"run_id": run.run_id, "ts": now, "metric": name, "value": figure, "details": details})
         await self.ctx.flush("results")
         self.completed += 1
         self.ctx.log.info("backtest %s completed: %s", run.run_id, ", ".join(f"{k} {v:.6g}" for k, v in sorted(metrics.items())
-                                                                             if _number(v) is not None and k in ("trades", "total_return", "sharpe", "max_drawdown")))  # fmt: skip
+                                                                             if number(v) is not None and k in ("trades", "total_return", "sharpe", "max_drawdown")))  # fmt: skip
         await self._status(run, "completed", progress=1.0, metrics=metrics, message=run.completed_message)
 
     async def _account(self, run: Run, now: int) -> dict[str, Any] | None:

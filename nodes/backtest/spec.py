@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from framework.params import UtcTime, utc_ms
 from framework.registry import NodeSpec, Port
 from framework.timeframes import parse_timeframe
+from nodes.backtest.status import check_run_id
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -76,9 +76,7 @@ class BacktesterParams(BaseModel):
     @field_validator("run_id")
     @classmethod
     def _run_id(cls, value: str | None) -> str | None:
-        if value is not None and not _RUN_ID.match(value):
-            raise ValueError(f"{value!r}: a run id is 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-        return value
+        return check_run_id(value)
 
     @model_validator(mode="after")
     def _window(self) -> BacktesterParams:

@@ -80,12 +80,7 @@ class Execution(Node[ExecutionParams]):
 
     def __init__(self, ctx: Any, params: ExecutionParams) -> None:
         super().__init__(ctx, params)
-        self.rules: dict[str, Rules] = {}
-        for symbol, instrument in ctx.instruments.items():
-            try:
-                self.rules[symbol] = Rules.of(symbol, instrument)
-            except ValueError as exc:
-                log.warning("%s: %s is not tradable here: %s", ctx.service, symbol, exc)
+        self.rules = Rules.table(ctx.instruments, ctx.service)
         self.book = OrderBook()
         self.ledger = Ledger(self.rules, ctx.account.currency)
         self.last_fill_ms: int | None = None

@@ -66,39 +66,34 @@ def from_alert(msg: Mapping[str, Any], origin: str | None = None) -> Event:
     )
 
 
-def from_training(msg: Mapping[str, Any], origin: str | None = None) -> Event:
+def _run(kind: str, msg: Mapping[str, Any], what: str, detail: Any, origin: str | None) -> Event:
+    """A training or backtest run's status as an event (``what``: how the text names the run)."""
     status = msg["status"]
-    failed = status == "failed"
-    model = f" {msg['model_type']}" if msg.get("model_type") else ""
-    detail = msg.get("message") if failed else _metrics(msg.get("metrics")) or msg.get("message")
     return Event(
         id=f"{msg['run_id']}:{status}",
-        kind="training",
-        type=f"training_{status}",
-        severity="warning" if failed else "info",
-        title=f"training {msg['run_id']} {status}",
-        text=f"Training {msg['run_id']} ({msg['kind']}{model}) {status}" + (f": {detail}" if detail else ""),
-        key=f"training|{msg['run_id']}|{status}",
+        kind=kind,
+        type=f"{kind}_{status}",
+        severity="warning" if status == "failed" else "info",
+        title=f"{kind} {msg['run_id']} {status}",
+        text=f"{what} {status}" + (f": {detail}" if detail else ""),
+        key=f"{kind}|{msg['run_id']}|{status}",
         source_subject=_subject(origin),
     )
+
+
+def from_training(msg: Mapping[str, Any], origin: str | None = None) -> Event:
+    failed = msg["status"] == "failed"
+    model = f" {msg['model_type']}" if msg.get("model_type") else ""
+    detail = msg.get("message") if failed else _metrics(msg.get("metrics")) or msg.get("message")
+    return _run("training", msg, f"Training {msg['run_id']} ({msg['kind']}{model})", detail, origin)
 
 
 def from_backtest(msg: Mapping[str, Any], origin: str | None = None) -> Event:
-    status = msg["status"]
-    failed = status == "failed"
+    failed = msg["status"] == "failed"
     detail = msg.get("message") if failed else _metrics(msg.get("metrics"))
     if not failed and msg.get("message"):
         detail = f"{detail} [{msg['message']}]" if detail else msg["message"]
-    return Event(
-        id=f"{msg['run_id']}:{status}",
-        kind="backtest",
-        type=f"backtest_{status}",
-        severity="warning" if failed else "info",
-        title=f"backtest {msg['run_id']} {status}",
-        text=f"Backtest {msg['run_id']} {status}" + (f": {detail}" if detail else ""),
-        key=f"backtest|{msg['run_id']}|{status}",
-        source_subject=_subject(origin),
-    )
+    return _run("backtest", msg, f"Backtest {msg['run_id']}", detail, origin)
 
 
 def from_fill(msg: Mapping[str, Any], origin: str | None = None) -> Event:

@@ -71,12 +71,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
 
     def __init__(self, ctx: Any, params: PerformanceParams) -> None:
         super().__init__(ctx, params)
-        self.rules: dict[str, Rules] = {}
-        for symbol, instrument in ctx.instruments.items():
-            try:
-                self.rules[symbol] = Rules.of(symbol, instrument)
-            except ValueError as exc:
-                log.warning("%s: %s is not tradable here: %s", ctx.service, symbol, exc)
+        self.rules = Rules.table(ctx.instruments, ctx.service)
         self.currency = ctx.account.currency
         self.initial = dec(ctx.account.balance)
         self.leverage = dec(ctx.account.leverage)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_DOWN, ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from framework.errors import FxflowError
+
+log = logging.getLogger("fxflow.trading")
 
 
 class VolumeError(FxflowError, ValueError):
@@ -51,6 +55,18 @@ class Rules:
             base=base,
             quote=quote,
         )
+
+    @classmethod
+    def table(cls, instruments: Mapping[str, Any], service: str) -> dict[str, Rules]:
+        """The rules of every instrument a service trades (``ctx.instruments``); one that cannot be traded
+        here (unknown currencies, bad sizes) is left out with a warning, not a failed start."""
+        rules: dict[str, Rules] = {}
+        for symbol, instrument in instruments.items():
+            try:
+                rules[symbol] = cls.of(symbol, instrument)
+            except ValueError as exc:
+                log.warning("%s: %s is not tradable here: %s", service, symbol, exc)
+        return rules
 
     def price(self, value: Any) -> Decimal:
         """``value`` on the instrument's tick (half to even)."""
