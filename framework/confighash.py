@@ -1,7 +1,7 @@
 """The configuration hash of a run (``ctx.config_hash``): what reproduces a result.
 
 The sha256 of the run's resolved topology (every default filled in, every interpolation
-resolved) and its pairs, as canonical JSON (sorted keys, no whitespace). The data directory (as
+resolved), its pairs and the identity of the code (:func:`code_identity`), as canonical JSON (sorted keys, no whitespace). The data directory (as
 written, and made absolute, as the artifact store's URL has it) is written back as ``${data_dir}`` first: where a run keeps its files does not change what it
 computes, so the same configuration run in two directories (two sweeps' runs, a rerun) has
 one hash, and any other difference, a param or an instrument, gives another.
@@ -9,9 +9,10 @@ one hash, and any other difference, a param or an instrument, gives another.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,41 @@ from framework.topology.model import Topology
 DATA_DIR = "${data_dir}"
 
 
+def source_digest(roots: Iterable[Path]) -> str:
+    """The sha256 of every ``.py`` file under ``roots`` (relative path and bytes, in path order)."""
+    digest = hashlib.sha256()
+    for root in sorted({r.resolve() for r in roots}):
+        for path in sorted(root.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity() -> str:
+    """What the code that runs is: the digest of the framework's sources and of every installed node plugin's
+    top-level package (found from the entry points, not imported). A changed default of a node's params, or any
+    other change of code, is another configuration: a result computed by other code is never handed back as this one's."""
+    from importlib.metadata import entry_points
+    from importlib.util import find_spec
+
+    from framework.registry import ENTRY_POINT_GROUP
+
+    roots = {Path(__file__).resolve().parent}
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        top = point.value.split(":", 1)[0].split(".", 1)[0]
+        spec = find_spec(top)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            roots.add(Path(location))
+    return source_digest(roots)
+
+
 def canonical(topology: Topology, pairs: Sequence[str], data_dir: str | Path | None = None) -> str:
     """The canonical JSON the hash is taken of."""
-    doc: Any = {"topology": topology.model_dump(mode="json"), "pairs": sorted(pairs)}
+    doc: Any = {"topology": topology.model_dump(mode="json"), "pairs": sorted(pairs), "code": code_identity()}
     if data_dir is not None and str(data_dir) not in ("", "."):
         path = Path(data_dir)
         for form in sorted({str(path), str(path.absolute()), str(path.resolve())}, key=len, reverse=True):  # as written, absolute

@@ -3,7 +3,8 @@
 Nothing is dropped silently: every dead letter is appended to
 ``<data_dir>/deadletter/<service>.jsonl`` (one ``dead_letter.v1`` record per line), counted
 in the service's metrics and published on ``deadletter.<service>`` for live monitoring
-(the subject names are in :mod:`framework.deadletter_subjects`, which lint and docgen read).
+(the subject names are in :mod:`framework.deadletter_subjects`, which lint and docgen read) —
+except a dead letter of a dead letter, which stays on disk only (no loop through a monitor).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import IO, Any
 
 import orjson
 
-from framework.deadletter_subjects import TRANSPORT_SERVICE, subject
+from framework.deadletter_subjects import SUBJECT_PREFIX, TRANSPORT_SERVICE, subject
 from framework.transport.codec import encode
 
 __all__ = ["TRANSPORT_SERVICE", "DeadLetters"]
@@ -68,6 +69,10 @@ class DeadLetters:
             handle.write(orjson.dumps(record) + b"\n")
             handle.flush()
         log.warning("dead letter from %s (%s): %s", service, origin, reason)
+        if origin.startswith(f"{SUBJECT_PREFIX}."):
+            # a dead letter that a subscriber of dead letters could not take: kept on disk, not published again,
+            # or a subscriber that cannot take any (stopped, given up, failing) would feed itself without end
+            return record
         if self._publish is not None:
             try:
                 await self._publish(subject(service), record)

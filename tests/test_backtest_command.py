@@ -61,3 +61,62 @@ def test_a_sweep_runs_each_combination_in_its_own_process_and_directory(tmp_path
     assert rows[0]["run_id"] in printed and rows[1]["run_id"] in printed
     with pytest.raises(Exception, match="not empty"):
         command.main(["sweep", "--param", "++topology.services.backtesting-engine.params.seed=7", "--out", str(out), *SMALL])
+
+
+def test_a_run_that_never_finished_is_run_again_and_a_broken_result_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from framework.errors import UserError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FXFLOW_PROJECT", str(ROOT))
+    leftover = command.default_dir(SMALL)
+    (leftover / "backtests" / leftover.name).mkdir(parents=True)  # what a run killed before its result leaves
+    (leftover / "services").mkdir()
+    assert command.main(["run", *SMALL]) == 0
+    captured = capsys.readouterr()
+    assert "did not finish: starting it again" in captured.err and f"backtest {leftover.name}" in captured.out
+    result = next(leftover.glob("backtests/*/result.json"))
+    assert not list(leftover.glob("backtests/*/*.partial"))
+    result.write_bytes(b'{"run_id": "x", "metr')  # a truncated file (written by hand: the run writes it whole)
+    with pytest.raises(UserError, match=r"result\.json: not a backtest result"):
+        command.main(["show", str(leftover)])
+
+
+def test_a_sweep_checks_every_combination_first_and_an_interrupted_sweep_leaves_no_run_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from framework.errors import FxflowError
+
+    monkeypatch.setenv("FXFLOW_PROJECT", str(ROOT))
+    typo = ["sweep", "--param", "topology.services.backtesting-engine.params.sed=1,2", "--out", str(tmp_path / "typo"), *SMALL]
+    with pytest.raises(FxflowError):
+        command.main(typo)
+    assert not (tmp_path / "typo").exists()  # refused before any run started
+    with pytest.raises(FxflowError, match="--jobs 0"):
+        command.main(["sweep", "--jobs", "0", "--param", "++topology.services.backtesting-engine.params.seed=7,8", *SMALL])
+
+    long = reference.overrides(iso(END - 20_000 * 60_000), iso(END), report=False)
+    sweep = subprocess.Popen([sys.executable, "-m", "framework.cli", "backtest", "sweep", "--jobs", "2", "--out", str(tmp_path / "s"),
+                              "--param", "++topology.services.backtesting-engine.params.seed=7,8", *long],
+                             cwd=ROOT, env={**os.environ, "FXFLOW_PROJECT": str(ROOT)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def children() -> list[int]:
+        found = subprocess.run(["pgrep", "-P", str(sweep.pid)], capture_output=True, text=True).stdout.split()
+        return [int(pid) for pid in found]
+
+    deadline = time.monotonic() + 60
+    while len(children()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runs = children()
+    assert len(runs) == 2
+    sweep.send_signal(signal.SIGTERM)
+    assert sweep.wait(60) != 0
+    for pid in runs:  # stopped with it, not left running under init
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -231,3 +231,5 @@ async def test_fxrun_backtest_request_asks_a_running_engine_over_nats(tmp_path: 
         assert code != 0 and "--model broken={: not NAME=JSON" in err and "Traceback" not in err, err
     code, out, err = await fxrun("--lookback", "2h", "--timeout", "1")  # the engine stopped: nobody answers
     assert code == 1 and "no backtesting engine answered on control.backtesting-engine" in err, err
+    code, out, err = await fxrun("--lookback", "2h", "--timeout", "0")
+    assert code == 1 and "--timeout 0.0: a positive number of seconds" in err and "Traceback" not in err, err

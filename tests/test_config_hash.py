@@ -9,6 +9,8 @@ from pathlib import Path
 from framework.confighash import DATA_DIR, canonical, config_hash
 from framework.testing import load, make_runtime
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_the_same_configuration_in_two_directories_has_one_hash(tmp_path: Path) -> None:
     a, b = load(tmp_path / "a", "pairs=[EURUSD]"), load(tmp_path / "b", "pairs=[EURUSD]")
@@ -44,3 +46,24 @@ def test_a_relative_data_dir_is_left_out_in_every_form(tmp_path: Path, monkeypat
     assert "${data_dir}" in canonical(here.topology, ["EURUSD"], Path("runs/a"))
     assert str(tmp_path) not in canonical(here.topology, ["EURUSD"], Path("runs/a"))
     assert config_hash(here.topology, ["EURUSD"], Path("runs/a")) == config_hash(there.topology, ["EURUSD"], (tmp_path / "runs/b"))
+
+
+def test_the_code_is_part_of_the_configuration(tmp_path: Path) -> None:
+    """A changed default of a node's params is a change of code, not of the topology: it must change the hash, or
+    `fxrun backtest run` would hand back a result that other code computed."""
+    from framework.confighash import code_identity, source_digest
+
+    package = tmp_path / "plugin"
+    (package / "sub").mkdir(parents=True)
+    (package / "spec.py").write_text("SEED = 7\n")
+    (package / "sub" / "x.py").write_text("pass\n")
+    before = source_digest([package])
+    assert source_digest([package]) == before
+    (package / "spec.py").write_text("SEED = 8\n")
+    assert source_digest([package]) != before
+    (package / "spec.py").write_text("SEED = 7\n")
+    (package / "sub" / "y.py").write_text("")
+    assert source_digest([package]) != before
+    loaded = load(tmp_path / "a")
+    assert json.loads(canonical(loaded.topology, ["EURUSD"]))["code"] == code_identity()
+    assert code_identity() != source_digest([ROOT / "framework"])  # the node plugins' code too

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -459,3 +460,39 @@ async def test_a_finished_run_keeps_its_dashboard_serving_only_when_asked(tmp_pa
     rt.request_stop()  # Ctrl-C
     await asyncio.wait_for(run, 30)
     assert rt.metrics()[-1]["state"] == "stopped"
+
+
+async def test_an_address_it_cannot_listen_on_is_one_line_naming_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FXFLOW_DASHBOARD_TOKEN", TOKEN)
+    with pytest.raises(UserError, match=r"cannot listen on 192\.0\.2\.1:") as info:  # TEST-NET-1: on no machine
+        rt, _, _ = await start(tmp_path / "a", f"topology.services.{SERVICE}.params.host=192.0.2.1")
+        await rt.stop()
+    assert info.value.path == f"services.{SERVICE}.params.host"
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    try:
+        with pytest.raises(UserError, match="cannot listen on 127.0.0.1") as info:
+            rt, _, _ = await start(tmp_path / "b", f"topology.services.{SERVICE}.params.port={held.getsockname()[1]}",
+                                   f"++topology.services.{SERVICE}.params.port_fallback=false")  # fmt: skip
+            await rt.stop()
+        assert info.value.path == f"services.{SERVICE}.params.port"
+    finally:
+        held.close()
+
+
+def test_an_absurd_timestamp_is_no_time_and_an_unencodable_update_reaches_no_page() -> None:
+    from nodes.dashboard.state import ts_of
+
+    assert ts_of(1e20) is None and ts_of(-1e20) is None and ts_of(float("nan")) is None and ts_of(True) is None
+    assert ts_of(1_793_606_400_000.0) == 1_793_606_400_000
+    hub = Hub(queue_size=16)
+
+    async def close() -> None:
+        pass
+
+    client, queue = hub.join(close)
+    hub.broadcast("x", {"t": "bad", "v": 2**70})  # beyond 64 bits: orjson refuses it
+    hub.send_to(client, "y", {"t": "bad", "v": 2**70})
+    hub.broadcast("z", {"t": "ok", "v": 1})
+    assert [orjson.loads(data) for data in asyncio.run(queue.take(10))] == [{"t": "ok", "v": 1}]

@@ -675,3 +675,13 @@ def test_policy_state_round_trips_through_json() -> None:
     (part,) = again.release(ms("2026-11-03T07:00:00Z"))
     assert part.count == 1 and part.symbols == {"EURUSD": 1}
 
+
+
+def test_a_servers_retry_after_is_honoured_up_to_an_hour() -> None:
+    from nodes.notifications.delivery import RETRY_AFTER_CAP_S, Backoff
+
+    backoff = Backoff(attempts=5, base_s=1.0, max_s=60.0)
+    assert backoff.delay(1, 30.0) == 30.0 and backoff.delay(1, -5.0) == 0.0 and backoff.delay(3, None) == 4.0
+    assert RETRY_AFTER_CAP_S == 3600.0
+    for absurd in (1e9, 1e308, float("inf"), float("nan")):  # a broken server must not hold the channel for good
+        assert backoff.delay(1, absurd) == RETRY_AFTER_CAP_S

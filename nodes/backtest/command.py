@@ -32,6 +32,8 @@ import argparse
 import itertools
 import math
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -137,7 +139,17 @@ def default_dir(overrides: Sequence[str]) -> Path:
 
 
 def results_in(data_dir: Path) -> list[dict[str, Any]]:
-    return [orjson.loads(p.read_bytes()) for p in sorted((data_dir / "backtests").glob("*/result.json"))]
+    """The finished runs' results in ``data_dir``; a result.json that is not one is an error naming the file."""
+    out = []
+    for path in sorted((data_dir / "backtests").glob("*/result.json")):
+        try:
+            result = orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise UserError(f"{path}: not a backtest result ({exc}); delete its directory and run the backtest again") from None
+        if not isinstance(result, dict) or not isinstance(result.get("run_id"), str):
+            raise UserError(f"{path}: not a backtest result (no run_id); delete its directory and run the backtest again")
+        out.append(result)
+    return out
 
 
 def _run(overrides: list[str]) -> int:
@@ -148,6 +160,9 @@ def _run(overrides: list[str]) -> int:
         if results_in(data_dir):
             print(f"this configuration ran before, in {data_dir} (a backtest is deterministic: same result):")
             return _show(data_dir)
+        if data_dir.exists():  # a run of this configuration that never finished (interrupted, failed): this command's own
+            print(f"{data_dir} holds a run of this configuration that did not finish: starting it again", file=sys.stderr)
+            shutil.rmtree(data_dir)
         overrides = [*overrides, f"data_dir={data_dir}"]
     else:
         data_dir = Path(next(o for o in overrides if o.split("=", 1)[0].lstrip("+") == "data_dir").split("=", 1)[1])
@@ -218,17 +233,54 @@ def grid(params: Sequence[str]) -> list[list[str]]:
 def _sweep(params: Sequence[str], overrides: list[str], jobs: int, out: str | None) -> int:
     if any(o.split("=", 1)[0].lstrip("+") == "data_dir" for o in overrides):
         raise UserError("a sweep gives each run its own data_dir (under --out); leave data_dir= out")
+    if jobs < 1:
+        raise UserError(f"--jobs {jobs}: at least 1 run at a time")
     combos = grid(params)
+    from framework.topology.load import load_run
+
+    for combo in combos:  # every combination composes (a misspelt key, a bad value) before any process starts
+        load_run([PROFILE, *overrides, *combo])
     root = Path(out) if out else DEFAULT_ROOT / time.strftime("sweep-%Y%m%d-%H%M%S")
     if root.exists() and any(root.iterdir()):
         raise UserError(f"--out {root} is not empty: a sweep starts in a directory of its own")
     root.mkdir(parents=True, exist_ok=True)
-    print(f"sweep of {len(combos)} run(s), {max(1, jobs)} at a time, under {root}")
+    print(f"sweep of {len(combos)} run(s), {jobs} at a time, under {root}")
     pending = list(enumerate(combos))
     running: list[tuple[int, list[str], subprocess.Popen[bytes], Any]] = []
     codes: dict[int, int] = {}
+    try:
+        _sweep_loop(root, jobs, overrides, pending, running, codes)
+    finally:  # interrupted (Ctrl-C, SIGTERM): the runs stop with it, none is left behind
+        for _, _, process, log in running:
+            if process.poll() is None:
+                process.terminate()
+        for _, _, process, log in running:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            log.close()
+    return _sweep_report(root, combos, codes)
+
+
+def _sweep_loop(root: Path, jobs: int, overrides: list[str], pending: list[tuple[int, list[str]]],
+                running: list[tuple[int, list[str], subprocess.Popen[bytes], Any]], codes: dict[int, int]) -> None:  # fmt: skip
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        _run_pending(root, jobs, overrides, pending, running, codes)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _run_pending(root: Path, jobs: int, overrides: list[str], pending: list[tuple[int, list[str]]],
+                 running: list[tuple[int, list[str], subprocess.Popen[bytes], Any]], codes: dict[int, int]) -> None:  # fmt: skip
     while pending or running:
-        while pending and len(running) < max(1, jobs):
+        while pending and len(running) < jobs:
             index, combo = pending.pop(0)
             data_dir = root / f"{index:03d}"
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +296,9 @@ def _sweep(params: Sequence[str], overrides: list[str], jobs: int, out: str | No
                 running.remove(item)
                 state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see {root / f'{index:03d}' / 'fxrun.out'})"
                 print(f"  [{index:03d}] {' '.join(combo) or '(the profile as it is)'}: {state}", flush=True)
+
+
+def _sweep_report(root: Path, combos: list[list[str]], codes: dict[int, int]) -> int:
     rows = []
     for index, combo in enumerate(combos):
         results = results_in(root / f"{index:03d}")
@@ -272,6 +327,8 @@ def _request(args: argparse.Namespace, overrides: Sequence[str]) -> int:
     from framework.params import utc_ms
     from framework.topology.load import load_run
 
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UserError(f"--timeout {args.timeout}: a positive number of seconds", file="<command line>")
     message: dict[str, Any] = {"ts": int(time.time() * 1000)}
     if args.lookback:
         message["lookback"] = args.lookback

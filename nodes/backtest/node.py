@@ -29,6 +29,7 @@ and the HTML report, and says ``backtest.completed.<run_id>``.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,9 @@ class Backtester(Node[BacktesterParams]):
         await self._results(now, metrics, details)
         self.folder.mkdir(parents=True, exist_ok=True)
         result = {"run_id": self.run_id, "ts": now, "metrics": {k: number(v) for k, v in sorted(metrics.items())}, "details": details}
-        (self.folder / "result.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        partial = self.folder / "result.json.partial"  # written whole, then renamed: a kill never leaves half a result
+        partial.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+        os.replace(partial, self.folder / "result.json")
         if report is not None:  # the curve and the round trips themselves: what a walk-forward chains
             (self.folder / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_SORT_KEYS))
         message = self._window() if report else f"{self._window()}; no performance report: {self._no_report}"

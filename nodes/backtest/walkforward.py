@@ -67,6 +67,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from pydantic import ValidationError
 
 from framework.errors import UserError
 
@@ -347,8 +348,9 @@ def _setup(args: argparse.Namespace, overrides: list[str]) -> _Setup:
     if args.start or args.end:
         try:
             engine = BacktesterParams.model_validate({**engine.model_dump(), "start": args.start or engine.start, "end": args.end or engine.end})
-        except ValueError as exc:
-            raise _Usage(f"--start/--end: {str(exc).splitlines()[-1].strip()}") from None
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise _Usage(f"--start/--end: {first['msg'].removeprefix('Value error, ')}") from None
     if engine.source == "synthetic" and source_dir:
         raise _Usage("data_dir= names where source: table reads its bars; with source: synthetic each fold has its own "
                      "directory under --out: leave data_dir= out")  # fmt: skip

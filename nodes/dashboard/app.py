@@ -109,7 +109,10 @@ class Guard:
     async def _enter(self, scope: dict[str, Any], query: dict[str, str], send: Any) -> None:
         """A valid ``?token=``: keep it in a cookie and show the same URL without it."""
         rest = {k: v for k, v in query.items() if k != "token"}
-        location = scope.get("path", "/") + (f"?{urlencode(rest)}" if rest else "")
+        path = scope.get("path", "/")
+        if not path.startswith("/") or path.startswith(("//", "/\\")):  # never a way to another site (//host, /\host)
+            path = "/"
+        location = path + (f"?{urlencode(rest)}" if rest else "")
         cookie = f"{COOKIE}={self.token.decode() if self.token else ''}; HttpOnly; SameSite=Strict; Path=/"
         response = Response(status_code=303, headers={"location": location, "set-cookie": cookie})
         await response(scope, _noop_receive, _with_headers(send))

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections import OrderedDict
 from typing import Any
 
 import orjson
+
+log = logging.getLogger("fxflow.dashboard")
 
 
 class ClientQueue:
@@ -90,14 +93,17 @@ class Hub:
     def broadcast(self, key: str | None, update: dict[str, Any]) -> None:
         if not self.clients:
             return
-        data = orjson.dumps(update, default=str)
+        data = _encoded(update)
+        if data is None:
+            return
         for queue in self.clients.values():
             queue.put(key, data)
 
     def send_to(self, client: int, key: str | None, update: dict[str, Any]) -> None:
         queue = self.clients.get(client)
-        if queue is not None:
-            queue.put(key, orjson.dumps(update, default=str))
+        data = _encoded(update) if queue is not None else None
+        if queue is not None and data is not None:
+            queue.put(key, data)
 
     async def disconnect_all(self) -> None:
         """Close every page's connection from the server side (the pages reconnect)."""
@@ -113,3 +119,12 @@ class Hub:
 
     def stats(self) -> list[dict[str, int]]:
         return [{"client": c, **q.stats} for c, q in self.clients.items()]
+
+
+def _encoded(update: dict[str, Any]) -> bytes | None:
+    """The update as JSON for the pages, or None (logged) if it cannot be: one bad value must not break a page."""
+    try:
+        return orjson.dumps(update, default=str)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        log.warning("dashboard: an update of type %s cannot be sent to the pages: %s", update.get("t"), exc)
+        return None

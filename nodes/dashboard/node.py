@@ -11,6 +11,7 @@ open.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import time
@@ -67,8 +68,10 @@ class Dashboard(Node[DashboardParams]):
         self.server = AsgiServer(app, p.host, p.port, fallback=p.port_fallback, name=self.ctx.service, ws_max_size=4096)
         try:
             await self.server.start()
-        except OSError as exc:
-            raise OSError(f"cannot listen on {p.host}:{p.port}: {exc.strerror or exc}") from None
+        except OSError as exc:  # an address not on this machine, or a port held with port_fallback off: the settings
+            field = "port" if exc.errno == errno.EADDRINUSE else "host"
+            raise UserError(f"the dashboard cannot listen on {p.host}:{p.port}: {exc.strerror or exc}",
+                            path=f"services.{self.ctx.service}.params.{field}") from None  # fmt: skip
         note = f" (token required: open it once as {self.server.url}?token=<${p.token_env}>)" if token else ""
         self.ctx.log.info("dashboard on %s%s", self.server.url, note)
 

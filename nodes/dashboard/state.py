@@ -71,8 +71,15 @@ def num(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+MAX_TS = 2**53
+"""Milliseconds beyond this are no time (year 285,000); the page's numbers are doubles."""
+
+
 def ts_of(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+    """A timestamp in ms, or None for anything that is not one (a bool, NaN, infinities, out of range)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and -MAX_TS <= value <= MAX_TS:
+        return int(value)
+    return None
 
 
 class DashboardState:

@@ -13,6 +13,7 @@ queue, never the node's handlers or the other channels.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -53,6 +54,10 @@ class Outcome:
     provider_id: str | None = None
 
 
+RETRY_AFTER_CAP_S = 3600.0
+"""The longest wait a server's ``retry_after`` is honoured for."""
+
+
 @dataclass(frozen=True, slots=True)
 class Backoff:
     attempts: int
@@ -60,8 +65,11 @@ class Backoff:
     max_s: float
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
-        """Seconds before try ``attempt + 1``: the server's ``retry_after`` as given, else base · 2^(attempt-1), capped."""
+        """Seconds before try ``attempt + 1``: the server's ``retry_after`` (at most :data:`RETRY_AFTER_CAP_S`: a
+        server asking for days, or for infinity, would hold the channel for good), else base · 2^(attempt-1), capped."""
         if retry_after is not None:
+            if not math.isfinite(retry_after) or retry_after > RETRY_AFTER_CAP_S:
+                return RETRY_AFTER_CAP_S
             return max(retry_after, 0.0)
         return min(self.base_s * 2 ** (attempt - 1), self.max_s)
 
