@@ -26,7 +26,7 @@ import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from framework.errors import UserError, UserErrors
 
@@ -281,10 +281,23 @@ def cmd_run(overrides: Sequence[str]) -> int:
 
         if display is not None:
             display.source = runtime.progress
-        asyncio.run(_run(runtime, duration, serve_after, summary, display))
+        try:
+            asyncio.run(_run(runtime, duration, serve_after, summary, display))
+        except UserError as exc:
+            raise _located(exc, loaded.source) from None
         if not printed:
             summary()
     return EXIT_OK
+
+
+def _located(exc: UserError, source: Any) -> UserError:
+    """A node's or the runtime's mistake that names a topology path (``services.X.params.host``) but no file:
+    where that setting was written (a file and line, or the command line)."""
+    if exc.file is None and exc.path and not isinstance(exc, UserErrors):
+        found = source.find(("topology", *exc.path.split(".")))
+        if found is not None:
+            exc.file, exc.line = found.file, found.line or None
+    return exc
 
 
 def _display(progress: str | bool | None) -> ProgressDisplay | None:

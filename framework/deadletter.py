@@ -24,6 +24,10 @@ __all__ = ["TRANSPORT_SERVICE", "DeadLetters"]
 
 log = logging.getLogger(__name__)
 
+LOGGED_PER_REASON = 20
+"""Dead letters logged per service and reason in a run; the rest are counted and kept on disk (a stop that turns
+away ten thousand queued messages must not bury the console)."""
+
 
 def _jsonable(value: Any) -> Any:
     """``value`` if the wire can carry it (the dead letter is published too), else its repr."""
@@ -45,6 +49,7 @@ class DeadLetters:
         self._publish = publish
         self.recent: deque[dict[str, Any]] = deque(maxlen=keep)
         self._files: dict[str, IO[bytes]] = {}
+        self._logged: dict[tuple[str, str], int] = {}
         self.count = 0
 
     async def put(
@@ -68,7 +73,12 @@ class DeadLetters:
                 handle = self._files[service] = open(self.directory / f"{service}.jsonl", "ab")
             handle.write(orjson.dumps(record) + b"\n")
             handle.flush()
-        log.warning("dead letter from %s (%s): %s", service, origin, reason)
+        seen = self._logged.get((service, reason), 0) + 1
+        self._logged[(service, reason)] = seen
+        if seen <= LOGGED_PER_REASON:
+            log.warning("dead letter from %s (%s): %s", service, origin, reason)
+            if seen == LOGGED_PER_REASON:
+                log.warning("dead letters from %s for this reason are not logged any more this run (all are in %s.jsonl)", service, service)
         if origin.startswith(f"{SUBJECT_PREFIX}."):
             # a dead letter that a subscriber of dead letters could not take: kept on disk, not published again,
             # or a subscriber that cannot take any (stopped, given up, failing) would feed itself without end

@@ -31,6 +31,7 @@ from nodes.dashboard.state import DashboardState, clean
 from tests import browser as chromium
 
 SERVICE = "dashboard-service"
+ROOT = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
 T0 = 1793577600000  # 2026-11-02T00:00Z
 TOKEN = "s3cret-token-for-the-test-0123456789"
@@ -496,3 +497,17 @@ def test_an_absurd_timestamp_is_no_time_and_an_unencodable_update_reaches_no_pag
     hub.send_to(client, "y", {"t": "bad", "v": 2**70})
     hub.broadcast("z", {"t": "ok", "v": 1})
     assert [orjson.loads(data) for data in asyncio.run(queue.take(10))] == [{"t": "ok", "v": 1}]
+
+
+def test_fxrun_says_where_the_setting_it_cannot_listen_on_was_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    from framework.cli import main
+
+    monkeypatch.setenv("FXFLOW_DASHBOARD_TOKEN", TOKEN)
+    monkeypatch.chdir(ROOT)
+    code = main(["topology=demo", f"only=[{SERVICE}]", "serve_after=false", "duration=3s", f"data_dir={tmp_path}",
+                 f"topology.services.{SERVICE}.params.host=192.0.2.1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"fxrun: error: <command line>: services.{SERVICE}.params.host: the dashboard cannot listen on 192.0.2.1:" in err
+    assert "Traceback" not in err

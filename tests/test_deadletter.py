@@ -26,3 +26,18 @@ async def test_a_dead_letter_is_kept_and_published_but_one_of_a_dead_letter_only
     assert letters.count == 2
     kept = [orjson.loads(line) for line in (tmp_path / "dashboard.jsonl").read_bytes().splitlines()]
     assert kept == [{"ts": 2, "service": "dashboard", "reason": "service dashboard gave up", "origin": "deadletter.risk", "payload": first}]
+
+
+async def test_a_flood_of_one_reason_is_logged_a_few_times_and_kept_whole(tmp_path: Path, caplog: Any) -> None:
+    from framework.deadletter import LOGGED_PER_REASON
+
+    caplog.set_level("WARNING", logger="framework.deadletter")
+    letters = DeadLetters(tmp_path)
+    for n in range(500):
+        await letters.put("risk", "service risk is stopping", {"n": n}, "bars.EURUSD.1m", n)
+    await letters.put("risk", "bad size", {"n": -1}, "signals.raw.EURUSD", 501)
+    letters.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("is stopping" in line for line in lines) == LOGGED_PER_REASON
+    assert any("not logged any more" in line for line in lines) and any("bad size" in line for line in lines)
+    assert len((tmp_path / "risk.jsonl").read_bytes().splitlines()) == 501 and letters.count == 501
