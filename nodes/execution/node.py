@@ -56,6 +56,7 @@ from nodes.execution.book import OrderBook, Tracked
 from nodes.execution.broker import BrokerState, error_outcome, parse_state, position_differences, resolution
 from nodes.trading.ledger import Ledger
 from nodes.execution.spec import ExecutionParams
+from nodes.trading.fills import fill_problem, is_number
 from nodes.trading.instruments import Rules, VolumeError, dec
 from nodes.trading.orders import OPEN, TRANSITIONS, InvalidTransition, Order, OrderStatus, client_order_id
 
@@ -63,15 +64,11 @@ S = OrderStatus
 MARGIN_MS = 60_000
 """Overlap of a fills query with what the restored state already holds (fill ids make it harmless)."""
 SIGNAL_FIELDS = ("signal_id", "decision_id", "symbol", "side", "quantity", "ts")
-FILL_FIELDS = ("fill_id", "order_id", "symbol", "side", "quantity", "price", "ts", "commission")
 ERROR_FIELDS = ("order_id", "symbol", "ts", "code", "message")
 TERMINAL_ROWS = ("failed", "rejected", "cancelled")
 
 log = logging.getLogger("fxflow.execution")
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 class Execution(Node[ExecutionParams]):
@@ -218,8 +215,8 @@ class Execution(Node[ExecutionParams]):
             decision_id=signal["decision_id"],
             created_ms=at,
             updated_ms=at,
-            stop_loss=rules.price(stop) if _number(stop) and stop > 0 else None,
-            take_profit=rules.price(take) if _number(take) and take > 0 else None,
+            stop_loss=rules.price(stop) if is_number(stop) and stop > 0 else None,
+            take_profit=rules.price(take) if is_number(take) and take > 0 else None,
         )
         self.book.add(tracked)
         await self._emit(tracked, at)
@@ -242,7 +239,7 @@ class Execution(Node[ExecutionParams]):
         if signal["side"] not in ("buy", "sell"):
             return f"side {signal['side']!r} is neither buy nor sell"
         quantity = signal["quantity"]
-        if not _number(quantity) or quantity <= 0:
+        if not is_number(quantity) or quantity <= 0:
             return f"volume {quantity!r} is not a positive number of lots"
         ts = signal["ts"]
         if not isinstance(ts, int) or isinstance(ts, bool):
@@ -312,27 +309,12 @@ class Execution(Node[ExecutionParams]):
     async def on_fill(self, fill: dict[str, Any], origin: str) -> None:
         await self._apply_fill(fill, self.ctx.clock.now_ms(), origin)
 
-    def _fill_problem(self, fill: Mapping[str, Any]) -> str | None:
-        missing = [f for f in FILL_FIELDS if f not in fill]
-        if missing:
-            return f"fill without {', '.join(missing)}"
-        if fill["symbol"] not in self.rules:
-            return f"fill for unknown symbol {fill['symbol']!r}"
-        if fill["side"] not in ("buy", "sell"):
-            return f"fill side {fill['side']!r} is neither buy nor sell"
-        for name in ("quantity", "price"):
-            if not _number(fill[name]) or fill[name] <= 0:
-                return f"fill {name} {fill[name]!r} is not a positive number"
-        if not _number(fill["commission"]) or not isinstance(fill["ts"], int):
-            return "fill commission or ts is not a number"
-        return None
-
     async def _apply_fill(self, fill: Mapping[str, Any], now: int, origin: str) -> None:
         """Record a broker fill, count it in its position, move its order where the state machine allows."""
         fill_id = fill.get("fill_id")
         if fill_id in self.book.fill_ids:
             return
-        problem = self._fill_problem(fill)
+        problem = fill_problem(fill, self.rules)
         if problem is not None:
             await self.ctx.dead_letter(problem, dict(fill), origin, contract="fill.v1")
             return
@@ -413,14 +395,14 @@ class Execution(Node[ExecutionParams]):
     @handles("ticks")
     async def on_tick(self, tick: dict[str, Any]) -> None:
         bid, ask = tick.get("bid"), tick.get("ask")
-        if _number(bid) and _number(ask) and tick.get("symbol") in self.rules:
+        if is_number(bid) and is_number(ask) and tick.get("symbol") in self.rules:
             self.ledger.quote(tick["symbol"], bid, ask)
         await self._prices_moved()
 
     @handles("bars")
     async def on_bar(self, bar: dict[str, Any]) -> None:
         close = bar.get("close")
-        if _number(close) and bar.get("symbol") in self.rules:
+        if is_number(close) and bar.get("symbol") in self.rules:
             self.ledger.quote(bar["symbol"], close, close)
         await self._prices_moved()
 

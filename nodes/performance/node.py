@@ -45,20 +45,17 @@ from nodes.performance.curve import Curve, sample
 from nodes.performance.spec import DAY_MS, PerformanceParams
 from nodes.performance.trips import Trip, Trips
 from nodes.trading import metrics as M
+from nodes.trading.fills import fill_problem, is_number
 from nodes.trading.instruments import Rules, dec
 from nodes.trading.ledger import Ledger
 
 ZERO = Decimal(0)
-FILL_FIELDS = ("fill_id", "order_id", "symbol", "side", "quantity", "price", "ts", "commission")
 ALERTS = ("drawdown_limit", "daily_loss_limit", "low_sharpe")
 TRADE_FIELDS = ("trade_id", "order_id", "close_order_id", "symbol", "side", "open_ts", "ts", "volume", "entry_price",
                 "exit_price", "pnl", "commission", "slippage", "holding_s")  # fmt: skip
 
 log = logging.getLogger("fxflow.performance")
 
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def _finite(value: float) -> float | None:
@@ -196,7 +193,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         if not self.params.use_ticks:
             return
         symbol, bid, ask, ts = tick.get("symbol"), tick.get("bid"), tick.get("ask"), tick.get("ts")
-        if symbol in self.rules and _number(bid) and _number(ask) and isinstance(ts, int):
+        if symbol in self.rules and is_number(bid) and is_number(ask) and isinstance(ts, int):
             self.tick_ts[symbol] = ts
             await self._mark(symbol, ts, bid, ask)
 
@@ -205,13 +202,13 @@ class PerformanceMonitor(Node[PerformanceParams]):
         if bar.get("timeframe") != self.params.mark_timeframe or bar.get("complete") is False:
             return
         symbol, close, ts = bar.get("symbol"), bar.get("close"), bar.get("ts_close")
-        if symbol not in self.rules or not _number(close) or not isinstance(ts, int):
+        if symbol not in self.rules or not is_number(close) or not isinstance(ts, int):
             return
         if self.tick_ts.get(symbol, -1) >= bar.get("ts", ts):  # a quote within the bar says more: its own ask
             await self._mark(symbol, ts, None, None)
             return
         spread = bar.get("spread_mean")
-        ask = float(self.rules[symbol].price(dec(close) + dec(spread))) if _number(spread) else close
+        ask = float(self.rules[symbol].price(dec(close) + dec(spread))) if is_number(spread) else close
         await self._mark(symbol, ts, close, ask)
 
     async def _mark(self, symbol: str, ts: int, bid: float | None, ask: float | None) -> None:
@@ -232,7 +229,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         fill_id = fill.get("fill_id")
         if fill_id in self.fill_ids:
             return
-        problem = self._fill_problem(fill)
+        problem = fill_problem(fill, self.rules)
         if problem is not None:
             await self.ctx.dead_letter(problem, dict(fill), origin, contract="fill.v1")
             return
@@ -258,21 +255,6 @@ class PerformanceMonitor(Node[PerformanceParams]):
                     log.warning("%s: %s: no price yet to convert its P&L to %s; booked when one arrives",
                                 self.ctx.service, symbol, self.currency)  # fmt: skip
         await self._publish_trades(self._book_waiting() if self._waiting else self.trips.finished())
-
-    def _fill_problem(self, fill: Mapping[str, Any]) -> str | None:
-        missing = [f for f in FILL_FIELDS if f not in fill]
-        if missing:
-            return f"fill without {', '.join(missing)}"
-        if fill["symbol"] not in self.rules:
-            return f"fill for unknown symbol {fill['symbol']!r}"
-        if fill["side"] not in ("buy", "sell"):
-            return f"fill side {fill['side']!r} is neither buy nor sell"
-        for name in ("quantity", "price"):
-            if not _number(fill[name]) or fill[name] <= 0:
-                return f"fill {name} {fill[name]!r} is not a positive number"
-        if not _number(fill["commission"]) or not isinstance(fill["ts"], int) or isinstance(fill["ts"], bool):
-            return "fill commission or ts is not a number"
-        return None
 
     def _book_waiting(self) -> list[Trip]:
         """Book what waited for a price where one has come; the round trips that finished."""

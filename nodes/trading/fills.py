@@ -1,0 +1,30 @@
+"""What makes a ``broker.fill`` message one that execution and performance can book (both read the same fills)."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Mapping
+from typing import Any
+
+FILL_FIELDS = ("fill_id", "order_id", "symbol", "side", "quantity", "price", "ts", "commission")
+
+
+def is_number(value: Any) -> bool:
+    """An int or float that is not NaN (and not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+
+
+def fill_problem(fill: Mapping[str, Any], symbols: Container[str]) -> str | None:
+    """Why ``fill`` cannot be booked (the dead letter's reason), or None for a fill of one of ``symbols``."""
+    missing = [f for f in FILL_FIELDS if f not in fill]
+    if missing:
+        return f"fill without {', '.join(missing)}"
+    if fill["symbol"] not in symbols:
+        return f"fill for unknown symbol {fill['symbol']!r}"
+    if fill["side"] not in ("buy", "sell"):
+        return f"fill side {fill['side']!r} is neither buy nor sell"
+    for name in ("quantity", "price"):
+        if not is_number(fill[name]) or fill[name] <= 0:
+            return f"fill {name} {fill[name]!r} is not a positive number"
+    if not is_number(fill["commission"]) or not isinstance(fill["ts"], int) or isinstance(fill["ts"], bool):
+        return "fill commission or ts is not a number"
+    return None
