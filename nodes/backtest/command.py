@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from framework.command_parser import CommandParser
 from framework.errors import UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -52,14 +53,10 @@ DEFAULT_ROOT = Path(".fxrun-backtests")
 HEADLINE = ("total_return", "sharpe", "max_drawdown", "trades", "win_rate", "profit_factor", "bars")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"fxrun backtest: {message} (see fxrun backtest --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fxrun backtest", description="Backtests of topology=backtest (key=value arguments are overrides).")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    parser = CommandParser(prog="fxrun backtest", description="Backtests of topology=backtest (key=value arguments are overrides).")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=CommandParser)
     verbs.add_parser("run", help="one backtest; prints its report and metrics")
     sweep = verbs.add_parser("sweep", help="every combination of --param values, in parallel processes")
     sweep.add_argument("--param", action="append", default=[], metavar="KEY=V1,V2", help="an override key and its values (repeatable)")

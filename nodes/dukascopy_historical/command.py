@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from framework.command_parser import CommandParser
 from nodes.dukascopy_historical.bi5 import Bi5Error, Ticks, decode_ticks
 from nodes.dukascopy_historical.hours import HOUR_MS, floor_hour, iso_hour, iso_ms, parse_utc_ms
 from nodes.dukascopy_historical.instruments import UnknownInstrument, decimal_factor, price_digits
@@ -26,14 +27,9 @@ from nodes.dukascopy_historical.urls import parse_tick_path
 EXIT_OK, EXIT_BAD_INPUT, EXIT_USAGE = 0, 1, 2
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"fxrun bi5: {message} (see fxrun bi5 --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fxrun bi5", description="Dukascopy .bi5 files")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    parser = CommandParser(prog="fxrun bi5", description="Dukascopy .bi5 files")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=CommandParser)
     decode = verbs.add_parser("decode", help="decode an hourly tick file to CSV")
     decode.add_argument("file", help="a .bi5 tick file (…/EURUSD/2019/01/04/07h_ticks.bi5)")
     decode.add_argument("--symbol", help="instrument (default: from the path); sets the price factor")

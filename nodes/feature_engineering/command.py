@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from framework.command_parser import CommandParser
 from framework.errors import UserError
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
@@ -34,17 +35,13 @@ NODE = "feature_engineering"
 DEFAULT_SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"fxrun check: {message} (see fxrun check --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = CommandParser(
         prog="fxrun check", description="checks of the declared feature set",
         epilog="key=value words anywhere are topology overrides (topology=live, data_dir=DIR, ++topology.services...=...)",
     )  # fmt: skip
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=CommandParser)
     for verb, text in (("lookahead", "recompute on history cut at random instants: no earlier value may change"),
                        ("recursive", "recompute with more history before the warm-up: no value may move")):  # fmt: skip
         sub = verbs.add_parser(verb, help=text)

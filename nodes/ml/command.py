@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 
 from framework.artifacts import ArtifactError, ArtifactNotFound, ArtifactRef, ArtifactStore
+from framework.command_parser import CommandParser
 from framework.errors import UserError
 from nodes.ml import promotion
 from nodes.ml.model import KINDS, ModelCard, ModelError
@@ -34,14 +35,10 @@ _SHA_PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
 _VERSIONED = re.compile(r"^(?P<name>.+):(?P<version>[0-9]+)$")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"fxrun models: {message} (see fxrun models --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fxrun models", description="Trained models in the artifact store (overrides key=value choose the topology and data_dir)")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    parser = CommandParser(prog="fxrun models", description="Trained models in the artifact store (overrides key=value choose the topology and data_dir)")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=CommandParser)
     verbs.add_parser("list", help="every model version: id, kind, feature set, metrics, promoted?")
     show = verbs.add_parser("show", help="a model's card and its promotion decisions")
     show.add_argument("id", help="name:version, name (latest) or a sha256 prefix")

@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from framework.command_parser import CommandParser
 from framework.control import Unreachable, request
 from framework.errors import UserError
 from nodes.risk_gate.files import MAILBOX, STATE_FILE, read_json, service_dir, write_json
@@ -41,13 +42,9 @@ NODE = "risk_gate"
 VERBS = ("halt", "reduce", "resume", "status")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"fxrun risk: {message} (see fxrun risk --help)\n")
-
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fxrun risk", description="Set or show the risk gate's trading state. Extra key=value "
+    parser = CommandParser(prog="fxrun risk", description="Set or show the risk gate's trading state. Extra key=value "
                      "arguments are the usual overrides (topology=live, data_dir=...).")  # fmt: skip
     parser.add_argument("verb", choices=VERBS, help="halt | reduce | resume | status")
     parser.add_argument("--reason", help="why (kept with the state and in the alert)")
