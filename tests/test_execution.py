@@ -558,7 +558,10 @@ async def test_two_runs_publish_the_same_events(tmp_path: Path) -> None:
 
 
 async def test_over_nats_with_the_topologys_durable_subjects(tmp_path: Path, nats_server_fn: Any) -> None:
-    """Reconciliation is a NATS request: it must not land on a JetStream subject (whose ack would be the reply)."""
+    """Reconciliation is a NATS request: it must not land on a JetStream subject (whose ack would be the reply).
+
+    Each signal has its own decision: JetStream de-duplicates on the decision id and time, so two approvals of
+    one decision in the same millisecond are one message (as they should be)."""
     durable = load(tmp_path, "topology=live").topology.nats.durable  # type: ignore[union-attr]
     bus, events = await recording_bus("orders.>", "risk.alert.>", nats=nats_server_fn.url, durable=durable)
     rt = runtime(tmp_path / "run", {"script": {"s2": [["fill", 0.25, 1.1], ["fill", "all", 1.2]]}}, None,
@@ -566,7 +569,7 @@ async def test_over_nats_with_the_topologys_durable_subjects(tmp_path: Path, nat
     await rt.start()
     try:
         for signal_id in ("s1", "s2"):
-            await bus.publish("signals.approved.EURUSD", {"signal_id": signal_id, "decision_id": "d", "symbol": "EURUSD",
+            await bus.publish("signals.approved.EURUSD", {"signal_id": signal_id, "decision_id": f"d-{signal_id}", "symbol": "EURUSD",
                                                           "side": "sell", "quantity": 0.5, "ts": rt.clock.now_ms()})  # fmt: skip
         deadline = asyncio.get_running_loop().time() + 30
         while len([p for s, p in events if s == "orders.filled.EURUSD"]) < 2:
