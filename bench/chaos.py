@@ -98,6 +98,19 @@ class Service:
             return self.proc.wait()
 
 
+def wait_started(svc: Service, run: Path, timeout: float = 180) -> None:
+    """Until ``svc``'s log says its service started; a process that died or never started is the run's end."""
+    deadline = time.time() + timeout
+    needle = f"service {svc.name} started"
+    while time.time() < deadline:
+        if svc.proc is not None and svc.proc.poll() is not None:
+            raise SystemExit(f"{svc.name} exited with {svc.proc.returncode} while starting; see the logs under {run}")
+        if svc.log.exists() and needle in svc.log.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{svc.name} did not start within {timeout:.0f}s; see the logs under {run}")
+
+
 def service(name: str, work: Path, env: dict[str, str], pairs: list[str], interval_ms: int, seed: int) -> Service:
     data_dir = work / name
     command = [
@@ -241,17 +254,18 @@ def main() -> int:
     run = work / "services"
     services = {name: service(name, run, env, pairs, args.interval, args.seed) for name in SERVICES}
     events: list[str] = []
-    # start a few seconds before a minute begins: a live aggregator publishes the bars of buckets
-    # that began after it started, so the first whole minute is not lost to the start-up
-    time.sleep((ALIGN_AT - time.time() % 60) % 60)
-    t0 = time.time()
     try:
-        for name in ("tick-aggregator", "data-bridge", "polygon-live-collector"):
+        # the consumers first, each until it says it started (a loaded machine takes tens of seconds); then the
+        # source a few seconds before a minute begins: a live aggregator publishes the bars of buckets that began
+        # after it started, so the first whole minute is not lost to the start-up, and no kill lands in a start-up
+        for name in ("tick-aggregator", "data-bridge"):
             services[name].start()
-        time.sleep(5)
-        dead = [svc.name for svc in services.values() if svc.proc is not None and svc.proc.poll() is not None]
-        if dead:
-            raise SystemExit(f"{', '.join(dead)} did not start; see the logs under {run}")
+        for name in ("tick-aggregator", "data-bridge"):
+            wait_started(services[name], run)
+        time.sleep((ALIGN_AT - time.time() % 60) % 60)
+        services["polygon-live-collector"].start()
+        wait_started(services["polygon-live-collector"], run)
+        t0 = time.time()
         moments = sorted(rng.uniform(8, args.seconds - 5) for _ in range(args.kills))
         def supervise(until: float) -> None:
             """Sleep until ``until``, restarting a service that exited on its own (restart: unless-stopped)."""

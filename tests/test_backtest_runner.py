@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import orjson
 from framework.testing import load, make_runtime, query, recording_bus
 from nodes.backtest import reference
 from nodes.backtest import tape as tapes
+from nodes.backtest.runner import expired_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = "backtesting-engine"
@@ -188,6 +190,47 @@ async def test_on_simulated_time_the_child_runs_to_its_end_within_the_request(tm
         kinds = [m["status"] for _, m in p.of(reply["run_id"])]  # all there when the reply is: the clock was held meanwhile
     assert reply["accepted"] and reply["state"] == "done" and kinds[0] == "started" and kinds[-1] == "completed", (reply, kinds)
     assert len({m["ts"] for _, m in p.of(reply["run_id"])}) == 1  # no simulated time passed
+
+
+def _old_run(folder: Path, age_s: float) -> Path:
+    """A finished run's directory, last changed ``age_s`` ago (wall time)."""
+    (folder / "backtests").mkdir(parents=True)
+    (folder / "fxrun.out").write_text("done\n")
+    then = time.time() - age_s
+    for path in (folder / "backtests", folder / "fxrun.out", folder):
+        os.utime(path, (then, then))
+    return folder
+
+
+def test_retention_picks_finished_runs_beyond_the_newest_n_or_too_old_never_a_busy_one(tmp_path: Path) -> None:
+    hour, day = 3600, 86_400
+    for name, age in {"bt-a": 5 * day, "bt-b": 3 * hour, "bt-c": 2 * hour, "bt-d": hour, "bt-busy": 9 * day, "pending": 9 * day}.items():
+        _old_run(tmp_path / name, age)
+    (tmp_path / "notes.txt").write_text("not a run")
+    _old_run(tmp_path / ".removing-bt-z", 9 * day)  # a removal cut short: not a run either
+    runs = {p.name: p for p in tmp_path.iterdir()}
+    now = time.time()
+    assert expired_runs(tmp_path, 2, 2 * day, now, {"bt-busy"}) == [runs["bt-b"], runs["bt-a"]]
+    assert expired_runs(tmp_path, None, 2 * day, now, {"bt-busy"}) == [runs["bt-a"]]
+    assert expired_runs(tmp_path, 3, None, now, set()) == [runs["bt-a"], runs["bt-busy"]]
+    assert expired_runs(tmp_path, None, None, now, set()) == [] and expired_runs(tmp_path / "none", 1, 1, now, set()) == []
+
+
+async def test_old_run_directories_are_removed_at_start_and_after_each_run(tmp_path: Path) -> None:
+    runs = tmp_path / "parent" / "services" / ENGINE / "runs"
+    _old_run(runs / "bt-old", 3 * 86_400)  # older than max_age: removed at start
+    _old_run(runs / "bt-x", 7200)
+    _old_run(runs / "bt-y", 3600)
+    _old_run(runs / ".removing-bt-w", 60)  # a removal a killed service cut short: finished at start
+    async with Parent(tmp_path / "parent", BARS, "simulated", f"++topology.services.{ENGINE}.params.retention={{keep: 2, max_age: 1d}}") as p:
+        assert sorted(d.name for d in runs.iterdir()) == ["bt-x", "bt-y"]
+        reply = await p.ask(**reference_request())
+        assert reply["state"] == "done", reply
+        kept = sorted(d.name for d in runs.iterdir())  # the two newest finished runs: this one and bt-y
+        again = await p.ask(**reference_request())
+    assert kept == sorted([reply["run_id"], "bt-y"]) and again["state"] == "done"
+    assert (runs / reply["run_id"] / "backtests" / reply["run_id"] / "result.json").is_file()
+    assert await query(tmp_path / "parent", "SELECT DISTINCT run_id FROM backtest_results") == [{"run_id": reply["run_id"]}]
 
 
 class NatsParent(Parent):

@@ -527,6 +527,7 @@ async def test_bad_broker_messages_are_dead_lettered_not_crashed_on(tmp_path: Pa
         await run.signal(T0, "s1")
         await run.publish("broker.fill.EURUSD", {"fill_id": "f", "order_id": client_order_id("s1")})
         await run.publish("broker.fill.EURUSD", fill("neg", client_order_id("s1"), -1.0, 1.1, T0))
+        await run.publish("broker.fill.EURUSD", {**fill("swap", client_order_id("s1"), 1.0, 1.1, T0), "swap": "-19.5"})
         await run.publish("broker.error.EURUSD", {"order_id": client_order_id("s1")})
         await run.publish("ticks.EURUSD", {"ts": T0, "source": "test"})
         await run.publish("bars.EURUSD.1m", {"ts": T0, "close": "1.1"})
@@ -534,6 +535,7 @@ async def test_bad_broker_messages_are_dead_lettered_not_crashed_on(tmp_path: Pa
     assert [d["reason"] for d in run.dead()] == [
         "fill without symbol, side, quantity, price, ts, commission",
         "fill quantity -1.0 is not a positive number",
+        "fill swap '-19.5' is not a number",
         "broker error without symbol, ts, code, message",
     ]
     assert run.statuses("s1") == ["pending", "submitted", "filled"]

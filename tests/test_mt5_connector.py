@@ -276,6 +276,26 @@ async def test_mt5_deals_are_polled_and_published_once_also_across_a_restart(tmp
     assert [f["fill_id"] for f in reply["fills"]] == [fill["fill_id"]]
 
 
+async def test_mt5_deal_swap_is_published_with_its_fill(tmp_path: Path, mt5: FakeMt5) -> None:
+    """The swap MT5 accrued on a position at its rolls is realized by the deal that closes it (deal.swap): the fill says
+    so (fill.v1 swap), pro rata for a partial close; an opening deal's fill has none."""
+    rt, bus, got = await start_mt5(tmp_path, mt5.port)
+    try:
+        now = int(time.time() * 1000)
+        await bus.publish("orders.submitted.EURUSD", event("sw1", "EURUSD", "buy", 0.4, now))
+        await until(lambda: len(got) >= 1, "the opening fill")
+        mt5.fake.roll("EURUSD", -7.80)  # three nights of 0.4 lots at -6.5 points
+        await bus.publish("orders.submitted.EURUSD", event("sw2", "EURUSD", "sell", 0.1, now + 1))
+        await until(lambda: len(got) >= 2, "the partial close")
+        await bus.publish("orders.submitted.EURUSD", event("sw3", "EURUSD", "sell", 0.3, now + 2))
+        await until(lambda: len(got) >= 3, "the close")
+    finally:
+        await asyncio.wait_for(rt.stop(), TIMEOUT)
+    fills = [m for s, m in got if s.startswith("broker.fill.")]
+    assert [(f["order_id"], f.get("swap")) for f in fills] == [("ord-sw1", None), ("ord-sw2", -1.95), ("ord-sw3", -5.85)]
+    assert all(valid("fill.v1", f) for f in fills)
+
+
 async def test_mt5_refusals_are_broker_errors_with_the_retcode(tmp_path: Path, mt5: FakeMt5) -> None:
     mt5.fake.plan(("retcode", 10006))
     mt5.fake.set_closed("USDJPY")

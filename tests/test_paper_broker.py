@@ -287,6 +287,62 @@ async def test_stop_out_closes_the_worst_position_first_and_stops_when_the_level
     assert list(b.positions) == ["USDJPY"] and b.balance == D("2000.00")
 
 
+def _deals(b: PaperBroker) -> list[tuple[Any, ...]]:
+    return [(d.ts, d.symbol, d.side, d.lots, d.price, d.profit, d.reason) for d in b.deals]
+
+
+async def test_a_late_order_is_judged_on_the_prices_of_its_own_time() -> None:
+    """Live delivery: an order of T+1 s reaches the broker after a USDJPY price of T+2 s that would leave too little free
+    margin. It is judged as a replay judges it (the margin check at T+1 s knew USDJPY at 150): accepted, the same deals."""
+
+    async def opened(b: PaperBroker) -> None:
+        await b.on_tick(tick("EURUSD", T - 2_000, 1.08500, 1.08510))
+        await b.on_tick(tick("USDJPY", T - 2_000, 150.000, 150.012))
+        await b.submit(order("jpy", "USDJPY", "buy", 1, T - 2_000))
+        await b.on_tick(tick("USDJPY", T - 1_000, 150.000, 150.012))  # long 1 lot at 150.012: margin 3,333.33
+        await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+
+    eur = order("eur", "EURUSD", "buy", 4, T + 1_000)  # margin 400,000 / 30 × 1.08505 = 14,467.33
+    crash = tick("USDJPY", T + 2_000, 140.000, 140.012)  # USDJPY's loss at 140: 7,151.12; 9,515.55 free, not enough
+    replay, late = broker(balance=20_000, leverage=30), broker(balance=20_000, leverage=30)
+    for b in (replay, late):
+        await opened(b)
+    replayed = await replay.submit(eur)
+    await replay.on_tick(crash)
+    await late.on_tick(crash)
+    delivered = await late.submit(eur)  # the order of T+1 s arrives after the price of T+2 s
+    for b in (replay, late):
+        await b.on_tick(tick("EURUSD", T + 3_000, 1.08500, 1.08510))
+    assert replayed.status is AckStatus.ACCEPTED
+    assert (delivered.status, delivered.retcode) == (replayed.status, replayed.retcode), delivered.message
+    assert _deals(late) == _deals(replay) and late.balance == replay.balance and len(late.deals) == 2
+
+
+async def test_a_late_price_never_stops_out_at_a_price_from_after_its_own_time() -> None:
+    """A USDJPY price of T+5 arrives after a EURUSD price of T+10 (live delivery across subjects). The stop-out it sets off
+    is judged at the broker's time (T+10) on prices none of which is later, and dated then: as a replay in time order
+    stops out (the EURUSD fall of T+10 does it), never a deal of T+5 at the EURUSD price of T+10."""
+    replay, late = (broker(balance=10_000, leverage=100, stop_out=0.5) for _ in range(2))
+    for b in (replay, late):
+        await b.on_tick(tick("EURUSD", T, 1.10000, 1.10000))
+        await b.on_tick(tick("USDJPY", T, 150.000, 150.000))
+        await b.submit(order("eur", "EURUSD", "buy", 4, T))
+        await b.submit(order("jpy", "USDJPY", "buy", 1, T))
+        await b.on_tick(tick("EURUSD", T + 1, 1.10000, 1.10000))
+        await b.on_tick(tick("USDJPY", T + 1, 150.000, 150.000))
+    fall = tick("EURUSD", T + 10, 1.08600, 1.08600)  # EUR -5,600; equity 4,400 over margin 5,344: 0.82, no stop-out alone
+    yen = tick("USDJPY", T + 5, 146.000, 146.000)  # JPY -2,739.73; with the EURUSD fall: 1,660.27 / 5,344 = 0.31
+    await replay.on_tick(yen)
+    await replay.on_tick(fall)
+    await late.on_tick(fall)
+    assert late.take_notices() == []
+    await late.on_tick(yen)
+    (closing,) = [d for d in late.deals if d.reason == "stop_out"]
+    assert (closing.ts, closing.symbol, closing.price) == (T + 10, "EURUSD", D("1.08600"))
+    assert _deals(late) == _deals(replay) and late.balance == replay.balance == D("4400.00")
+    assert list(late.positions) == ["USDJPY"]
+
+
 @pytest.mark.parametrize(
     ("symbol", "quantity", "ts", "order_type", "retcode"),
     [

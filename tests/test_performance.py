@@ -111,10 +111,10 @@ STATES = [
 TRADES = [  # by hand: P&L after commission (the 7.00 of f2 is shared by lots: 3.50 closes, 3.50 opens)
     {"trade_id": "f1", "order_id": "o-f1", "close_order_id": "o-f2", "symbol": "EURUSD", "side": "buy",
      "open_ts": T0 + MIN + 5 * SEC, "ts": D1 + HOUR + 5 * SEC, "volume": 1.0, "entry_price": 1.1001, "exit_price": 1.098,
-     "pnl": -217.0, "commission": 7.0, "slippage": 0.2, "holding_s": (D1 + HOUR - T0 - MIN) / 1000},
+     "pnl": -217.0, "commission": 7.0, "swap": 0.0, "slippage": 0.2, "holding_s": (D1 + HOUR - T0 - MIN) / 1000},
     {"trade_id": "f2", "order_id": "o-f2", "close_order_id": "o-f3", "symbol": "EURUSD", "side": "sell",
      "open_ts": D1 + HOUR + 5 * SEC, "ts": D2 + HOUR + 5 * SEC, "volume": 1.0, "entry_price": 1.098, "exit_price": 1.0901,
-     "pnl": 783.0, "commission": 7.0, "slippage": -0.1, "holding_s": DAY / 1000},
+     "pnl": 783.0, "commission": 7.0, "swap": 0.0, "slippage": -0.1, "holding_s": DAY / 1000},
 ]  # fmt: skip
 LIMITS = {"drawdown_limit": 0.003, "daily_loss_limit": 0.0035, "low_sharpe": None}
 

@@ -257,6 +257,15 @@ def test_book_counts_pending_until_filled_and_each_fill_once() -> None:
     assert book.balance() == D("100996.50") and book.filled("EURUSD") == 0
 
 
+def test_book_takes_the_swap_a_fill_realized_into_the_balance_once() -> None:
+    """The broker's balance holds the swap a closing deal realized (fill.v1 ``swap``): so must the gate's."""
+    book, r = Book(RULES, "USD", D(100_000)), rates(EURUSD="1.08")
+    book.on_fill(fill_of("o-1", "f1", 1.0, 1.1), r)
+    closing = {**fill_of("o-2", "f2", 1.0, 1.1, side="sell"), "commission": 3.5, "swap": -19.5}
+    assert book.on_fill(closing, r) and book.on_fill(closing, r) is None
+    assert book.balance() == D("100000") - D("3.50") - D("19.50")
+
+
 def fill_of(order: str, fill_id: str, qty: float, price: float, side: str = "buy", symbol: str = "EURUSD") -> dict:
     return {"fill_id": fill_id, "order_id": order, "symbol": symbol, "side": side, "quantity": qty, "price": price, "ts": 1,
             "commission": 0.0}  # fmt: skip

@@ -70,3 +70,15 @@ def test_summary_names_every_metric() -> None:
     s = M.summary(ts, equity, [10.0, -5.0])
     assert set(s) >= {"sharpe", "sortino", "calmar", "max_drawdown", "max_drawdown_duration_ms", "win_rate", "profit_factor", "expectancy"}
     assert s["equity"] == equity[-1] and s["trades"] == 2
+
+
+def test_a_curve_marked_one_point_at_a_time_has_the_curves_drawdowns() -> None:
+    """performance-monitoring marks a point at a time (drawdown_from); the report's curve (drawdown_curve) must agree bit for bit."""
+    rng = np.random.default_rng(5)
+    equity = 100_000 * np.cumprod(1 + rng.normal(0, 0.003, 5_000))
+    peak = -math.inf
+    one_by_one = []
+    for value in equity.tolist():
+        peak = max(peak, value)
+        one_by_one.append(M.drawdown_from(peak, value))
+    assert np.array_equal(np.array(one_by_one), M.drawdown_curve(equity))

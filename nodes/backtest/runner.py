@@ -33,6 +33,11 @@ process (``fxrun topology=backtest``), one data directory per run under its own
   account did over the same window, from performance-monitoring's report on ``performance.query``)
   and says ``completed`` with the metrics. A child that fails, is killed or times out is
   ``backtest.failed.<run_id>`` with the reason; the service goes on with the next request.
+- **Retention** (``params.retention``): at start and after each run, the directories of finished
+  runs beyond the newest ``keep`` or unchanged for ``max_age`` (wall time) are removed, never a
+  running or queued one's. The results stay in backtest_results, the statuses in backtest_runs and
+  the pinned models in the artifact store; the same request again runs once more instead of
+  answering ``done`` from the removed directory.
 - **Simulated time** (the demo): background work takes its turn in the run's single queue with
   the clock held, so a child runs to its end before anything else happens and its statuses and
   rows land at the same point of every run; the run cannot end with a child in flight. On a wall
@@ -50,7 +55,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -82,6 +87,10 @@ RUNNER_PARAMS = frozenset({"source", "file", "start", "end", "timeframes", "run_
 CONFINED = ("topology.runtime.pubsub", "topology.runtime.log", "topology.nats", "topology.kafka", "topology.stores", "topology.tables")
 """What a request may not reach: the child's bus, log and stores stay its own (never the running system's)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+PENDING = "pending"
+"""The data directory a request's child topology is checked with (:func:`check_child`): not a run."""
+REMOVING = ".removing-"
+"""A run directory being removed is renamed to this prefix first, so a request never finds it half gone."""
 
 
 class Refused(Exception):
@@ -240,6 +249,44 @@ def write_inputs(folder: Path, frame: Any, external: list[dict[str, Any]], model
 
 
 
+def _last_change(folder: Path) -> float:
+    """When a run directory last changed (wall time, s): the newest mtime of it and what it directly holds."""
+    newest = folder.stat().st_mtime
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+            except OSError:
+                continue
+    return newest
+
+
+def expired_runs(root: Path, keep: int | None, max_age_s: float | None, now_s: float, busy: Container[str]) -> list[Path]:
+    """The run directories under ``root`` the retention rule removes: finished ones (not in ``busy``) beyond the newest
+    ``keep`` or unchanged for more than ``max_age_s``, oldest last. Only directories named as run ids are runs."""
+    finished: list[tuple[float, str, Path]] = []
+    try:
+        entries = list(root.iterdir())
+    except FileNotFoundError:
+        return []
+    for path in entries:
+        if path.name in busy or path.name == PENDING or not RUN_ID.match(path.name) or not path.is_dir():
+            continue
+        try:
+            finished.append((_last_change(path), path.name, path))
+        except OSError:
+            continue
+    finished.sort(reverse=True)
+    return [path for i, (changed, _, path) in enumerate(finished)
+            if (keep is not None and i >= keep) or (max_age_s is not None and now_s - changed > max_age_s)]  # fmt: skip
+
+
+def remove_dirs(paths: Sequence[Path]) -> None:
+    """Remove directories (a worker thread: a run's store can be large)."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _iso(ms: int) -> str:
     when = datetime.fromtimestamp(ms / 1000, timezone.utc)
     return when.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z" if ms % 1000 else when.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -272,6 +319,7 @@ class BacktestRunner(Node[BacktestRunnerParams]):
         self.queue: deque[Run] = deque()
         self.children = _Children()
         self.accepted = self.completed = self.failed = 0
+        await self._retain()
 
     def headline(self, final: bool = False) -> dict[str, Any] | None:
         if not (self.accepted or final):
@@ -400,7 +448,7 @@ class BacktestRunner(Node[BacktestRunnerParams]):
         pinned = {name: await self._artifact(str(decl["artifact"])) for name, decl in (models or {}).items() if decl.get("artifact")}
         overrides = self._overrides(req, symbols, timeframes, start, end, pinned)
         try:
-            digest, project, declared = await self.ctx.offload(check_child, overrides, str(self.root / "pending"))
+            digest, project, declared = await self.ctx.offload(check_child, overrides, str(self.root / PENDING))
         except UserError as exc:
             raise Refused(f"the child run would not start: {str(exc).splitlines()[0]}") from None
         dropped = {name: None for name in declared if models is not None and name not in models}
@@ -576,7 +624,29 @@ class BacktestRunner(Node[BacktestRunnerParams]):
             await self._completed(run, result)
         else:
             await self._failed(run, self._reason(run, outcome))
+        await self._retain()
         await self._next()
+
+    async def _retain(self) -> None:
+        """Remove the directories of finished runs the retention rule says go (see the module docstring)."""
+        rule = self.params.retention
+        max_age = parse_ms(rule.max_age) if rule.max_age is not None else None
+        busy = {*self.running, *(r.run_id for r in self.queue)}
+        expired = expired_runs(self.root, rule.keep, None if max_age is None else max_age / 1000, time.time(), busy)
+        doomed = [p for p in self.root.glob(f"{REMOVING}*") if p.is_dir()] if self.root.is_dir() else []  # a removal cut short
+        for path in expired:
+            target = path.with_name(REMOVING + path.name)
+            try:
+                os.rename(path, target)
+            except OSError as exc:
+                self.ctx.log.warning("backtest run directory %s not removed: %s", path, exc)
+                continue
+            doomed.append(target)
+        if doomed:
+            await self.ctx.offload(remove_dirs, doomed)
+        if expired:
+            self.ctx.log.info("removed %d old backtest run director%s (retention: keep %s, max_age %s)", len(expired),
+                              "y" if len(expired) == 1 else "ies", rule.keep, rule.max_age)  # fmt: skip
 
     def _reason(self, run: Run, outcome: Outcome) -> str:
         if outcome.error:

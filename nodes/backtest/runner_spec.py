@@ -33,6 +33,21 @@ class OnPromotion(BaseModel):
         return value
 
 
+class Retention(BaseModel):
+    """Which finished runs' directories (``<data_dir>/services/<service>/runs/<run_id>``) stay on disk; a running or
+    queued run's is never removed. Their results stay in backtest_results and backtest_runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keep: int | None = Field(
+        default=20, ge=1,
+        description="the newest this many finished runs are kept (none: no limit by count); the same request again reruns one removed",
+    )  # fmt: skip
+    max_age: PositiveDuration | None = Field(
+        default="30d", description="a finished run whose directory has not changed for this long (wall time) is removed (none: no limit by age)"
+    )
+
+
 class BacktestRunnerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -66,6 +81,9 @@ class BacktestRunnerParams(BaseModel):
         default=None, description="backtest each newly promoted model (from training.completed); none: only on request"
     )
     status_every: PositiveDuration = Field(default="2s", description="how often a running child's progress is read and published (wall clock)")
+    retention: Retention = Field(
+        default_factory=Retention, description="finished runs' directories beyond either limit are removed, at start and after each run"
+    )
 
     @field_validator("timeframes")
     @classmethod

@@ -25,6 +25,15 @@ as it would on replay.
 - **Margin** is notional / leverage converted from the base currency; when equity falls below
   ``stop_out`` × margin the worst position is closed at the market, then the next, until the
   account is back above it.
+- **Event time**: an order's margin check values the account at the prices of the order's time
+  (each symbol's last price at or before it, and the conversion rates of that instant), as its
+  fill does, so an order that reaches the broker after newer prices (live delivery) is judged as
+  it is on a replay. The stop-out is judged at the broker's time (the newest price's) on the
+  latest prices, and its deal is dated then: a price that arrives late (older than a newer one of
+  another symbol) never closes a position with a price from after its own time.
+- **Swap** accrues on an open position at each roll (in the account's equity at once) and is
+  realized into the balance by the deal that closes (a share of) the position: ``Deal.swap``,
+  published as ``fill.v1`` ``swap``.
 
 State (balance, positions, working orders, deals) is :meth:`PaperBroker.snapshot` JSON.
 """
@@ -275,12 +284,13 @@ class PaperBroker(Broker):
         if order.ts - price[0] > self.params.max_quote_age_ms:
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {price[0]} ({self.params.max_quote_age} before the order)")
         try:
+            rates = self._rates_at(order.ts)
             held = self.positions.get(order.symbol)
             current = held.position.quantity if held else ZERO
             after = current + (lots if order.side == "buy" else -lots)
-            extra = self._margin(order.symbol, after) - self._margin(order.symbol, current) if abs(after) > abs(current) else ZERO
-            free = self._equity() - self._total_margin()
-            self.rates.rate(rules.quote, self.currency)
+            extra = self._margin(order.symbol, after, rates) - self._margin(order.symbol, current, rates) if abs(after) > abs(current) else ZERO
+            free = self._equity(order.ts, rates) - self._total_margin(rates)
+            rates.rate(rules.quote, self.currency)
         except MissingRate as exc:
             raise _Refusal(rc.PRICE_OFF, f"{order.symbol}: {exc}") from None
         if extra > free:
@@ -304,7 +314,7 @@ class PaperBroker(Broker):
                     if order.ts < ts:
                         self._fill_at(order, raw)
         if self.positions:
-            self._check_stop_out(ts)
+            self._check_stop_out()
 
     async def on_bar(self, bar: Mapping[str, Any]) -> None:
         symbol = bar["symbol"]
@@ -325,7 +335,7 @@ class PaperBroker(Broker):
         self._advance(bar["ts_close"])
         self._set(symbol, bar["ts_close"], bar["close"], None, bar.get("spread_mean"))
         if self.positions:
-            self._check_stop_out(bar["ts_close"])
+            self._check_stop_out()
 
     def _set(self, symbol: str, ts: int, bid: Any, ask: Any, spread: Any) -> None:
         """A price as received; an older one than the symbol's latest is ignored."""
@@ -417,11 +427,22 @@ class PaperBroker(Broker):
         if all(raw[0] <= ts for raw in self._raw.values()):
             return self.rates
         rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
-        for symbol, latest in self._raw.items():
-            raw = self._price_at(symbol, ts) or latest
-            quote = self.quotes[symbol] if raw is latest else self._exact(symbol, raw)
+        for symbol in self._raw:
+            quote = self._quote_at(symbol, ts)
             rates.update(symbol, quote.bid, quote.ask)
         return rates
+
+    def _quote_at(self, symbol: str, ts: int) -> _Quote:
+        """The symbol's exact price as of ``ts`` (the last at or before it; none that old: the oldest kept, the nearest)."""
+        latest = self._raw[symbol]
+        if latest[0] > ts:
+            recent = self._recent.get(symbol)
+            raw = self._price_at(symbol, ts) or (recent[0] if recent else latest)
+            if raw is not latest:
+                return self._exact(symbol, raw)
+        quote = self.quote(symbol)
+        assert quote is not None
+        return quote
 
     def _fill(self, order: _Order, ts: int, bid: Decimal, ask: Decimal, rates: Rates | None = None) -> None:
         self._fresh()
@@ -494,30 +515,37 @@ class PaperBroker(Broker):
 
     # --- money ----------------------------------------------------------------------
 
-    def _margin(self, symbol: str, quantity: Decimal) -> Decimal:
+    def _margin(self, symbol: str, quantity: Decimal, rates: Rates | None = None) -> Decimal:
         if quantity == 0:
             return ZERO
         rules = self.rules[symbol]
-        return book(self.rates.convert(rules.units(abs(quantity)) / self.leverage, rules.base, self.currency))
+        return book((rates or self.rates).convert(rules.units(abs(quantity)) / self.leverage, rules.base, self.currency))
 
-    def _total_margin(self) -> Decimal:
-        return sum((self._margin(s, h.position.quantity) for s, h in self.positions.items()), ZERO)
+    def _total_margin(self, rates: Rates | None = None) -> Decimal:
+        return sum((self._margin(s, h.position.quantity, rates) for s, h in self.positions.items()), ZERO)
 
-    def _floating(self, symbol: str, held: _Held) -> Decimal:
-        quote = self.quotes[symbol]
+    def _floating(self, symbol: str, held: _Held, at: int | None = None, rates: Rates | None = None) -> Decimal:
+        """The position's P&L at the latest price, or at the price as of ``at`` (converted with ``rates``, those of that time)."""
+        quote = self.quotes[symbol] if at is None else self._quote_at(symbol, at)
         rules = self.rules[symbol]
-        return book(self.rates.convert(held.position.unrealized(quote.bid, quote.ask), rules.quote, self.currency))
+        return book((rates or self.rates).convert(held.position.unrealized(quote.bid, quote.ask), rules.quote, self.currency))
 
-    def _equity(self) -> Decimal:
-        return self.balance + sum((self._floating(s, h) + h.swap for s, h in self.positions.items()), ZERO)
+    def _equity(self, at: int | None = None, rates: Rates | None = None) -> Decimal:
+        """Balance, floating P&L and accrued swap: at the latest prices, or as of ``at`` with ``rates`` (:meth:`_rates_at`)."""
+        return self.balance + sum((self._floating(s, h, at, rates) + h.swap for s, h in self.positions.items()), ZERO)
 
-    def _check_stop_out(self, ts: int) -> None:
+    def _check_stop_out(self) -> None:
         """Close the worst position while equity < stop_out × margin (exact), after a cheap float estimate.
+
+        Judged at the broker's time (:attr:`now`, the newest price's) on the latest prices, none of
+        them later; a closing deal is dated then, whatever the time of the price that set it off.
 
         Most prices leave the account far from its stop-out level: an estimate in floats, from the
         conversion rates of the last exact check (at most ``ESTIMATE_FOR_MS`` old) and the latest
         marks, skips the exact check while the level is above ``ESTIMATE_MARGIN`` × stop_out. The
         decision itself is always the exact one."""
+        ts = self.now
+        assert ts is not None
         estimate = self._estimate
         if estimate is not None and ts < estimate[0]:
             level = self._level_estimate(estimate)

@@ -109,12 +109,17 @@ class OrderBook:
         self.fill_ids: dict[str, int] = {}
         """fill_id → the fill's ts, for every fill applied (any order, known or not)."""
         self._by_broker_id: dict[str, str] = {}
+        self._live: dict[str, Tracked] = {}
+        """Orders that were not terminal when last looked at (a terminal status is final): the pending and
+        open ones are among them, so finding those never walks the finished orders a long run keeps."""
 
     def __contains__(self, order_id: str) -> bool:
         return order_id in self.orders
 
     def add(self, tracked: Tracked) -> None:
         self.orders[tracked.order.order_id] = tracked
+        if not tracked.order.done:
+            self._live[tracked.order.order_id] = tracked
         if tracked.broker_order_id:
             self._by_broker_id[tracked.broker_order_id] = tracked.order.order_id
 
@@ -131,13 +136,20 @@ class OrderBook:
             tracked.broker_order_id = broker_order_id
             self._by_broker_id[broker_order_id] = tracked.order.order_id
 
+    def _unfinished(self) -> list[Tracked]:
+        live = self._live
+        done = [k for k, t in live.items() if t.order.done]
+        for key in done:
+            del live[key]
+        return list(live.values())
+
     def pending(self) -> list[Tracked]:
         """Orders not sent yet (held until the service is reconciled with the broker)."""
-        return [t for t in self.orders.values() if t.status is S.PENDING]
+        return [t for t in self._unfinished() if t.status is S.PENDING]
 
     def open(self) -> list[Tracked]:
         """Orders the broker has or may have: submitted, accepted, partially filled."""
-        return [t for t in self.orders.values() if t.status in OPEN]
+        return [t for t in self._unfinished() if t.status in OPEN]
 
     def unsettled(self) -> Iterator[Tracked]:
         """Orders whose table status is ahead of the restored state (see :attr:`Tracked.final`)."""
@@ -149,6 +161,7 @@ class OrderBook:
         gone = [k for k, t in self.orders.items() if t.order.done and t.final is None and t.updated_ms < orders_before_ms]
         for key in gone:
             broker_id = self.orders.pop(key).broker_order_id
+            self._live.pop(key, None)
             if broker_id:
                 self._by_broker_id.pop(broker_id, None)
         old = [k for k, ts in self.fill_ids.items() if ts < fills_before_ms]

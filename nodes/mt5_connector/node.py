@@ -364,6 +364,8 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         }
         if deal.slippage is not None:
             fill["slippage"] = float(deal.slippage)
+        if deal.swap:
+            fill["swap"] = float(deal.swap)  # what the deal realized of the position's accrued swap (MT5's deal.swap)
         return fill
 
     def _order_id(self, deal: Deal) -> str:

@@ -7,7 +7,8 @@ as the broker charged it. Balance is the account's starting balance plus what wa
 commission; equity adds the open positions marked at the price that would close them (a tick's
 bid/ask; where no tick came within a closed bar, the bar's close and close + its mean spread, as
 the paper broker quotes a bar); margin is units × price / the account's leverage. All of it in ``Decimal``; floats only in the
-rows and the report. Swap is not in fill.v1, so it is not in this balance.
+rows and the report. Swap is booked as the broker realizes it (a fill's ``swap``); what it accrued on an open position is in
+the broker's equity, not in this one, until the position closes (see :mod:`nodes.trading.ledger`).
 
 **The curve.** Equity is recorded once per ``record_every`` step of event time: the point at step
 boundary ``B`` is the account after every price and fill stamped at or before ``B``, written
@@ -45,14 +46,14 @@ from nodes.performance.curve import Curve, sample
 from nodes.performance.spec import DAY_MS, PerformanceParams
 from nodes.performance.trips import Trip, Trips
 from nodes.trading import metrics as M
-from nodes.trading.fills import fill_problem, is_number
+from nodes.trading.fills import fill_problem, fill_swap, is_number
 from nodes.trading.instruments import Rules, dec
 from nodes.trading.ledger import Ledger
 
 ZERO = Decimal(0)
 ALERTS = ("drawdown_limit", "daily_loss_limit", "low_sharpe")
 TRADE_FIELDS = ("trade_id", "order_id", "close_order_id", "symbol", "side", "open_ts", "ts", "volume", "entry_price",
-                "exit_price", "pnl", "commission", "slippage", "holding_s")  # fmt: skip
+                "exit_price", "pnl", "commission", "swap", "slippage", "holding_s")  # fmt: skip
 
 log = logging.getLogger("fxflow.performance")
 
@@ -243,7 +244,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         lots, price, commission = dec(fill["quantity"]), dec(fill["price"]), dec(fill["commission"])
         position = self.ledger.entry(symbol).position
         held, avg = position.quantity, position.avg_price
-        applied = self.ledger.fill(symbol, side, lots, price, commission, ts)
+        applied = self.ledger.fill(symbol, side, lots, price, commission, ts, swap=fill_swap(fill))
         self.trips.on_fill(fill, held, avg, lots, price, commission, applied.realized)
         if applied.realized:
             if applied.booked is not None:
@@ -278,7 +279,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         balance, unrealized, margin, positions = self.initial, ZERO, ZERO, 0
         ledger = self.ledger
         for symbol, entry in ledger.entries.items():
-            balance += entry.realized - entry.commission
+            balance += entry.net
             if entry.position.flat:
                 continue
             positions += 1
@@ -306,7 +307,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
             self.day, self.day_start = ts // DAY_MS, equity
         if self.peak is None or equity > self.peak:
             self.peak = equity
-        drawdown = float(M.drawdown_curve((self.peak, equity))[-1])
+        drawdown = M.drawdown_from(self.peak, equity)
         await self.ctx.publish("equity", {
             "ts": ts, "equity": equity, "balance": balance, "margin_used": float(margin), "unrealized": float(unrealized),
             "drawdown": drawdown, "open_positions": positions,

@@ -4,8 +4,9 @@ A trip opens with the fill that leaves a symbol flat, grows with fills on its si
 fills against it, and closes with the fill that brings the position back to zero. A fill that
 crosses zero closes the trip and opens the next one with the rest, its commission (and slippage)
 shared between the two by lots. A trip's P&L is what its closing fills realized, as the
-:class:`~nodes.trading.ledger.Ledger` booked it, less the commission of all its fills: the trips'
-P&L adds up to the ledger's realized P&L less commission, to the cent.
+:class:`~nodes.trading.ledger.Ledger` booked it, plus the swap they realized (``fill.v1`` ``swap``:
+what the broker accrued on the position at its rolls), less the commission of all its fills: the
+trips' P&L adds up to the ledger's realized P&L and swap less commission, to the cent.
 
 What a fill realizes in a quote currency that cannot be converted yet (EURJPY before any USDJPY
 price) waits in its trip; the amount the ledger books later is shared among the symbol's waiting
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from nodes.trading.fills import fill_swap
 from nodes.trading.instruments import Rules
 from nodes.trading.money import book
 
@@ -49,6 +51,8 @@ class Trip:
     waiting: Decimal = ZERO
     """Realized in the quote currency, not booked yet."""
     commission: Decimal = ZERO
+    swap: Decimal = ZERO
+    """Realized by its fills, in the account currency (< 0: charged)."""
     slippage_lots: Decimal = ZERO
     """Σ adverse slippage in pips × lots, over the fills that report a slippage."""
     slipped_lots: Decimal = ZERO
@@ -59,7 +63,7 @@ class Trip:
 
     @property
     def pnl(self) -> Decimal:
-        return self.realized - self.commission
+        return self.realized + self.swap - self.commission
 
     def row(self) -> dict[str, Any]:
         """The trade_analysis row (and the report's trade), floats at the boundary."""
@@ -77,6 +81,7 @@ class Trip:
             "exit_price": float(self.close_value / self.closed),
             "pnl": float(self.pnl),
             "commission": float(self.commission),
+            "swap": float(self.swap),
             "slippage": float(self.slippage_lots / self.slipped_lots) if self.slipped_lots else 0.0,
             "holding_s": (self.close_ts - self.open_ts) / 1000,
         }
@@ -104,15 +109,17 @@ class Trips:
         ``realized`` in the quote currency; the trip it closed, if any (:meth:`finished` hands it out once booked)."""
         symbol, side = fill["symbol"], fill["side"]
         slip = self._slippage(fill)
+        swap = fill_swap(fill)
         trip = self.open.get(symbol)
         if held == 0 or trip is None:
             if held != 0:  # a position from before anything here was recorded: a trip from its average
                 trip = self.open[symbol] = Trip(f"{fill['fill_id']}-held", symbol, "buy" if held > 0 else "sell", "", fill["ts"],
                                                 abs(held), abs(held) * avg)  # fmt: skip
             else:
-                self._open(fill, lots, price, commission, slip)
+                self._open(fill, lots, price, commission, slip).swap += swap
                 return None
         assert trip is not None
+        trip.swap += swap  # what the broker realized of the position's swap: the trip that held it
         if (held > 0) == (side == "buy"):
             self._add(trip, lots, price, commission, slip, lots)
             return None
@@ -164,9 +171,10 @@ class Trips:
         yield from self.open.values()
         yield from self.pending
 
-    def _open(self, fill: Mapping[str, Any], lots: Decimal, price: Decimal, commission: Decimal, slip: Decimal | None) -> None:
+    def _open(self, fill: Mapping[str, Any], lots: Decimal, price: Decimal, commission: Decimal, slip: Decimal | None) -> Trip:
         trip = self.open[fill["symbol"]] = Trip(fill["fill_id"], fill["symbol"], fill["side"], fill["order_id"], fill["ts"])
         self._add(trip, lots, price, commission, slip, lots)
+        return trip
 
     def _add(self, trip: Trip, lots: Decimal, price: Decimal, commission: Decimal, slip: Decimal | None, slipped: Decimal) -> None:
         trip.opened += lots

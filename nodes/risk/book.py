@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from nodes.trading.fills import fill_swap
 from nodes.trading.instruments import Rules, dec
 from nodes.trading.money import MissingRate, Rates, book
 from nodes.trading.orders import TERMINAL, OrderStatus, client_order_id
@@ -188,6 +189,9 @@ class Book:
         commission = dec(fill.get("commission") or 0)
         if commission:
             self.cash[self.account] -= book(commission)
+        swap = fill_swap(fill)
+        if swap:
+            self.cash[self.account] += swap
         counted = self._counted(key, ts)
         counted.fill_qty += qty
         counted.fill_notional += qty * price

@@ -303,14 +303,12 @@ class RiskEngine:
         if self.peak is None or equity > self.peak:
             self.peak = equity
         assert self.day_start_equity is not None
-        if equity < self.day_start_equity:
+        if equity < self.day_start_equity and equity < R.loss_floor(self.day_start_equity, self.p.max_daily_loss):
             daily = R.daily_loss(self.day_start_equity, equity, self.p.max_daily_loss)
-            if not daily.ok:
-                alerts += self._breach(DAILY_LOSS, TradingState(self.p.on_daily_loss), daily, equity, now)
-        if equity < self.peak:
+            alerts += self._breach(DAILY_LOSS, TradingState(self.p.on_daily_loss), daily, equity, now)
+        if equity < self.peak and equity < R.loss_floor(self.peak, self.p.max_drawdown):
             dd = R.drawdown(self.peak, equity, self.p.max_drawdown)
-            if not dd.ok:
-                alerts += self._breach(DRAWDOWN, TradingState(self.p.on_drawdown), dd, equity, now)
+            alerts += self._breach(DRAWDOWN, TradingState(self.p.on_drawdown), dd, equity, now)
         return alerts
 
     def _breach(self, rule: str, target: TradingState, check: R.Check, equity: Decimal, now: int) -> list[dict[str, Any]]:

@@ -192,22 +192,25 @@ def leverage(gross_after: Decimal, gross_before: Decimal, equity: Decimal, limit
 # --------------------------------------------------------------------------- losses
 
 
+def loss_floor(reference: Decimal, limit: float) -> Decimal:
+    """The equity below which a loss of more than ``limit`` (a share) of ``reference`` is a breach (exact)."""
+    return reference - reference * Decimal(repr(limit))
+
+
 def daily_loss(day_start_equity: Decimal, equity: Decimal, limit: float) -> Check:
     """The fall of equity since the day started, as a share of the day's starting equity (past the limit: equity
     below start × (1 - limit), compared exactly)."""
-    cap = Decimal(repr(limit))
     loss = (day_start_equity - equity) / day_start_equity if day_start_equity > 0 else Decimal(1)
     detail = {"loss": _f(loss, 6), "limit": limit, "day_start_equity": _f(day_start_equity), "equity": _f(equity)}
-    if equity < day_start_equity - day_start_equity * cap:
+    if equity < loss_floor(day_start_equity, limit):
         return failed(f"daily loss {_f(loss * 100, 3):g}% is past the {limit * 100:g}% limit", **detail)
     return passed(**detail)
 
 
 def drawdown(peak: Decimal, equity: Decimal, limit: float) -> Check:
     """The fall of equity from its peak, as a share of the peak (past the limit: below peak × (1 - limit))."""
-    cap = Decimal(repr(limit))
     dd = (peak - equity) / peak if peak > 0 else Decimal(1)
     detail = {"drawdown": _f(dd, 6), "limit": limit, "peak": _f(peak), "equity": _f(equity)}
-    if equity < peak - peak * cap:
+    if equity < loss_floor(peak, limit):
         return failed(f"drawdown {_f(dd * 100, 3):g}% is past the {limit * 100:g}% limit", **detail)
     return passed(**detail)

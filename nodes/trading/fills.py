@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Container, Mapping
+from decimal import Decimal
 from typing import Any
+
+from nodes.trading.instruments import dec
+from nodes.trading.money import book
 
 FILL_FIELDS = ("fill_id", "order_id", "symbol", "side", "quantity", "price", "ts", "commission")
 
@@ -27,4 +31,12 @@ def fill_problem(fill: Mapping[str, Any], symbols: Container[str]) -> str | None
             return f"fill {name} {fill[name]!r} is not a positive number"
     if not is_number(fill["commission"]) or not isinstance(fill["ts"], int) or isinstance(fill["ts"], bool):
         return "fill commission or ts is not a number"
+    if "swap" in fill and not is_number(fill["swap"]):
+        return f"fill swap {fill['swap']!r} is not a number"
     return None
+
+
+def fill_swap(fill: Mapping[str, Any]) -> Decimal:
+    """The swap a checked fill realized, booked in the account currency (signed as MT5's: < 0 charged); 0 when it has none."""
+    swap = fill.get("swap")
+    return book(dec(swap)) if swap else Decimal(0)

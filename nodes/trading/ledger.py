@@ -12,6 +12,14 @@ for a long, ask for a short) and converted the same way.
 
 The margin a position uses is its units × mid price / the account's leverage, converted the same way.
 
+**Swap** is what the broker says it is: a fill carries the swap it realized (``fill.v1`` ``swap``,
+in the account currency, signed as MT5's deal swap), booked to the balance with that fill. The
+swap a broker accrues on an open position at each daily roll is not in any fill until (a share
+of) the position closes, so it is in neither the balance nor the unrealized P&L here: the
+broker's equity counts it (MT5's and the paper broker's), this one does not. Balances agree to
+the cent at every fill; equity differs by the open positions' accrued swap (``broker_state.v1``
+``positions[].swap``) and agrees again once they close.
+
 Quotes are kept as they arrive (floats) and turned into rates only when a conversion needs
 them, so a tick costs a dict store.
 """
@@ -55,9 +63,16 @@ class Entry:
     unbooked_ts: int | None = None
     """The time of a fill whose conversion waits for the prices of its time (see :meth:`Ledger.fill`)."""
     commission: Decimal = ZERO
+    swap: Decimal = ZERO
+    """Realized with the fills, in the account currency (< 0: charged)."""
     unrealized: Decimal = ZERO
     """At the last mark, in the account currency."""
     fills: int = 0
+
+    @property
+    def net(self) -> Decimal:
+        """What the symbol's fills moved the balance by: booked P&L and swap less commission."""
+        return self.realized + self.swap - self.commission
 
 
 @dataclass
@@ -101,13 +116,16 @@ class Ledger:
             entry = self.entries[symbol] = Entry(Position(self.rules[symbol]))
         return entry
 
-    def apply(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal) -> Decimal | None:
+    def apply(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal,
+              swap: Decimal = ZERO) -> Decimal | None:  # fmt: skip
         """Apply a fill; the P&L it realized in the account currency, booked (None: no price to convert it yet).
+        ``swap`` (account currency, booked) is what the fill realized of the swap the broker accrued.
 
         A symbol with no quote takes the fill's price as its rate (a USDJPY fill is a USDJPY price)."""
-        return self.fill(symbol, side, lots, price, commission).booked
+        return self.fill(symbol, side, lots, price, commission, swap=swap).booked
 
-    def fill(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal, ts: int | None = None) -> Applied:
+    def fill(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal, ts: int | None = None,
+             swap: Decimal = ZERO) -> Applied:  # fmt: skip
         """:meth:`apply`, also telling what the fill itself realized in the quote currency (a round trip's share).
 
         With the fill's time ``ts``, a fill dated before the latest dated quotes is converted at the prices of its
@@ -120,6 +138,7 @@ class Ledger:
         entry = self.entry(symbol)
         entry.fills += 1
         entry.commission += commission
+        entry.swap += swap
         realized = entry.position.apply(side, lots, price)
         if not realized:
             return Applied(ZERO, ZERO)
@@ -224,6 +243,7 @@ class Ledger:
             "realized_pnl": float(entry.realized),
             "unrealized_pnl": float(entry.unrealized),
             "commission": float(entry.commission),
+            "swap": float(entry.swap),
             "currency": self.currency,
         }
 
@@ -236,6 +256,7 @@ class Ledger:
                 "unbooked": str(e.unbooked),
                 "unbooked_ts": e.unbooked_ts,
                 "commission": str(e.commission),
+                "swap": str(e.swap),
                 "unrealized": str(e.unrealized),
                 "fills": e.fills,
             }
@@ -253,5 +274,6 @@ class Ledger:
             entry.unbooked = Decimal(d["unbooked"])
             entry.unbooked_ts = d.get("unbooked_ts")
             entry.commission = Decimal(d["commission"])
+            entry.swap = Decimal(d.get("swap", "0"))
             entry.unrealized = Decimal(d["unrealized"])
             entry.fills = d["fills"]

@@ -133,6 +133,11 @@ class Fake:
         with self.lock:
             return list(self.calls)
 
+    def roll(self, symbol: str, amount: float) -> None:
+        """A daily roll: ``amount`` of swap (account currency, < 0 charged) accrues on the symbol's position."""
+        with self.lock:
+            self.positions[symbol]["swap"] = round(self.positions[symbol]["swap"] + amount, 2)
+
     def add_deal(self, symbol: str, side: str, volume: float, comment: str = "", magic: int = 0, reason: int = 0) -> int:
         """A deal made outside fxflow (a manual trade, a stop-out)."""
         with self.lock:
@@ -174,7 +179,7 @@ class Fake:
             bid, ask = self.ticks[symbol]
             sign = 1 if p["type"] == POSITION_TYPE_BUY else -1
             mark = bid if sign > 0 else ask
-            total += (mark - p["price_open"]) * p["volume"] * size * sign * self._rate_to_usd(quote)
+            total += (mark - p["price_open"]) * p["volume"] * size * sign * self._rate_to_usd(quote) + p["swap"]  # equity counts accrued swap
         return round(total, 2)
 
     def _used_margin(self) -> float:
@@ -219,7 +224,7 @@ class Fake:
         order = next(self.tickets)
         held = self.positions.get(symbol)
         sign = 1 if type_ == ORDER_TYPE_BUY else -1
-        profit, entry = 0.0, DEAL_ENTRY_IN
+        profit, swap, entry = 0.0, 0.0, DEAL_ENTRY_IN
         now = self.now_ms()
         if held is None:
             self.positions[symbol] = {"ticket": order, "type": type_, "volume": volume, "price_open": price, "time_msc": now,
@@ -232,6 +237,8 @@ class Fake:
             closed = min(held["volume"], volume)
             held_sign = 1 if held["type"] == POSITION_TYPE_BUY else -1
             profit = round((price - held["price_open"]) * closed * size * held_sign * self._rate_to_usd(quote), 2)
+            swap = round(held["swap"] * closed / held["volume"], 2)  # the closed share of the accrued swap is realized
+            held["swap"] = round(held["swap"] - swap, 2)
             rest = round(held["volume"] - volume, 2)
             if rest > 0:
                 held["volume"], entry = rest, DEAL_ENTRY_OUT
@@ -243,11 +250,11 @@ class Fake:
                                           "magic": magic, "comment": comment, "swap": 0.0}  # fmt: skip
                 entry = DEAL_ENTRY_INOUT
         commission = -round(COMMISSION_PER_LOT * volume, 2)
-        self.balance = round(self.balance + profit + commission, 2)
+        self.balance = round(self.balance + profit + swap + commission, 2)
         deal = next(self.tickets)
         position_id = self.positions.get(symbol, {"ticket": order})["ticket"]
         self.deals.append(TradeDeal(deal, order, now // 1000, now, type_, entry, magic, position_id, reason, volume, price,
-                                    commission, 0.0, profit, 0.0, symbol, comment, ""))  # fmt: skip
+                                    commission, swap, profit, 0.0, symbol, comment, ""))  # fmt: skip
         return deal, order, price
 
 
