@@ -120,3 +120,13 @@ def test_a_sweep_checks_every_combination_first_and_an_interrupted_sweep_leaves_
     assert sweep.wait(60) != 0
     for pid in runs:  # stopped with it, not left running under init
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_a_sweep_run_that_exited_0_without_a_result_was_interrupted_not_done(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run stopped by a signal stops gracefully (exit 0) before its end: the sweep must not count it as done."""
+    (tmp_path / "000" / "backtests" / "bt-x").mkdir(parents=True)  # what a run stopped before its result leaves
+    assert not command._finished(tmp_path / "000")
+    assert command._sweep_report(tmp_path, [["a=1"]], {0: 0}) == 1
+    assert "(failed)" in capsys.readouterr().out
+    rows = orjson.loads((tmp_path / "sweep.json").read_bytes())
+    assert rows[0]["exit"] == 0 and rows[0]["run_id"] is None

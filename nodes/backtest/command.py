@@ -291,8 +291,18 @@ def _run_pending(root: Path, jobs: int, overrides: list[str], pending: list[tupl
                 log.close()
                 codes[index] = process.returncode
                 running.remove(item)
-                state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see {root / f'{index:03d}' / 'fxrun.out'})"
+                if process.returncode:
+                    state = f"FAILED (exit {process.returncode}, see {root / f'{index:03d}' / 'fxrun.out'})"
+                else:  # a run stopped by a signal stops gracefully, exit 0, without reaching its end
+                    state = "done" if _finished(root / f"{index:03d}") else "INTERRUPTED (stopped before its end: no result)"
                 print(f"  [{index:03d}] {' '.join(combo) or '(the profile as it is)'}: {state}", flush=True)
+
+
+def _finished(data_dir: Path) -> bool:
+    try:
+        return bool(results_in(data_dir))
+    except UserError:
+        return False
 
 
 def _sweep_report(root: Path, combos: list[list[str]], codes: dict[int, int]) -> int:
@@ -309,7 +319,7 @@ def _sweep_report(root: Path, combos: list[list[str]], codes: dict[int, int]) ->
         figures = " ".join(f"{_fmt(metrics.get(h)):>14s}" for h in HEADLINE)
         print(f"{row['index']:03d}   {row['run_id'] or '(failed)':18s} {figures}  {' '.join(row['overrides'])}")
     print(f"results: {root / 'sweep.json'}")
-    return EXIT_OK if all(code == 0 for code in codes.values()) else EXIT_FAILED
+    return EXIT_OK if all(row["exit"] == 0 and row["run_id"] for row in rows) else EXIT_FAILED
 
 
 # ---------------------------------------------------------------------------------- request
