@@ -19,7 +19,12 @@ duplicate. For an input port bound to NATS *and* to a Kafka archive marked
   without its state: tracking starts over (logged);
 - after the transport lost its connection (:meth:`PubSubTransport.on_connection`), the
   span of the outage is replayed: what a stream published then and never delivered, its
-  last messages included (no later message reveals that gap), arrives from the archive.
+  last messages included (no later message reveals that gap), arrives from the archive;
+  so do a stream's first messages when they went out during the outage (its first live
+  message is then not its first number; a stream not seen at all is taken when the input
+  ``accepts`` it, i.e. subscribes to it), and a gap the replay reveals (a source that
+  restarted above its reserved block while the input was cut off) is replayed as one a
+  live message reveals: its missing messages lie before the outage's span.
 
 The node sees late messages as such (their times are behind what it has seen) and decides
 what they mean: the data bridge archives them, the tick aggregator revises its bars.
@@ -52,6 +57,8 @@ Replay = Callable[[int, int], AsyncIterator[list[Record]]]
 class _Stream:
     high: int
     high_ts: int
+    low: int
+    """The first number followed here: the ones below it never reached this input."""
     missing: list[list[int]] = field(default_factory=list)
     """Sorted, disjoint ``[first, last]`` ranges of numbers not delivered yet."""
 
@@ -72,7 +79,7 @@ class _Stream:
         return sum(max(0, min(b, hi) - max(a, lo) + 1) for a, b in self.missing)
 
     def note(self, lo: int, hi: int) -> None:
-        self.missing.append([lo, hi])
+        bisect.insort(self.missing, [lo, hi])
         if len(self.missing) > MAX_RANGES:
             del self.missing[0]
 
@@ -92,7 +99,11 @@ class SequencedInput:
         time_field: str | None,
         margin_ms: int = 2_000,
         spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]] | None = None,
+        accepts: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
+        """``accepts`` tells whether an archived message of a stream not seen here yet would have
+        reached this input (its subject is one the input subscribes to); without it an outage
+        replay skips such streams."""
         self.service = service
         self.port = port
         self.deliver = deliver
@@ -101,6 +112,7 @@ class SequencedInput:
         self.stream_fields = tuple(stream_fields)
         self.time_field = time_field
         self.margin_ms = margin_ms
+        self.accepts = accepts
         self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         self.streams: dict[tuple[Any, ...], _Stream] = {}
         self.duplicates = 0
@@ -123,23 +135,14 @@ class SequencedInput:
             await self.deliver(origin, message, headers)
             return
         key = tuple(message.get(f) for f in self.stream_fields)
-        ts = message.get(self.time_field) if self.time_field else None
-        ts = ts if isinstance(ts, int) else 0
+        ts = self._ts(message)
         stream = self.streams.get(key)
         if stream is None:
-            self.streams[key] = _Stream(seq, ts)
+            self.streams[key] = _Stream(seq, ts, seq)
         elif seq == stream.high + 1:
             stream.high, stream.high_ts = seq, max(stream.high_ts, ts)
         elif seq > stream.high + 1:
-            self.gaps += 1
-            first, last = stream.high + 1, seq - 1
-            stream.note(first, last)
-            log.warning(
-                "service %s, input %s: %d message(s) of %s missing (seq %d..%d); replaying them from the archive",
-                self.service, self.port, last - first + 1, "/".join(map(str, key)), first, last,
-            )  # fmt: skip
-            self._schedule(key, first, last, stream.high_ts, ts)
-            stream.high, stream.high_ts = seq, max(stream.high_ts, ts)
+            self._gap(key, stream, seq, ts)
         elif stream.take(seq):
             self.recovered += 1
         elif ts > stream.high_ts:
@@ -148,11 +151,27 @@ class SequencedInput:
                 "without its numbering; following it from here",
                 self.service, self.port, "/".join(map(str, key)), stream.high, seq,
             )  # fmt: skip
-            self.streams[key] = _Stream(seq, ts)
+            self.streams[key] = _Stream(seq, ts, seq)
         else:
             self.duplicates += 1
             return
         await self.deliver(origin, message, headers)
+
+    def _ts(self, message: Mapping[str, Any]) -> int:
+        ts = message.get(self.time_field) if self.time_field else None
+        return ts if isinstance(ts, int) else 0
+
+    def _gap(self, key: tuple[Any, ...], stream: _Stream, seq: int, ts: int) -> None:
+        """``seq`` jumped above ``stream.high``: note the numbers between, replay them, follow ``seq``."""
+        self.gaps += 1
+        first, last = stream.high + 1, seq - 1
+        stream.note(first, last)
+        log.warning(
+            "service %s, input %s: %d message(s) of %s missing (seq %d..%d); replaying them from the archive",
+            self.service, self.port, last - first + 1, "/".join(map(str, key)), first, last,
+        )  # fmt: skip
+        self._schedule(key, first, last, stream.high_ts, ts)
+        stream.high, stream.high_ts = seq, max(stream.high_ts, ts)
 
     def _schedule(self, key: tuple[Any, ...], first: int, last: int, start_ts: int, end_ts: int) -> None:
         self._spawn_fill(self._fill(key, first, last, start_ts, end_ts))
@@ -182,20 +201,28 @@ class SequencedInput:
             )  # fmt: skip
 
     async def _offer_unseen(self, record: Record) -> int:
-        """Deliver ``record`` if its stream is followed here and it never reached this input."""
+        """Deliver ``record`` (of an outage's span) if it never reached this input: above its
+        stream's highest number, missing, below the first number followed here, or of a stream
+        not seen yet that the input ``accepts``."""
         message = record.value
         seq = message.get(self.sequence_field)
         if type(seq) is not int:
             return 0
         key = tuple(message.get(f) for f in self.stream_fields)
+        ts = self._ts(message)
         stream = self.streams.get(key)
         if stream is None:
-            return 0
-        if seq > stream.high:
-            if seq > stream.high + 1:
-                stream.note(stream.high + 1, seq - 1)
-            ts = message.get(self.time_field) if self.time_field else None
-            stream.high, stream.high_ts = seq, max(stream.high_ts, ts if isinstance(ts, int) else 0)
+            if self.accepts is None or not self.accepts(message):
+                return 0
+            self.streams[key] = _Stream(seq, ts, seq)
+        elif seq == stream.high + 1:
+            stream.high, stream.high_ts = seq, max(stream.high_ts, ts)
+        elif seq > stream.high + 1:
+            self._gap(key, stream, seq, ts)
+        elif seq < stream.low:
+            if seq + 1 < stream.low:
+                stream.note(seq + 1, stream.low - 1)
+            stream.low = seq
         elif not stream.take(seq):
             return 0
         self.recovered += 1

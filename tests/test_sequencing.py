@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ def tick(seq: int, symbol: str = "EURUSD", source: str = "polygon", ts: int | No
     return {"symbol": symbol, "source": source, "seq": seq, "ts": T0 + seq * 1000 if ts is None else ts, "bid": 1.1, "ask": 1.1002}
 
 
-async def _input(archive: list[dict[str, Any]]) -> tuple[SequencedInput, list[tuple[str, dict[str, Any]]]]:
+async def _input(
+    archive: list[dict[str, Any]], accepts: Callable[[dict[str, Any]], bool] | None = None
+) -> tuple[SequencedInput, list[tuple[str, dict[str, Any]]]]:
     log = InProcessLog()
     await log.connect()
     await log.ensure_topics([TopicSpec("tick_archive", 2)])
@@ -33,7 +36,7 @@ async def _input(archive: list[dict[str, Any]]) -> tuple[SequencedInput, list[tu
 
     sequenced = SequencedInput(
         "svc", "ticks", deliver, lambda a, b: log.read(["tick_archive"], a, b),
-        sequence_field="seq", stream_fields=("source", "symbol"), time_field="ts",
+        sequence_field="seq", stream_fields=("source", "symbol"), time_field="ts", accepts=accepts,
     )  # fmt: skip
     return sequenced, got
 
@@ -131,3 +134,42 @@ async def test_after_an_outage_the_lost_tail_of_a_stream_comes_from_the_archive(
     await sequenced("nats", tick(8))  # the live copy after all: delivered once already
     await sequenced("nats", tick(9))
     assert [m["seq"] for _, m in got if m["symbol"] == "EURUSD"] == list(range(1, 10))
+
+
+async def test_a_gap_the_outage_replay_reveals_is_replayed_too() -> None:
+    """A source SIGKILLed after archiving 4 and 5 but before they went out on NATS restarts above its
+    reserved block (1001); its first numbers reach this input only through the outage replay, which
+    reveals the gap 4..1000: 4 and 5 lie before the outage's span and still come from the archive."""
+    archive = [tick(i) for i in range(1, 6)] + [tick(1000 + i, ts=T0 + 20_000 + i * 100) for i in range(1, 4)]
+    sequenced, got = await _input(archive)
+    for seq in (1, 2, 3):
+        await sequenced("nats", tick(seq))
+    sequenced.outage(T0 + 19_500, T0 + 20_500)
+    await sequenced.drain()
+    assert [m["seq"] for _, m in got] == [1, 2, 3, 1001, 1002, 1003, 4, 5]
+    assert sequenced.given_up == 995  # 6..1000: never issued
+    await sequenced("nats", tick(1002, ts=T0 + 20_200))  # the live copy after all: delivered once already
+    assert len(got) == 8
+
+
+async def test_the_first_numbers_of_a_stream_published_during_an_outage_come_from_the_archive() -> None:
+    """A source that began (or a stream whose first messages went out) while this input was cut off:
+    its first live message is not its first number, and the outage replay brings the ones before it."""
+    archive = [tick(i) for i in range(1, 8)]
+    sequenced, got = await _input(archive)
+    await sequenced("nats", tick(5))  # the first that reached this input, after the reconnection
+    sequenced.outage(T0 + 1_500, T0 + 4_500)
+    await sequenced.drain()
+    await sequenced("nats", tick(6))
+    await sequenced("nats", tick(3))  # a late copy of one the replay brought
+    assert [m["seq"] for _, m in got] == [5, 1, 2, 3, 4, 6] and sequenced.duplicates == 2
+
+
+async def test_an_outage_replay_takes_a_stream_not_seen_yet_only_if_the_input_subscribes_to_it() -> None:
+    archive = [tick(i, "XAUUSD") for i in range(1, 4)] + [tick(i, "GBPUSD") for i in range(1, 3)]
+    sequenced, got = await _input(archive, accepts=lambda message: message["symbol"] in ("EURUSD", "XAUUSD"))
+    sequenced.outage(T0, T0 + 3_000)
+    await sequenced.drain()
+    await sequenced("nats", tick(3, "XAUUSD"))
+    await sequenced("nats", tick(4, "XAUUSD"))
+    assert [(m["symbol"], m["seq"]) for _, m in got] == [("XAUUSD", 1), ("XAUUSD", 2), ("XAUUSD", 3), ("XAUUSD", 4)]

@@ -9,8 +9,8 @@ from __future__ import annotations
 import functools
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from framework.artifacts import ArtifactStore, StoreTable, files_stores, metadata_table_name, metadata_table_problem
 from framework.context import NodeContext, OutputRoute, TableHandle
@@ -25,6 +25,7 @@ from framework.sequencing import SequencedInput
 from framework.stores.base import open_store
 from framework.stores.batch import BatchWriter
 from framework.stores.columns import columns_from_contract
+from framework.subjects import covers
 from framework.topology.templates import compile_renderer
 from framework.transport.base import Record, isolated
 
@@ -218,10 +219,36 @@ def sequenced(rt: Runtime, host: ServiceHost, port: str, deliver: Deliver) -> De
         stream_fields=contract.stream_fields,
         time_field=contract.time_field,
         spawn=rt.spawn,
+        accepts=subscribed(rt, host, port),
     )
     host.sequenced.append(wrapped)
     follow_outages(rt)
     return isolated(wrapped)
+
+
+def input_patterns(rt: Runtime, service: str, port: str) -> list[str]:
+    """The subjects (patterns) an input port subscribes to, each once."""
+    found = [s for e in rt.wiring.of(service) if e.port == port and e.kind == "nats" and e.direction == "in" for s in e.subjects]
+    return list(dict.fromkeys(found))
+
+
+def subscribed(rt: Runtime, host: ServiceHost, port: str) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a message (read from the port's archive) would have reached ``port`` over NATS:
+    one of the binding's subject templates, filled from it, lies within a subject the port subscribes to."""
+    patterns = input_patterns(rt, host.name, port)
+    renderers = [compile_renderer(t) for t in host.service.inputs[port].subjects]
+
+    def accepts(message: Mapping[str, Any]) -> bool:
+        for render in renderers:
+            try:
+                subject = render(message)
+                if any(covers(pattern, subject) for pattern in patterns):
+                    return True
+            except (KeyError, ValueError):
+                continue
+        return False
+
+    return accepts
 
 
 def follow_outages(rt: Runtime) -> None:

@@ -182,8 +182,7 @@ class Runtime:
             deliver = assembly.sequenced(self, host, port, deliver)
             setattr(deliver, CHUNK_ATTR, True)  # the in-process bus may hand it a whole chunk
             queue = binding.queue or (host.name if service.replicas > 1 else None)
-            patterns = [s for e in self.wiring.of(host.name) if e.port == port and e.kind == "nats" and e.direction == "in" for s in e.subjects]
-            for pattern in dict.fromkeys(patterns):
+            for pattern in assembly.input_patterns(self, host.name, port):
                 host.subscriptions.append(await self.pubsub.subscribe(pattern, deliver, queue=queue, owner=host.name))
             if binding.topics and not binding.replay:
                 consumer = self.log.consumer(binding.group or host.name, binding.topics)
