@@ -27,8 +27,10 @@ SPEED = 30.0
 PAIRS = ("EURUSD", "XAUUSD")
 
 
-async def test_ticks_delayed_or_lost_by_a_nats_outage_end_up_in_their_bars(tmp_path: Path, nats_server_fn) -> None:
-    config = NatsConfig(servers=[nats_server_fn.url])
+async def aggregator_and_collector(tmp_path: Path, url: str) -> tuple[Any, NatsPubSub, InProcessLog, NatsPubSub]:
+    """tick-aggregator on a paced wall clock over ``url`` (its archive in-process), started, with its NATS connection;
+    a collector's connection."""
+    config = NatsConfig(servers=[url])
     loaded = load(
         tmp_path, f"pairs=[{','.join(PAIRS)}]", "only=[tick-aggregator]", "topology.runtime.clock=wall",
         f"++topology.runtime.clock_speed={SPEED}", f"++topology.runtime.clock_origin={ORIGIN}",
@@ -40,6 +42,11 @@ async def test_ticks_delayed_or_lost_by_a_nats_outage_end_up_in_their_bars(tmp_p
     publisher = NatsPubSub(config, name="fxflow-collector", service="collector")
     await rt.start()
     await publisher.connect()
+    return rt, bus, log, publisher
+
+
+async def test_ticks_delayed_or_lost_by_a_nats_outage_end_up_in_their_bars(tmp_path: Path, nats_server_fn) -> None:
+    rt, bus, log, publisher = await aggregator_and_collector(tmp_path, nats_server_fn.url)
     archived: list[dict[str, Any]] = []
     seqs = dict.fromkeys(PAIRS, 0)
 
@@ -103,18 +110,7 @@ async def test_ticks_a_restarted_collector_archived_around_a_nats_outage_end_up_
     before the aggregator has subscribed again (archived here, never delivered). The aggregator's
     outage replay is the first to bring them: the gap it reveals (the killed collector's last tick,
     before the outage) and the stream it had not seen must still end up in the bars."""
-    config = NatsConfig(servers=[nats_server_fn.url])
-    loaded = load(
-        tmp_path, f"pairs=[{','.join(PAIRS)}]", "only=[tick-aggregator]", "topology.runtime.clock=wall",
-        f"++topology.runtime.clock_speed={SPEED}", f"++topology.runtime.clock_origin={ORIGIN}",
-        "++topology.runtime.persist_log=false",
-    )  # fmt: skip
-    log = InProcessLog()
-    bus = NatsPubSub(config, name="fxflow-aggregator", service="tick-aggregator")
-    rt = make_runtime(loaded, tmp_path, pubsub=bus, log_transport=log)
-    publisher = NatsPubSub(config, name="fxflow-collector", service="collector")
-    await rt.start()
-    await publisher.connect()
+    rt, bus, log, publisher = await aggregator_and_collector(tmp_path, nats_server_fn.url)
     archived: list[dict[str, Any]] = []
     seqs = {"EURUSD": 0, "XAUUSD": 0}
 

@@ -273,14 +273,19 @@ async def test_stop_out_closes_the_position_when_equity_falls_below_half_the_mar
     assert notice.code == "stop_out" and notice.symbol == "EURUSD" and "0.1400" in notice.message
 
 
-async def test_stop_out_closes_the_worst_position_first_and_stops_when_the_level_recovers() -> None:
-    b = broker(balance=10_000, leverage=100, stop_out=0.5)
+async def long_eur_and_jpy(b: PaperBroker) -> None:
+    """Long 4 lots of EURUSD at 1.10000 and 1 lot of USDJPY at 150.000, both filled at T + 1 ms."""
     await b.on_tick(tick("EURUSD", T, 1.10000, 1.10000))
     await b.on_tick(tick("USDJPY", T, 150.000, 150.000))
     await b.submit(order("eur", "EURUSD", "buy", 4, T))
     await b.submit(order("jpy", "USDJPY", "buy", 1, T))
     await b.on_tick(tick("EURUSD", T + 1, 1.10000, 1.10000))
     await b.on_tick(tick("USDJPY", T + 1, 150.000, 150.000))
+
+
+async def test_stop_out_closes_the_worst_position_first_and_stops_when_the_level_recovers() -> None:
+    b = broker(balance=10_000, leverage=100, stop_out=0.5)
+    await long_eur_and_jpy(b)
     await b.on_tick(tick("EURUSD", T + 2, 1.08000, 1.08000))
     # EUR: -0.02 × 400,000 = -8,000; margin 4,320 + 1,000 = 5,320; equity 2,000 → 0.376: the EURUSD loss goes first,
     # then 2,000 equity over 1,000 margin is 2.0: USDJPY stays
@@ -324,12 +329,7 @@ async def test_a_late_price_never_stops_out_at_a_price_from_after_its_own_time()
     stops out (the EURUSD fall of T+10 does it), never a deal of T+5 at the EURUSD price of T+10."""
     replay, late = (broker(balance=10_000, leverage=100, stop_out=0.5) for _ in range(2))
     for b in (replay, late):
-        await b.on_tick(tick("EURUSD", T, 1.10000, 1.10000))
-        await b.on_tick(tick("USDJPY", T, 150.000, 150.000))
-        await b.submit(order("eur", "EURUSD", "buy", 4, T))
-        await b.submit(order("jpy", "USDJPY", "buy", 1, T))
-        await b.on_tick(tick("EURUSD", T + 1, 1.10000, 1.10000))
-        await b.on_tick(tick("USDJPY", T + 1, 150.000, 150.000))
+        await long_eur_and_jpy(b)
     fall = tick("EURUSD", T + 10, 1.08600, 1.08600)  # EUR -5,600; equity 4,400 over margin 5,344: 0.82, no stop-out alone
     yen = tick("USDJPY", T + 5, 146.000, 146.000)  # JPY -2,739.73; with the EURUSD fall: 1,660.27 / 5,344 = 0.31
     await replay.on_tick(yen)
