@@ -711,3 +711,48 @@ def test_message_id_and_redaction() -> None:
     assert redact_url("nats://user:secret@h:4222") == "nats://h:4222"
     assert redact_url("tls://tok@h") == "tls://h"
     assert redact_url("h:4222") == "nats://h:4222"
+
+
+async def test_a_subscription_whose_flush_meets_a_dropped_connection_returns_at_once(
+    nats_server_fn: Any, transports: list[NatsPubSub]
+) -> None:
+    """subscribe() flushes so the server has the SUB before it returns; when the connection drops during that flush
+    (a TCP proxy cuts it at the PING that follows the SUB), it returns instead of waiting for a PONG that never comes
+    (the client sends its subscriptions again on reconnect). Before: a service's start stalled the whole flush timeout."""
+    upstream = nats_server_fn.url.removeprefix("nats://")
+    host, port = upstream.rsplit(":", 1)
+    cut = asyncio.Event()
+    arm = asyncio.Event()
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, watch: bool) -> None:
+        try:
+            while data := await reader.read(65536):
+                if watch and arm.is_set() and b"SUB " in data or watch and cut.is_set():
+                    cut.set()
+                if cut.is_set():
+                    writer.close()
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    proxy = await asyncio.start_server(client, "127.0.0.1", 0)
+    proxy_port = proxy.sockets[0].getsockname()[1]
+    try:
+        bus = await open_nats(transports, NatsConfig(servers=[f"nats://127.0.0.1:{proxy_port}"]), name="t", service="t")
+        arm.set()
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await bus.subscribe("flush.cut.>", lambda *_: None)
+        waited = loop.time() - began
+        assert cut.is_set()
+        assert waited < 5.0, f"subscribe waited {waited:.1f}s for a flush on a dropped connection"
+    finally:
+        proxy.close()

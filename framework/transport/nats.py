@@ -122,6 +122,7 @@ _ROUTE_CACHE_SIZE = 100_000
 _RECONNECT_BASE_DELAY = 0.05
 _CONNECT_RETRY_WAIT = 0.5
 _API_TIMEOUT = 10.0
+_FLUSH_POLL_S = 0.05
 _ACK_TIMEOUT = 5.0
 _MAX_DELIVER = 5
 """Deliveries of a message whose handler keeps raising before it is terminated. Enforced here,
@@ -1015,13 +1016,29 @@ class NatsPubSub(PubSubTransport):
         else:
             sub = await self._subscribe_durable(stream, pattern, handler, queue, owner or self.service)
         self._subs.add(sub)
-        nc = self._nc
-        if nc is not None and nc.is_connected:
-            try:
-                await nc.flush(_API_TIMEOUT)  # type: ignore[arg-type]
-            except NatsError as exc:
-                logger.debug("NATS: flush after subscribing %r failed: %s", pattern, exc)
+        await self._flush_while_connected(f"subscribing {pattern!r}")
         return sub
+
+    async def _flush_while_connected(self, what: str) -> None:
+        """Flush so the server has the subscription before we return; give up at once when the connection drops
+        meanwhile (the client sends every subscription again on reconnect; a PONG from a dead server never comes,
+        and waiting the whole timeout held up a service's start by seconds)."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return
+        flush = asyncio.ensure_future(nc.flush(_API_TIMEOUT))  # type: ignore[arg-type]
+        try:
+            while not flush.done():
+                await asyncio.wait({flush}, timeout=_FLUSH_POLL_S)
+                if not flush.done() and not nc.is_connected:
+                    logger.debug("NATS: connection lost while flushing after %s: it is sent again on reconnect", what)
+                    return
+            flush.result()
+        except (NatsError, TimeoutError) as exc:
+            logger.debug("NATS: flush after %s failed: %s", what, exc)
+        finally:
+            if not flush.done():
+                flush.cancel()
 
     async def _subscribe_core(self, pattern: str, handler: Handler, queue: str | None) -> _NatsSubscription:
         assert self._nc is not None
