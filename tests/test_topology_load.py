@@ -594,3 +594,22 @@ def test_parse_seconds() -> None:
     assert parse_seconds(0.5) == 0.5
     with pytest.raises(ValueError, match="forever"):
         parse_seconds("forever")
+
+
+@pytest.mark.parametrize(
+    ("override", "path", "from_file"),
+    [
+        ("topology.services.spread-watch.params={stats_every: 5m}", ("topology", "services", "spread-watch", "params", "stats_every"), False),
+        ("topology.services.spread-watch.params={stats_every: 5m}", ("topology", "services", "spread-watch", "params", "max_spread_pips"), True),
+        ("topology.services.spread-watch.params.max_spread_pips={default: 2.0}",
+         ("topology", "services", "spread-watch", "params", "max_spread_pips", "default"), False),
+        ("pairs=[EURUSD]", ("pairs", "0"), False),
+    ],
+)
+def test_a_value_set_inside_an_overridden_mapping_is_located_on_the_command_line(override: str, path: tuple[str, ...],
+                                                                                  from_file: bool) -> None:  # fmt: skip
+    """``key={a: 1}`` merges into the file's mapping: the keys it names were written on the command line (a mistake there
+    was reported at the YAML line of the value it replaced), the others stay where the file wrote them."""
+    where = run(override).source.find(path)
+    assert where is not None
+    assert (where.file != "<command line>") is from_file, where

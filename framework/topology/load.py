@@ -15,7 +15,7 @@ expect while the project keeps only its own YAML.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from framework.topology.compose import (
     compose_profile,
 )
 from framework.topology.model import RunConfig, Topology
-from framework.topology.source import Location, SourceMap, display_path, read_yaml
+from framework.topology.source import KeyPath, Location, SourceMap, display_path, read_yaml
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -140,10 +140,40 @@ def _source_map(parts: Iterable[SourceMap], overrides: Sequence[str]) -> SourceM
         for end in range(1, len(path)):
             smap.locations.setdefault(path[:end], Location(OVERRIDE_FILE, 0))
         smap.locations[path] = Location(OVERRIDE_FILE, 0)
+        value = _override_value(item)
+        if isinstance(value, list):  # a list is replaced whole: nothing under it comes from a file any more
+            for old in [p for p in smap.locations if p[: len(path)] == path and len(p) > len(path)]:
+                del smap.locations[old]
+        for inside in _paths_inside(value, path):  # a mapping is merged: the keys it names come from the command line
+            smap.locations[inside] = Location(OVERRIDE_FILE, 0)
     for key, env in ENV_DEFAULTS.items():
         if (key,) not in smap.locations and env in os.environ:
             smap.locations[(key,)] = Location(f"environment variable {env}", 0)
     return smap
+
+
+def _override_value(item: str) -> Any:
+    """The value of a Hydra override (a dict or list for ``key={...}`` / ``key=[...]``); None when it cannot be parsed
+    here (composition reports that override itself)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(item).value()
+    except Exception:  # noqa: BLE001 - any parse failure: the composition's own error names the override
+        return None
+
+
+def _paths_inside(value: Any, path: KeyPath) -> Iterator[KeyPath]:
+    if isinstance(value, dict):
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return
+    for key, inner in items:
+        here = (*path, str(key))
+        yield here
+        yield from _paths_inside(inner, here)
 
 
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
