@@ -230,7 +230,8 @@ async def test_postgres_drop_expired_drops_old_partitions(pg: PostgresStore) -> 
     name = uniq("ticks")
     await pg.ensure_table(name, Table(store="timescale", order_by=["ts"], retention="3d"), TICK_COLUMNS, "ts")
     today = now_ms() // DAY_MS
-    old, recent = [tick(i, (today - 10) * DAY_MS + i) for i in range(10)], [tick(100 + i, now_ms() - i) for i in range(10)]
+    now = now_ms()
+    old, recent = [tick(i, (today - 10) * DAY_MS + i) for i in range(10)], [tick(100 + i, now - i) for i in range(10)]
     await pg.insert(name, old + recent)
     assert today - 10 in await pg.partitions(name)
 
@@ -346,7 +347,8 @@ async def test_postgres_key_with_a_nullable_column_treats_nulls_as_equal(pg: Pos
     name = uniq("live")
     table = Table(store="timescale", order_by=["ts"], key=["symbol", "ts", "source", "seq"], retention="30d")
     await pg.ensure_table(name, table, TICK_COLUMNS, "ts")
-    rows = [{**tick(i, now_ms() - i), "seq": None} for i in range(10)]
+    now = now_ms()  # once: a clock read per row can give two rows one ts (the millisecond turns between them)
+    rows = [{**tick(i, now - i), "seq": None} for i in range(10)]
     await pg.insert(name, rows)
     await pg.insert(name, rows)
     assert await pg.query(f"SELECT count(*) AS n FROM {name}") == [{"n": 10}]
@@ -374,7 +376,8 @@ async def test_postgres_keyed_rows_in_the_default_partition_move_to_their_day(po
 
 async def test_postgres_without_a_key_every_row_is_kept_and_a_changed_key_is_rebuilt(pg: PostgresStore) -> None:
     name = uniq("ticks")
-    rows = [tick(i, now_ms() - i) for i in range(10)]
+    now = now_ms()  # once: a clock read per row can give two rows one ts (the millisecond turns between them)
+    rows = [tick(i, now - i) for i in range(10)]
     await pg.ensure_table(name, Table(store="timescale", order_by=["ts"], retention="30d"), TICK_COLUMNS, "ts")
     await pg.insert(name, rows)
     await pg.insert(name, rows)
