@@ -16,13 +16,15 @@ duplicate. For an input port bound to NATS *and* to a Kafka archive marked
 - a missing message that still arrives over NATS (late, from a reconnect buffer) is
   delivered then (even after its replay), and not again from the replay;
 - a stream whose numbers go back while its time moves forward is a source that restarted
-  without its state: tracking starts over (logged);
+  without its state: tracking starts over (logged), live or in an outage replay, and a message
+  of the numbering before (a late copy, the replay's margin) is not taken again;
 - after the transport lost its connection (:meth:`PubSubTransport.on_connection`), the
   span of the outage is replayed: what a stream published then and never delivered, its
   last messages included (no later message reveals that gap), arrives from the archive;
   so do a stream's first messages when they went out during the outage (its first live
   message is then not its first number; a stream not seen at all is taken when the input
-  ``accepts`` it, i.e. subscribes to it), and a gap the replay reveals (a source that
+  ``accepts`` it, i.e. subscribes to it), if stamped after the input began (before, a previous
+  process of the service had them), and a gap the replay reveals (a source that
   restarted above its reserved block while the input was cut off) is replayed as one a
   live message reveals: its missing messages lie before the outage's span.
 
@@ -59,6 +61,9 @@ class _Stream:
     high_ts: int
     low: int
     """The first number followed here: the ones below it never reached this input."""
+    before: int | None = None
+    """After the source restarted without its numbering: the newest time of the numbering before, whose
+    messages (a late copy, an outage replay's margin) are not this numbering's and were handled then."""
     missing: list[list[int]] = field(default_factory=list)
     """Sorted, disjoint ``[first, last]`` ranges of numbers not delivered yet."""
 
@@ -100,10 +105,13 @@ class SequencedInput:
         margin_ms: int = 2_000,
         spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]] | None = None,
         accepts: Callable[[Mapping[str, Any]], bool] | None = None,
+        began_ms: int | None = None,
     ) -> None:
         """``accepts`` tells whether an archived message of a stream not seen here yet would have
         reached this input (its subject is one the input subscribes to); without it an outage
-        replay skips such streams."""
+        replay skips such streams. ``began_ms``: when this input started listening; an outage
+        replay never takes a message stamped before it as one it missed (a previous process of
+        the service had it, and the node's restored state holds it)."""
         self.service = service
         self.port = port
         self.deliver = deliver
@@ -113,6 +121,7 @@ class SequencedInput:
         self.time_field = time_field
         self.margin_ms = margin_ms
         self.accepts = accepts
+        self.began_ms = began_ms
         self._spawn = spawn or (lambda coro, name: asyncio.ensure_future(coro))
         self.streams: dict[tuple[Any, ...], _Stream] = {}
         self.duplicates = 0
@@ -135,27 +144,47 @@ class SequencedInput:
             await self.deliver(origin, message, headers)
             return
         key = tuple(message.get(f) for f in self.stream_fields)
-        ts = self._ts(message)
+        if not self._follow(key, seq, self._ts(message), message, replayed=False):
+            self.duplicates += 1
+            return
+        await self.deliver(origin, message, headers)
+
+    def _follow(self, key: tuple[Any, ...], seq: int, ts: int, message: Mapping[str, Any], *, replayed: bool) -> bool:
+        """Whether message ``seq`` of stream ``key`` (stamped ``ts``) is one to deliver now; moves the stream on.
+
+        One rule for a live message and for one an outage replay offers; the replay also takes what no live
+        message can reveal: a stream's first numbers and streams not seen yet, if stamped after :attr:`began_ms`."""
         stream = self.streams.get(key)
         if stream is None:
+            if replayed and (self.accepts is None or not self.accepts(message) or not self._since_began(ts)):
+                return False
             self.streams[key] = _Stream(seq, ts, seq)
-        elif seq == stream.high + 1:
+            return True
+        if stream.before is not None and ts <= stream.before:
+            return False  # the numbering before the source's restart
+        if seq == stream.high + 1:
             stream.high, stream.high_ts = seq, max(stream.high_ts, ts)
         elif seq > stream.high + 1:
             self._gap(key, stream, seq, ts)
         elif stream.take(seq):
-            self.recovered += 1
+            self.recovered += not replayed  # a late copy of a missing one (a replay counts what it delivers)
         elif ts > stream.high_ts:
             log.warning(
                 "service %s, input %s: %s went back from seq %d to %d with newer data: the source restarted "
                 "without its numbering; following it from here",
                 self.service, self.port, "/".join(map(str, key)), stream.high, seq,
             )  # fmt: skip
-            self.streams[key] = _Stream(seq, ts, seq)
+            self.streams[key] = _Stream(seq, ts, seq, before=stream.high_ts)
+        elif replayed and seq < stream.low and self._since_began(ts):
+            if seq + 1 < stream.low:
+                stream.note(seq + 1, stream.low - 1)
+            stream.low = seq
         else:
-            self.duplicates += 1
-            return
-        await self.deliver(origin, message, headers)
+            return False
+        return True
+
+    def _since_began(self, ts: int) -> bool:
+        return self.began_ms is None or ts >= self.began_ms
 
     def _ts(self, message: Mapping[str, Any]) -> int:
         ts = message.get(self.time_field) if self.time_field else None
@@ -201,29 +230,13 @@ class SequencedInput:
             )  # fmt: skip
 
     async def _offer_unseen(self, record: Record) -> int:
-        """Deliver ``record`` (of an outage's span) if it never reached this input: above its
-        stream's highest number, missing, below the first number followed here, or of a stream
-        not seen yet that the input ``accepts``."""
+        """Deliver ``record`` (of an outage's span) if it never reached this input (:meth:`_follow`)."""
         message = record.value
         seq = message.get(self.sequence_field)
         if type(seq) is not int:
             return 0
         key = tuple(message.get(f) for f in self.stream_fields)
-        ts = self._ts(message)
-        stream = self.streams.get(key)
-        if stream is None:
-            if self.accepts is None or not self.accepts(message):
-                return 0
-            self.streams[key] = _Stream(seq, ts, seq)
-        elif seq == stream.high + 1:
-            stream.high, stream.high_ts = seq, max(stream.high_ts, ts)
-        elif seq > stream.high + 1:
-            self._gap(key, stream, seq, ts)
-        elif seq < stream.low:
-            if seq + 1 < stream.low:
-                stream.note(seq + 1, stream.low - 1)
-            stream.low = seq
-        elif not stream.take(seq):
+        if not self._follow(key, seq, self._ts(message), message, replayed=True):
             return 0
         self.recovered += 1
         await self.deliver(f"replay:{record.topic}[{record.partition}]@{record.offset}", message, record.headers)

@@ -756,3 +756,41 @@ async def test_a_subscription_whose_flush_meets_a_dropped_connection_returns_at_
         assert waited < 5.0, f"subscribe waited {waited:.1f}s for a flush on a dropped connection"
     finally:
         proxy.close()
+
+
+async def test_a_subscribe_cancelled_during_its_flush_leaves_the_connection_reading(nats_server: Any) -> None:
+    """A subscribe() cancelled while its flush waits for the PONG: the flush goes on (a cancelled future left in
+    nats-py's PONG queue made the PONG raise in its read loop, and the connection stopped delivering)."""
+    uid = f"t{uuid.uuid4().hex[:12]}"
+    sub_side = NatsPubSub(NatsConfig(servers=[nats_server.url]), name="rev-sub", service="rev-sub")
+    pub_side = NatsPubSub(NatsConfig(servers=[nats_server.url]), name="rev-pub", service="rev-pub")
+    await sub_side.connect()
+    await pub_side.connect()
+    got: list[Any] = []
+
+    async def handler(*args: Any) -> None:
+        got.append(args)
+
+    try:
+        await sub_side.subscribe(f"{uid}.live", handler)
+        nc = sub_side._nc
+        assert nc is not None
+        task = asyncio.ensure_future(sub_side.subscribe(f"{uid}.other", handler))
+        for _ in range(10_000):  # until its flush's PING is out and its PONG future waits in nats-py
+            await asyncio.sleep(0)
+            if nc._pongs:
+                break
+        assert nc._pongs, "the flush never started"
+        task.cancel()  # e.g. the service's start is cancelled (a stop during start)
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0.5)  # the PONG arrives
+        await pub_side.publish(f"{uid}.live", {"n": 1})
+        for _ in range(50):
+            if got:
+                break
+            await asyncio.sleep(0.1)
+        assert nc._reading_task is not None and not nc._reading_task.done(), "nats-py's read loop died"
+        assert got, "the connection stopped delivering after a cancelled subscribe"
+    finally:
+        await pub_side.close()
+        await sub_side.close()

@@ -22,7 +22,7 @@ def tick(seq: int, symbol: str = "EURUSD", source: str = "polygon", ts: int | No
 
 
 async def _input(
-    archive: list[dict[str, Any]], accepts: Callable[[dict[str, Any]], bool] | None = None
+    archive: list[dict[str, Any]], accepts: Callable[[dict[str, Any]], bool] | None = None, began_ms: int | None = None
 ) -> tuple[SequencedInput, list[tuple[str, dict[str, Any]]]]:
     log = InProcessLog()
     await log.connect()
@@ -36,7 +36,7 @@ async def _input(
 
     sequenced = SequencedInput(
         "svc", "ticks", deliver, lambda a, b: log.read(["tick_archive"], a, b),
-        sequence_field="seq", stream_fields=("source", "symbol"), time_field="ts", accepts=accepts,
+        sequence_field="seq", stream_fields=("source", "symbol"), time_field="ts", accepts=accepts, began_ms=began_ms,
     )  # fmt: skip
     return sequenced, got
 
@@ -173,3 +173,47 @@ async def test_an_outage_replay_takes_a_stream_not_seen_yet_only_if_the_input_su
     await sequenced("nats", tick(3, "XAUUSD"))
     await sequenced("nats", tick(4, "XAUUSD"))
     assert [(m["symbol"], m["seq"]) for _, m in got] == [("XAUUSD", 1), ("XAUUSD", 2), ("XAUUSD", 3), ("XAUUSD", 4)]
+
+
+# --------------------------------------------------------------------------- a source restarted without its numbering
+
+
+async def test_a_source_that_restarted_without_its_numbering_during_an_outage_loses_nothing() -> None:
+    """Old numbering 1..10 reached the input; during the outage the source restarted without its sequence file
+    (numbers back to 1, time forward) and published 1..5; after the reconnection its 6 arrives. The outage replay
+    follows the restart as the live path does (it dropped the new 1..5 as 'already delivered')."""
+    new = [tick(i, ts=T0 + 14_000 + i * 1000) for i in range(1, 7)]  # new numbering, T0+15 s .. T0+20 s
+    sequenced, got = await _input([tick(i) for i in range(1, 11)] + new)
+    for seq in range(1, 11):
+        await sequenced("nats", tick(seq))
+    sequenced.outage(T0 + 10_500, T0 + 20_500)
+    await sequenced.drain()
+    await sequenced("nats", new[-1])  # 6 of the new numbering, live
+    assert [(m["seq"], m["ts"]) for _, m in got[10:]] == [(m["seq"], m["ts"]) for m in new]
+
+
+async def test_a_restart_seen_live_before_the_outage_replay_takes_the_new_first_numbers_and_not_the_old_ones() -> None:
+    """The same restart, its first live message (6) arriving before the outage replay ran: the replay's margin holds
+    old 9 and 10, delivered before the outage (not again), and the new numbering's 1..5 (never delivered: taken)."""
+    new = [tick(i, ts=T0 + 14_000 + i * 1000) for i in range(1, 7)]
+    sequenced, got = await _input([tick(i) for i in range(1, 11)] + new)
+    for seq in range(1, 11):
+        await sequenced("nats", tick(seq))
+    await sequenced("nats", new[-1])  # live, first after the reconnection: a restart of the numbering
+    sequenced.outage(T0 + 10_500, T0 + 20_500)
+    await sequenced.drain()
+    keys = [(m["seq"], m["ts"]) for _, m in got]
+    assert len(keys) == len(set(keys)), keys
+    assert sorted(keys[10:]) == sorted((m["seq"], m["ts"]) for m in new)
+
+
+async def test_the_outage_replay_does_not_take_messages_stamped_before_the_input_began() -> None:
+    """A restarted service (its node restored from its snapshot, its sequenced input new since T0+7.5 s) hears EURUSD 8
+    first; an outage follows within the replay margin. 7 went out before this input existed (the previous process took
+    it): not one of the stream's first numbers to take; 9, lost in the outage, is."""
+    sequenced, got = await _input([tick(i) for i in range(1, 11)], began_ms=T0 + 7_500)
+    await sequenced("nats", tick(8))
+    sequenced.outage(T0 + 8_500, T0 + 9_500)  # 9 lost
+    await sequenced.drain()
+    await sequenced("nats", tick(10))
+    assert [m["seq"] for _, m in got] == [8, 9, 10]

@@ -220,6 +220,7 @@ def sequenced(rt: Runtime, host: ServiceHost, port: str, deliver: Deliver) -> De
         time_field=contract.time_field,
         spawn=rt.spawn,
         accepts=subscribed(rt, host, port),
+        began_ms=rt.clock.now_ms(),
     )
     host.sequenced.append(wrapped)
     follow_outages(rt)

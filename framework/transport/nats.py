@@ -438,6 +438,15 @@ class _NatsSubscription(Subscription):
                 _abandon(core)
 
 
+def _forget_flush(tasks: set[asyncio.Task[Any]]) -> Callable[[asyncio.Future[Any]], None]:
+    def done(flush: asyncio.Future[Any]) -> None:
+        tasks.discard(flush)  # type: ignore[arg-type]
+        if not flush.cancelled() and flush.exception() is not None:
+            logger.debug("NATS: an abandoned flush failed: %s", flush.exception())
+
+    return done
+
+
 def _abandon(core: CoreSubscription) -> None:
     """Stop a nats-py subscription whose ``drain`` was cut short.
 
@@ -1038,7 +1047,11 @@ class NatsPubSub(PubSubTransport):
             logger.debug("NATS: flush after %s failed: %s", what, exc)
         finally:
             if not flush.done():
-                flush.cancel()
+                if nc.is_connected:  # the caller was cancelled: nats-py still awaits the PONG into this future
+                    self._tasks.add(flush)  # (cancelling it would make that PONG kill the client's read loop)
+                    flush.add_done_callback(_forget_flush(self._tasks))
+                else:
+                    flush.cancel()  # the client drops the PONGs it waits for when it reconnects
 
     async def _subscribe_core(self, pattern: str, handler: Handler, queue: str | None) -> _NatsSubscription:
         assert self._nc is not None
