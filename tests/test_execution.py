@@ -535,7 +535,7 @@ async def test_bad_broker_messages_are_dead_lettered_not_crashed_on(tmp_path: Pa
     assert [d["reason"] for d in run.dead()] == [
         "fill without symbol, side, quantity, price, ts, commission",
         "fill quantity -1.0 is not a positive number",
-        "fill swap '-19.5' is not a number",
+        "fill swap '-19.5' is not an amount (a finite number below 1e+15)",
         "broker error without symbol, ts, code, message",
     ]
     assert run.statuses("s1") == ["pending", "submitted", "filled"]

@@ -4,6 +4,7 @@ currency, each rule at its limit and past it, the blackout window, the book buil
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 import pytest
@@ -329,3 +330,19 @@ def test_book_reconciles_with_the_broker_without_counting_a_fill_twice() -> None
     assert book.filled("EURUSD") == 1
     book.on_order_event(event("filled", 2.0, 1.085, order=oid), r)  # the second lot at 1.09
     assert book.filled("EURUSD") == 2 and book.positions["EURUSD"].avg_price == D("1.085") and "d-1" not in book.pending
+
+
+@pytest.mark.parametrize("swap", [1e26, float("inf"), -2.5e40, "n/a", None])
+def test_a_fill_whose_swap_cannot_be_booked_is_refused_by_the_one_fill_check_and_never_half_applied(swap: Any) -> None:
+    """fill_problem (execution's, performance's and the gate's check) refuses a swap that cannot be booked to the cent;
+    the gate's book, handed one anyway, applies nothing of it (no fill id, no commission): a corrected copy still counts."""
+    from nodes.trading.fills import fill_problem
+
+    book, r = Book(RULES, "USD", D(100_000)), rates(EURUSD="1.08")
+    bad = {**fill_of("o-1", "f1", 1.0, 1.1), "commission": 3.5, "swap": swap}
+    assert fill_problem(bad, {"EURUSD"}) is not None  # null too: not the contract's number (all three refuse it alike)
+    if swap is not None:
+        with pytest.raises((ArithmeticError, ValueError, TypeError)):
+            book.on_fill(bad, r)
+    assert "f1" not in book.fills and book.balance() == D(100_000)
+    assert book.on_fill({**bad, "swap": -1.5}, r) and book.balance() == D("100000") - D("3.50") - D("1.50")

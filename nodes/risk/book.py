@@ -185,13 +185,9 @@ class Book:
             raise ValueError(f"fill for unknown symbol {symbol!r}")
         if qty <= 0 or price <= 0:
             raise ValueError(f"fill {fill_id} of {qty} lots at {price}")
+        commission, swap = book(dec(fill.get("commission") or 0)), fill_swap(fill)  # before anything is applied
         self.fills[fill_id] = ts
-        commission = dec(fill.get("commission") or 0)
-        if commission:
-            self.cash[self.account] -= book(commission)
-        swap = fill_swap(fill)
-        if swap:
-            self.cash[self.account] += swap
+        self.cash[self.account] += swap - commission
         counted = self._counted(key, ts)
         counted.fill_qty += qty
         counted.fill_notional += qty * price

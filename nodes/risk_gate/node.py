@@ -22,6 +22,7 @@ from nodes.risk.engine import BadSignal, RiskEngine
 from nodes.risk.params import RiskParams
 from nodes.risk.state import COMMANDS, StateOfRecord, TradingState
 from nodes.risk_gate.files import MAILBOX, STATE_FILE, Mailbox, read_json, write_json
+from nodes.trading.fills import fill_problem
 from nodes.trading.instruments import Rules
 
 WARMUP_SQL = (
@@ -123,6 +124,10 @@ class RiskGate(Node[RiskParams]):
 
     @handles("fills")
     async def on_fill(self, fill: dict[str, Any], origin: str = "fills") -> None:
+        problem = fill_problem(fill, self.engine.rules)  # the check execution and performance make of the same fills
+        if problem is not None:
+            await self.ctx.dead_letter(problem, fill, origin, "fill.v1")
+            return
         try:
             alerts = self.engine.on_fill(fill, self._now())
         except (KeyError, ValueError, ArithmeticError) as exc:

@@ -9,6 +9,9 @@ from typing import Any
 from nodes.trading.instruments import dec
 from nodes.trading.money import book
 
+MAX_AMOUNT = 1e15
+"""An amount in the account currency beyond any account's: a commission or swap past it is a broken message (and
+could not be booked to the cent)."""
 FILL_FIELDS = ("fill_id", "order_id", "symbol", "side", "quantity", "price", "ts", "commission")
 
 
@@ -31,8 +34,9 @@ def fill_problem(fill: Mapping[str, Any], symbols: Container[str]) -> str | None
             return f"fill {name} {fill[name]!r} is not a positive number"
     if not is_number(fill["commission"]) or not isinstance(fill["ts"], int) or isinstance(fill["ts"], bool):
         return "fill commission or ts is not a number"
-    if "swap" in fill and not is_number(fill["swap"]):
-        return f"fill swap {fill['swap']!r} is not a number"
+    for name in ("commission", "swap"):
+        if name in fill and not (is_number(fill[name]) and abs(fill[name]) < MAX_AMOUNT):
+            return f"fill {name} {fill[name]!r} is not an amount (a finite number below {MAX_AMOUNT:g})"
     return None
 
 
