@@ -95,6 +95,7 @@ async def test_swap_of_a_position_held_over_the_wednesday_roll_is_in_every_balan
     # the round trip's P&L includes the swap realized with it (and so does P&L per symbol)
     (trip,) = report["trades"]
     assert D(str(trip["pnl"])) == want - 100_000 and D(str(report["pnl_by_symbol"]["EURUSD"])) == want - 100_000
+    assert D(str(trip["swap"])) == SWAP
     (row,) = await query(tmp_path, "SELECT pnl, swap, commission FROM trade_analysis FINAL")
     assert (D(str(row["pnl"])), D(str(row["swap"])), D(str(row["commission"]))) == (want - 100_000, SWAP, 2 * COMMISSION)
     (pos,) = await query(tmp_path, "SELECT realized_pnl, swap, commission FROM positions FINAL")

@@ -449,7 +449,8 @@ class PerformanceMonitor(Node[PerformanceParams]):
             "equity_curve": [{"ts": int(ts[i]), "equity": float(eq[i]), "balance": float(bal[i])} for i in chosen],
             "trades": [
                 {"symbol": t["symbol"], "side": t["side"], "open_ts": t["open_ts"], "close_ts": t["ts"], "volume": t["volume"],
-                 "entry_price": t["entry_price"], "exit_price": t["exit_price"], "pnl": t["pnl"], "commission": t["commission"]}
+                 "entry_price": t["entry_price"], "exit_price": t["exit_price"], "pnl": t["pnl"], "commission": t["commission"],
+                 "swap": t.get("swap", 0.0)}
                 for t in self.closed
             ],  # fmt: skip
             "pnl_by_symbol": M.pnl_by_symbol(self.closed),
