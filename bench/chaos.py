@@ -52,6 +52,8 @@ SERVICES = ("polygon-live-collector", "data-bridge", "tick-aggregator")
 VICTIMS = ["polygon-live-collector", "data-bridge", "nats-server"]
 ALIGN_AT = 48.0
 """Second of the minute the services start at."""
+FEED_START = "2026-11-02T17:00:00Z"
+"""The synthetic feed's first quote: an open hour (Monday), whatever the day of the run."""
 CATCH_UP = re.compile(r"^(\S+ \S+) .*replayed (\d+) archived tick\(s\).* for catch-up after a restart")
 STARTED = re.compile(r"^(\S+ \S+) .*service data-bridge started")
 
@@ -99,13 +101,13 @@ class Service:
 
 
 def wait_started(svc: Service, run: Path, timeout: float = 180) -> None:
-    """Until ``svc``'s log says its service started; a process that died or never started is the run's end."""
+    """Until ``svc``'s log says its latest process started its service; one that died or never started is the run's end."""
     deadline = time.time() + timeout
     needle = f"service {svc.name} started"
     while time.time() < deadline:
         if svc.proc is not None and svc.proc.poll() is not None:
             raise SystemExit(f"{svc.name} exited with {svc.proc.returncode} while starting; see the logs under {run}")
-        if svc.log.exists() and needle in svc.log.read_text(errors="replace"):
+        if svc.log.exists() and svc.log.read_text(errors="replace").count(needle) >= len(svc.starts):
             return
         time.sleep(0.2)
     raise SystemExit(f"{svc.name} did not start within {timeout:.0f}s; see the logs under {run}")
@@ -116,7 +118,8 @@ def service(name: str, work: Path, env: dict[str, str], pairs: list[str], interv
     command = [
         sys.executable, "-m", "framework.cli", "topology=live", f"data_dir={data_dir}", f"only=[{name}]",
         f"pairs=[{','.join(pairs)}]", "simulate_feeds=true", "topology.nats.auth=null", "topology.runtime.metrics_port=null",
-        f"+topology.services.polygon-live-collector.params.simulation={{seed: {seed}, duration: null, "
+        # an open hour's quotes replayed at real pace, stamped live: a feed from now is silent over the FX weekend
+        f"+topology.services.polygon-live-collector.params.simulation={{seed: {seed}, start: '{FEED_START}', duration: null, "
         f"mean_interval_ms: {interval_ms}, pace: realtime}}",
         "++topology.runtime.batch_interval=500ms",
     ]  # fmt: skip
@@ -291,6 +294,8 @@ def main() -> int:
                 supervise(time.time() + pause)
                 services[victim].start()
         supervise(t0 + args.seconds)
+        for svc in services.values():  # a process restarted late may still be starting (SIGTERM then is a crash)
+            wait_started(svc, run)
         codes = {"polygon-live-collector": services["polygon-live-collector"].stop()}
         time.sleep(8)  # the bridge and the aggregator finish their replays and flush
         for name in ("data-bridge", "tick-aggregator"):

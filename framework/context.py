@@ -419,12 +419,12 @@ class NodeContext:
         the rows to the port's outbox, which delivers each once acknowledged, as :meth:`publish_many` does, so
         the handler never waits for the log."""
         n = len(chunk)
-        parts: list[tuple[str, Chunk, int]] = []
+        parts: list[tuple[int, str, Chunk, int, np.ndarray | None]] = []
         ids: list[int] | None = None
         for k, (template, render) in enumerate(route.subjects):
             for subject, part, index in _by_subject(template, render, chunk):
                 first = self._next_ids(len(part))
-                parts.append((subject, part, first))
+                parts.append((k, subject, part, first, index))
                 if k == 0 and (route.topics or route.traced):
                     if index is None:
                         ids = list(range(first, first + n))
@@ -451,11 +451,19 @@ class NodeContext:
                 return
             for row_sends, row in zip(sends, rows):
                 outbox_settle(self, row_sends, row)
-        for subject, part, first in parts:
-            headers = {ID_HEADER: f"{self._id_prefix}{first}", COUNT_HEADER: str(len(part))}
-            if cause is not None:
-                headers[CAUSE_HEADER] = cause
-            await self._pubsub.publish_chunk(subject, part, headers)
+        whole = getattr(self._pubsub, "publish_parts", None)
+        for k in range(len(route.subjects)):
+            sends = []
+            for _, subject, part, first, index in (p for p in parts if p[0] == k):
+                headers = {ID_HEADER: f"{self._id_prefix}{first}", COUNT_HEADER: str(len(part))}
+                if cause is not None:
+                    headers[CAUSE_HEADER] = cause
+                sends.append((subject, part, headers, index))
+            if whole is not None and len(sends) > 1:  # a batch subscriber of several of the subjects: one chunk
+                await whole(sends, chunk)
+                continue
+            for subject, part, headers, _ in sends:
+                await self._pubsub.publish_chunk(subject, part, headers)
         if route.writers:
             traced = rows
             if route.traced:

@@ -481,8 +481,7 @@ async def _spreads(tmp_path: Path, services: dict[str, Any], **extra: Any) -> tu
 
 async def test_a_batch_handler_gives_the_same_results_for_chunks_and_single_messages(tmp_path: Path) -> None:
     batched, chunks = await _spreads(tmp_path / "a", _batch_services("chunk_feed", count=40, chunk=8))
-    assert len(batched) == 40 and len(chunks) == 10  # chunks of 8, split per symbol: the rows of one chunk per subject
-    assert sum(n for _, n in chunks) == 40
+    assert len(batched) == 40 and [n for _, n in chunks] == [8] * 5  # chunks of 8 over two subjects: each taken whole
     single, ones = await _spreads(tmp_path / "b", _batch_services("single_feed", count=40))
     assert all(n == 1 for _, n in ones) and len(ones) == 40  # single messages reach the batch kernel as chunks of one
     assert sorted(single, key=lambda e: e[4]) == sorted(batched, key=lambda e: e[4])  # the same spreads either way
@@ -590,6 +589,52 @@ async def test_a_timed_chunk_reaches_each_handler_in_event_time_with_batches_com
     for entry in published:  # a source's publication returns once its last row and what it set off are handled
         assert log.index(entry) > max(i for i, e in enumerate(log) if e[0] == "got" and e[2:4] == ("EURUSD", entry[1]))
     assert await _timed(tmp_path / "again", TIMED) == log  # deterministic
+
+
+class PairsFeed(Node[TimedFeedParams]):
+    """History of two pairs, interleaved in time, in timed chunks: each chunk spans both subjects."""
+
+    async def run(self) -> None:
+        from framework.chunk import Chunk
+
+        p = self.params
+        rows = [tick(s, T0 + (s - 1) * p.step_ms, symbol=("EURUSD", "GBPUSD")[s % 2]) for s in range(1, p.count + 1)]
+        for i in range(0, len(rows), p.chunk):
+            part = rows[i : i + p.chunk]
+            await self.ctx.clock.wait_until(part[0]["ts"])
+            await self.ctx.publish_batch("ticks", Chunk.from_rows(part), at=[r["ts"] for r in part])
+
+
+class SeenChunks(Node[Strict]):
+    """A batch handler recording the rows (seq, symbol) of each chunk it takes."""
+
+    @handles("ticks", batch=True)
+    async def on_ticks(self, chunk: Any) -> None:
+        LOG.append(("chunk", list(zip(chunk["seq"].tolist(), chunk["symbol"].tolist()))))
+
+
+for _s in (_spec("pairs_feed", PairsFeed, TimedFeedParams, outputs=["ticks"], role="source"),
+           _spec("seen_chunks", SeenChunks, Strict, inputs=["ticks"])):  # fmt: skip
+    REGISTRY.register(_s)
+
+
+async def test_a_batch_handler_of_several_subjects_takes_a_publication_as_one_chunk_in_its_order(tmp_path: Path) -> None:
+    """A timed chunk of two pairs goes out grouped by subject; a batch handler subscribed to both must still see the
+    rows as published (a feature kernel's cross-pair inputs need every pair's bar of an instant), one chunk each time;
+    a single-message handler of one pair gets its rows at their times."""
+    services = {
+        "src": {"node": "pairs_feed", "phase": "data", "params": {"count": 10, "chunk": 4},
+                "outputs": {"ticks": {"nats": "ticks.{symbol}"}}},
+        "batch": {"node": "seen_chunks", "phase": "data", "inputs": {"ticks": {"nats": "ticks.>"}}},
+        "one": {"node": "reacting", "phase": "data", "inputs": {"ticks": {"nats": "ticks.GBPUSD"}},
+                "outputs": {"out": {"nats": "reactions.{symbol}"}}},
+    }  # fmt: skip
+    log = await _timed(tmp_path, services)
+    chunks = [rows for kind, rows, *_ in (e for e in log if e[0] == "chunk")]
+    pair = ("EURUSD", "GBPUSD")
+    assert chunks == [[(s, pair[s % 2]) for s in range(first, min(first + 4, 11))] for first in (1, 5, 9)]
+    got = [e[1:] for e in log if e[0] == "got"]
+    assert [(g[2], g[3] == g[4]) for g in got] == [(s, True) for s in range(1, 11) if s % 2]  # GBPUSD rows, each at its time
 
 
 async def test_what_a_batch_handler_publishes_without_times_waits_for_the_chunks_last_row(tmp_path: Path) -> None:

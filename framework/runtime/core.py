@@ -37,7 +37,7 @@ from framework.runtime.simulation import SimulationDriver
 from framework.stores.base import Store
 from framework.stores.batch import BatchWriter
 from framework.topology.model import Topology
-from framework.transport.base import CHUNK_ATTR, LogTransport, PubSubTransport, TopicSpec
+from framework.transport.base import CHUNK_ATTR, WHOLE_ATTR, LogTransport, PubSubTransport, TopicSpec
 from framework.wiring import resolve
 
 log = logging.getLogger("fxflow.runtime")
@@ -175,12 +175,14 @@ class Runtime:
         assert self.pubsub is not None and self.log is not None
         service = host.service
         for port, binding in service.inputs.items():
-            deliver = self.dispatch.deliverer(host, host.handler_for(port))
+            handle = host.handler_for(port)
+            deliver = self.dispatch.deliverer(host, handle)
             if binding.buffer is not None and not isinstance(self.dispatch, SimulationDriver):
                 buffer = host.buffers[port] = InputBuffer(deliver, binding.buffer, f"{host.name}.{port}")
                 deliver = buffer.callback()
             deliver = assembly.sequenced(self, host, port, deliver)
             setattr(deliver, CHUNK_ATTR, True)  # the in-process bus may hand it a whole chunk
+            setattr(deliver, WHOLE_ATTR, bool(getattr(handle, "batch", False)))  # and a batch handler one per publication
             queue = binding.queue or (host.name if service.replicas > 1 else None)
             for pattern in assembly.input_patterns(self, host.name, port):
                 host.subscriptions.append(await self.pubsub.subscribe(pattern, deliver, queue=queue, owner=host.name))

@@ -139,6 +139,11 @@ class _Handed:
         self._driver.rows = None  # a new publication: its rows go to its subscribers together
         await self._driver.handed(self._bus.publish_chunk(subject, chunk, headers))
 
+    async def publish_parts(self, parts: Any, whole: Any) -> None:
+        """A chunk's parts per subject, handed together (every subscriber has its part before any of them runs)."""
+        self._driver.rows = None
+        await self._driver.handed(self._bus.publish_parts(parts, whole))
+
     async def settle(self, until_ms: int) -> None:
         await self._driver.settle(until_ms)
 

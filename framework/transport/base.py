@@ -66,6 +66,9 @@ def isolated(handler: Handler) -> Handler:
 
 CHUNK_ATTR = "accepts_chunks"
 """Set on a subscriber that takes a whole chunk (the runtime's deliveries); others get its rows."""
+WHOLE_ATTR = "takes_publications_whole"
+"""Set on a chunk subscriber that takes one publication's rows of several subjects as one chunk, in the
+publication's order (a batch handler): see ``InProcessPubSub.publish_parts``."""
 
 
 def row_headers(headers: Headers | None, n: int) -> list[Headers | None]:

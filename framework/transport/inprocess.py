@@ -24,11 +24,13 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, BinaryIO
 
+import numpy as np
 import orjson
 
 from framework.subjects import SubjectIndex, validate_pattern
 from framework.transport.base import (
     CHUNK_ATTR,
+    WHOLE_ATTR,
     ISOLATED_ATTR,
     Handler,
     Headers,
@@ -271,6 +273,44 @@ class InProcessPubSub(PubSubTransport):
             entries = self._routes[subject]
         except (KeyError, TypeError):
             entries = self._route(subject)
+        await self._deliver_chunk(subject, chunk, headers, entries)
+
+    async def publish_parts(self, parts: list[tuple[str, Any, Headers | None, Any]], whole: Any) -> None:
+        """One publication whose rows go to several subjects: ``parts`` of ``whole`` grouped by subject, each
+        ``(subject, part, headers, index)`` with ``index`` the part's row positions in ``whole``.
+
+        As :meth:`publish_chunk` of each part, except for a subscriber that takes publications whole
+        (:data:`~framework.transport.base.WHOLE_ATTR`, a batch handler) reached by several parts: it gets one
+        chunk of all their rows, in the publication's order, where the first of them is delivered. A batch
+        handler of ``bars.>`` then sees each instant's bars of every pair together, as live delivery in time
+        order would, not one pair's run of a thousand bars and then the next pair's."""
+        routes: list[tuple[_Entry, ...]] = []
+        reached: dict[int, list[int]] = {}
+        for k, (subject, _, _, _) in enumerate(parts):
+            try:
+                entries = self._routes[subject]
+            except (KeyError, TypeError):
+                entries = self._route(subject)
+            routes.append(entries)
+            for entry in entries:
+                if isinstance(entry, _Subscription) and getattr(entry.target, WHOLE_ATTR, False):
+                    reached.setdefault(id(entry.target), []).append(k)
+        merged = {target: ks for target, ks in reached.items() if len(ks) > 1}
+        done: set[int] = set()
+        for k, ((subject, part, headers, _), entries) in enumerate(zip(parts, routes)):
+            others = tuple(e for e in entries if not (isinstance(e, _Subscription) and id(e.target) in merged))
+            if others:
+                await self._deliver_chunk(subject, part, headers, others)
+            for entry in entries:
+                key = id(entry.target) if isinstance(entry, _Subscription) else None
+                if key is None or key not in merged or key in done:
+                    continue
+                done.add(key)
+                index = np.sort(np.concatenate([parts[j][3] for j in merged[key]]))
+                first = {h: v for h, v in (headers or {}).items() if h != "fxflow-count"} or None  # one chunk, its own rows
+                await self._deliver_chunk(subject, whole.take(index), first, (entry,))
+
+    async def _deliver_chunk(self, subject: str, chunk: Any, headers: Headers | None, entries: tuple[_Entry, ...]) -> None:
         rows: list[Message] | None = None
         if self.wire:
             data = [encode(row, subject) for row in chunk.rows()]

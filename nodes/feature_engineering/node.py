@@ -29,7 +29,7 @@ from framework.errors import UserError
 from framework.node import Node, handles
 from nodes.feature_engineering.spec import FeatureEngineeringParams
 from nodes.features.bars import BarError, Bars, parse_bar
-from nodes.features.engine import Batch, History, Row, StreamingEngine
+from nodes.features.engine import BarInput, Batch, History, Row, StreamingEngine
 from nodes.features.events import Calendar
 from nodes.features.featureset import FeatureSetError, ResolvedFeatureSet
 from nodes.features.macro import MacroData
@@ -160,35 +160,42 @@ class FeatureEngineering(Node[FeatureEngineeringParams]):
 
     @handles("bars", batch=True)
     async def on_bars(self, chunk: Chunk) -> None:
-        """Bars (a chunk of one live, thousands in a backtest) → their rows, one chunk on ``features``. The rows of
-        a timed chunk (history handed on ahead of time) keep the time of the bar each was made from."""
-        times = chunk.times.tolist() if chunk.times is not None else None
-        out: list[dict[str, Any]] = []
-        at: list[int] = []
+        """Bars (a chunk of one live, thousands in a backtest) → their rows, one chunk on ``features``, computed
+        together (:meth:`StreamingEngine.on_bars`). The rows of a timed chunk (history handed on ahead of time)
+        keep the time of the bar each was made from."""
+        bars: list[BarInput] = []
+        index: list[int] = []  # the chunk's row of each bar given to the engine
         for i, bar in enumerate(chunk.rows()):
-            rows = await self._rows(bar)
-            out.extend(self._message(row) for row in rows)
-            if times is not None:
-                at.extend([times[i]] * len(rows))
-        if out:
-            await self.ctx.publish_batch("features", Chunk.from_rows(out, FEATURE_FIELDS), at=at if times is not None else None)
+            parsed = await self._parse(bar)
+            if parsed is not None:
+                bars.append(parsed)
+                index.append(i)
+        rows = self.engine.on_bars(bars) if bars else []
+        if not rows:
+            return
+        out = [self._message(row) for row in rows]
+        times = chunk.times
+        at = times[[index[row.bar] for row in rows]] if times is not None else None
+        await self.ctx.publish_batch("features", Chunk.from_rows(out, FEATURE_FIELDS), at=at)
 
-    async def _rows(self, bar: dict[str, Any]) -> list[Row]:
-        """The rows one bar makes publishable; a malformed bar is dead-lettered, one of another timeframe ignored."""
+    async def _parse(self, bar: dict[str, Any]) -> BarInput | None:
+        """The bar as the engine takes it; None for a bar still forming, a malformed one (dead-lettered) and
+        one of another timeframe (ignored)."""
         if bar.get("complete") is False:
-            return []
+            return None
         try:
-            symbol, timeframe, ts, ts_close, values = parse_bar(bar)
+            parsed = parse_bar(bar)
         except BarError as exc:
             await self.ctx.dead_letter(f"{bar.get('symbol')} {bar.get('timeframe')} ts={bar.get('ts')}: {exc}", bar, origin="bars")
-            return []
+            return None
+        symbol, timeframe, ts = parsed[0], parsed[1], parsed[2]
         if timeframe not in self.timeframes:
             self.ignored += 1
-            return []
+            return None
         if symbol not in self.ctx.instruments:
             await self.ctx.dead_letter(f"{symbol} {timeframe} ts={ts}: unknown instrument {symbol!r}", bar, origin="bars")
-            return []
-        return self.engine.on_bar(symbol, timeframe, ts, ts_close, values)
+            return None
+        return parsed
 
     def _message(self, row: Row) -> dict[str, Any]:
         names = self.engine.joiner.plan(row.timeframe)[0]

@@ -1,4 +1,4 @@
-"""Feature rows from bars: :class:`Batch` over a stored history, :class:`StreamingEngine` bar by bar.
+"""Feature rows from bars: :class:`Batch` over a stored history, :class:`StreamingEngine` as bars arrive.
 
 Both compute a row the same way: the kernel over the row's anchored window
 (:mod:`nodes.features.windows`), then the as-of joins on the bar's close (session, calendar,
@@ -13,7 +13,8 @@ higher timeframes' context.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from nodes.features import crosspair, session
 from nodes.features.bars import Bars
 from nodes.features.events import Calendar
 from nodes.features.featureset import ResolvedFeatureSet
-from nodes.features.kernel import kernel
+from nodes.features.kernel import Segment, compute, kernel
 from nodes.features.macro import MacroData
 from nodes.features.windows import batch_blocks, block_bounds
 
@@ -323,14 +324,20 @@ class _Buffer:
         return self.f[start:stop, 9]
 
 
+BarInput = tuple[str, str, int, int, Sequence[float]]
+"""A bar as :func:`~nodes.features.bars.parse_bar` gives it: ``(symbol, timeframe, ts, ts_close,
+(open, high, low, close, ticks, spread, spread_min, spread_max))``."""
+
+
 @dataclass
 class _StreamState:
     buffer: _Buffer = field(default_factory=_Buffer)
     block_id: int | None = None
     block_start: int = 0
-    prev_block_start: int | None = None
     dropped: int = 0
     """Bars dropped from the front: an incomplete window then means "too old to recompute", not "too little history"."""
+    drop: int = 0
+    """Bars to drop from the front once the pending rows are computed (the windows of their blocks may still need them)."""
     recent: list[tuple[int, np.ndarray, bool]] = field(default_factory=list)
     """(ts_close, context feature values, usable) of the last :data:`RECENT` rows, oldest first."""
     waiting_logged: bool = False
@@ -343,6 +350,33 @@ class Row:
     ts: int
     values: np.ndarray
     revised: bool = False
+    bar: int = 0
+    """Position, among the bars given to :meth:`StreamingEngine.on_bars`, of the bar that made the row publishable."""
+
+
+@dataclass
+class _Pending:
+    """A stream's bars appended in the current run: buffer rows ``lo`` to the end, their rows not computed yet."""
+
+    lo: int
+    blocks: list[int]
+    """Buffer index of the first bar of each block the rows are in (the first block may begin before ``lo``)."""
+    bars: list[int]
+    """Each row's bar: its position in the input."""
+    aux: bool
+    """Their cross-pair inputs are still to be taken."""
+
+
+@dataclass
+class _Run:
+    """Appended bars whose rows are computed together (:meth:`StreamingEngine._flush`): consecutive bars of
+    the input, their closes non-decreasing, so a bar's as-of inputs (strictly before its close) are among
+    the bars before it, whatever the run's later bars are."""
+
+    streams: dict[Stream, _Pending] = field(default_factory=dict)
+    first: int = 0
+    count: int = 0
+    close: int = 0
 
 
 class StreamingEngine:
@@ -353,6 +387,13 @@ class StreamingEngine:
     recomputed and returned again (``revised=True``): the stream then holds what a batch over
     the revised history computes. Other streams that used the old bar as cross-pair input or
     context keep their rows.
+
+    Bars come one at a time (:meth:`on_bar`, live) or many at once (:meth:`on_bars`, a backtest's
+    chunk); either way the same rows, bit for bit. :meth:`on_bars` appends a run of new bars
+    first and then computes their rows stream by stream, each stream's in one kernel call over
+    its blocks' windows (as :class:`Batch` does). A bar closing before the run's newest starts
+    another run; one that is not new to its stream (a revision, a late bar) ends the run and is
+    handled as it comes.
     """
 
     def __init__(self, fs: ResolvedFeatureSet, calendar: Calendar | None = None, macro: MacroData | None = None) -> None:
@@ -365,6 +406,10 @@ class StreamingEngine:
         self._tf_ms: dict[str, int] = {}
         self.latest_close = 0
         self._pruned_at = 0
+        self._ordered = True
+        """Every stream's closes increase with its bars (what bucket ends do). When a bar breaks that, the as-of
+        searches over its stream see unsorted closes: from then on each bar is a run of its own, taking its
+        cross-pair inputs before it enters, as a bar-by-bar update does."""
 
     # ------------------------------------------------------------------ state
 
@@ -421,6 +466,8 @@ class StreamingEngine:
             st = self.streams[stream] = _StreamState(dropped=origin)
             st.buffer.load(tail, basket, gold)
             self._blocks(st, tf)
+            if len(tail) > 1 and not bool((tail.ts_close[1:] > tail.ts_close[:-1]).all()):
+                self._ordered = False
         self.latest_close = max((int(st.buffer.ts_close[st.buffer.n - 1]) for st in self.streams.values() if st.buffer.n), default=0)
         self._prune()
         for stream in _order(list(self.streams)):
@@ -433,16 +480,13 @@ class StreamingEngine:
         b = st.buffer
         starts, _ = block_bounds(b.ts[: b.n], self.fs.block, self._ms(timeframe))
         if not len(starts):
-            st.block_id, st.block_start, st.prev_block_start = None, 0, None
+            st.block_id, st.block_start = None, 0
             return
         st.block_start = int(starts[-1])
-        st.prev_block_start = int(starts[-2]) if len(starts) >= 2 else None
         st.block_id = int(b.ts[st.block_start] // (self.fs.block * self._ms(timeframe)))
 
-    def _remember(self, st: _StreamState, at: np.ndarray, km: np.ndarray, complete: bool) -> None:
-        if not len(self.joiner.context_features):
-            return
-        values, ok = self.joiner.context_of(km, np.full(len(km), complete))
+    def _remember(self, st: _StreamState, at: np.ndarray, values: np.ndarray, ok: np.ndarray) -> None:
+        """Take rows' context values (and whether they are usable) into the stream's recent ones."""
         recent = st.recent
         for t, v, u in zip(at.tolist(), values, ok.tolist()):
             k = len(recent)
@@ -466,69 +510,169 @@ class StreamingEngine:
 
     def on_bar(self, symbol: str, timeframe: str, ts: int, ts_close: int, values: Sequence[float]) -> list[Row]:
         """The rows this bar makes publishable (its own; after a revision or a late bar, every row from it on)."""
-        stream = (symbol, timeframe)
-        st = self.streams.get(stream)
-        if st is None:
-            st = self.streams[stream] = _StreamState()
+        return self.on_bars(((symbol, timeframe, ts, ts_close, values),))
+
+    def on_bars(self, bars: Iterable[BarInput]) -> list[Row]:
+        """The rows these bars make publishable, in their order: what :meth:`on_bar` returns for each bar
+        in turn, concatenated (``Row.bar``: the position of the bar that made the row)."""
+        out: list[Row] = []
+        run = _Run()
+        W = self.fs.history
+        for k, (symbol, timeframe, ts, ts_close, values) in enumerate(bars):
+            stream = (symbol, timeframe)
+            st = self.streams.get(stream)
+            if st is None:
+                st = self.streams[stream] = _StreamState()
+            b = st.buffer
+            n = b.n
+            if n and ts <= b.ts[n - 1]:
+                self._flush(run, out)
+                out.extend(self._revise(st, symbol, timeframe, ts, ts_close, values, k))
+                continue
+            if n and ts_close <= b.ts_close[n - 1]:
+                self._ordered = False
+            alone = not self._ordered
+            if alone or ts_close < run.close:
+                self._flush(run, out)
+            if ts_close > self.latest_close:
+                self.latest_close = ts_close
+                if self.calendar is not None and ts_close - self._pruned_at > 86_400_000:
+                    self._flush(run, out)  # the rows before it see the calendar unpruned
+                    self._prune()
+            n = b.n  # a flush drops the bars no window needs any more
+            basket = gold = 0.0
+            if alone:  # its cross-pair inputs as before it enters: over unsorted closes, a search could find it
+                got = self._aux(timeframe, np.array([ts_close], dtype=np.int64))
+                basket, gold = float(got[0][0]), float(got[1][0])
+            block_id = ts // (self.fs.block * self._ms(timeframe))
+            new_block = st.block_id is None or block_id != st.block_id
+            if new_block:
+                if st.block_id is not None and st.block_start - W > st.drop:
+                    st.drop = st.block_start - W
+                st.block_start, st.block_id = n, block_id
+            b.insert(n, ts, ts_close, [*values, basket, gold])
+            pending = run.streams.get(stream)
+            if pending is None:
+                run.streams[stream] = _Pending(n, [st.block_start], [k], not alone)
+            else:
+                if new_block:
+                    pending.blocks.append(n)
+                pending.bars.append(k)
+            if not run.count:
+                run.first = k
+            run.count += 1
+            run.close = max(run.close, ts_close)
+            if alone:
+                self._flush(run, out)
+        self._flush(run, out)
+        return out
+
+    def _flush(self, run: _Run, out: list[Row]) -> None:
+        """Compute the run's rows (cross-pair inputs first, then the streams, higher timeframes first: their
+        rows are the context of lower ones), drop what the windows no longer need, add the rows to ``out``."""
+        if not run.count:
+            return
+        for stream, pending in run.streams.items():
+            if pending.aux:
+                b = self.streams[stream].buffer
+                basket, gold = self._aux(stream[1], b.ts_close[pending.lo : b.n])
+                b.f[pending.lo : b.n, 8], b.f[pending.lo : b.n, 9] = basket, gold
+        slots: list[Row | None] = [None] * run.count
+        context: dict[Stream, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+        def source(symbol: str, timeframe: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+            got = context.get((symbol, timeframe))
+            return got if got is not None else self._source(symbol, timeframe)
+
+        for stream in _order(list(run.streams)) if len(run.streams) > 1 else run.streams:
+            self._rows(stream, run.streams[stream], run.first, slots, context, source)
+        for stream in run.streams:
+            st = self.streams[stream]
+            if st.drop:
+                st.buffer.drop_front(st.drop)
+                st.dropped += st.drop
+                st.block_start -= st.drop
+                st.drop = 0
+        out.extend(row for row in slots if row is not None)
+        run.streams, run.count, run.close = {}, 0, 0
+
+    def _rows(
+        self, stream: Stream, pending: _Pending, first: int, slots: list[Row | None],
+        context: dict[Stream, tuple[np.ndarray, np.ndarray, np.ndarray]], source: CtxSource,
+    ) -> None:  # fmt: skip
+        """A stream's pending rows: the kernel over each block's window (from W bars before the block's first
+        bar), then the joins; the valid ones into ``slots`` (by their bar's position in the run)."""
+        symbol, tf = stream
+        st = self.streams[stream]
+        b = st.buffer
+        W, lo, n = self.fs.history, pending.lo, st.buffer.n
+        m = n - lo
+        blocks = pending.blocks
+        r = bisect_left(blocks, W)  # the blocks with W bars before them: a suffix
+        ready = max(blocks[r], lo) - lo if r < len(blocks) else m
+        names, take, _, _ = self.joiner.plan(tf)
+        k = len(self.fs.kernel_names)
+        matrix = np.empty((m, max(k, len(names)) if take is None else k), order="F")
+        if ready:
+            matrix[:ready, :k] = np.nan
+        self.counters.rows += m
+        self.counters.incomplete += ready
+        if ready < m:
+            origin = blocks[r] - W
+            segments = [Segment(s - W - origin, s - origin, e - origin) for s, e in zip(blocks[r:], [*blocks[r + 1 :], n])]
+            if blocks[r] < lo:  # the first block began before the run
+                segments[0] = Segment(0, lo - origin, segments[0].hi)
+            km = matrix[ready:]
+            compute(self.fs, b.bars(origin, n), b.basket(origin, n), b.gold(origin, n), segments, km[:, :k])
+            values = self.joiner.assemble(symbol, tf, b.ts[lo + ready : n], b.ts_close[lo + ready : n], km, source)
+            valid = np.flatnonzero(np.isfinite(values).all(axis=1))
+            self.counters.nonfinite += m - ready - len(valid)
+            if len(valid):
+                values = np.ascontiguousarray(values)
+                ts = b.ts[lo + ready : n].tolist()
+                bars = pending.bars
+                for i in valid.tolist():
+                    bar = bars[ready + i]
+                    slots[bar - first] = Row(symbol, tf, ts[i], values[i], bar=bar)
+        if tf in self.joiner.targets and len(self.joiner.context_features):
+            at = b.ts_close[lo:n]
+            ctx = matrix[:, self.joiner.context_cols]
+            ok = np.zeros(m, dtype=bool)
+            ok[ready:] = np.isfinite(ctx[ready:]).all(axis=1)
+            before = self._source(symbol, tf)  # the rows before the run's: a lower timeframe's first rows may take them
+            if before is not None:
+                at, ctx, ok = np.concatenate((before[0], at)), np.concatenate((before[1], ctx)), np.concatenate((before[2], ok))
+            context[stream] = (at, ctx, ok)
+            self._remember(st, at[-RECENT:], ctx[-RECENT:], ok[-RECENT:])
+
+    def _revise(self, st: _StreamState, symbol: str, timeframe: str, ts: int, ts_close: int, values: Sequence[float], bar: int) -> list[Row]:
+        """A bar at or before the stream's newest: a revision (other values), a late bar (a gap filled), or the same bar again."""
         b = st.buffer
         n = b.n
-        if n and ts <= b.ts[n - 1]:
-            j = int(np.searchsorted(b.ts[:n], ts))
-            if j < n and b.ts[j] == ts:
-                if np.array_equal(b.f[j, :8], np.asarray(values, dtype=np.float64), equal_nan=True):
-                    return []
-                b.f[j, :8] = values
-            else:
-                if j == 0 and st.dropped:
-                    self.counters.too_old += 1
-                    return []
-                b.insert(j, ts, ts_close, [*values, 0.0, 0.0])
-            # the bar is its own basket member (and gold's own input): the inputs of the rows after it change too
-            basket, gold = self._aux(timeframe, b.ts_close[j : b.n])
-            b.f[j : b.n, 8], b.f[j : b.n, 9] = basket, gold
-            self._blocks(st, timeframe)
-            return self._recompute(st, symbol, timeframe, j)
-        if ts_close > self.latest_close:
-            self.latest_close = ts_close
-            if ts_close - self._pruned_at > 86_400_000:
-                self._prune()
-        basket, gold = self._aux(timeframe, np.array([ts_close], dtype=np.int64))
-        block_id = ts // (self.fs.block * self._ms(timeframe))
-        if st.block_id is None or block_id != st.block_id:
-            if st.block_id is not None:
-                keep_from = st.block_start - self.fs.history
-                if keep_from > 0:
-                    b.drop_front(keep_from)
-                    st.dropped += keep_from
-                    st.block_start -= keep_from
-                    n = b.n
-                st.prev_block_start = st.block_start
-            st.block_start, st.block_id = n, block_id
-        b.insert(n, ts, ts_close, [*values, basket[0], gold[0]])
-        return self._row(st, symbol, timeframe, n)
-
-    def _row(self, st: _StreamState, symbol: str, timeframe: str, r: int) -> list[Row]:
-        b = st.buffer
-        s = st.block_start - self.fs.history
-        self.counters.rows += 1
-        at = b.ts_close[r : r + 1]
-        if s < 0:
-            self.counters.incomplete += 1
-            self._remember(st, at, np.full((1, len(self.fs.kernel_names)), np.nan), False)
-            return []
-        km = kernel(self.fs, b.bars(s, r + 1), b.basket(s, r + 1), b.gold(s, r + 1), last=1)
-        self._remember(st, at, km, True)
-        values = self.joiner.assemble(symbol, timeframe, b.ts[r : r + 1], at, km, self._source)[0]
-        if not np.isfinite(values).all():
-            self.counters.nonfinite += 1
-            return []
-        return [Row(symbol, timeframe, int(b.ts[r]), values)]
+        j = int(np.searchsorted(b.ts[:n], ts))
+        if j < n and b.ts[j] == ts:
+            if np.array_equal(b.f[j, :8], np.asarray(values, dtype=np.float64), equal_nan=True):
+                return []
+            b.f[j, :8] = values
+        else:
+            if j == 0 and st.dropped:
+                self.counters.too_old += 1
+                return []
+            if (j and ts_close <= b.ts_close[j - 1]) or ts_close >= b.ts_close[j]:
+                self._ordered = False
+            b.insert(j, ts, ts_close, [*values, 0.0, 0.0])
+        # the bar is its own basket member (and gold's own input): the inputs of the rows after it change too
+        basket, gold = self._aux(timeframe, b.ts_close[j : b.n])
+        b.f[j : b.n, 8], b.f[j : b.n, 9] = basket, gold
+        self._blocks(st, timeframe)
+        return self._recompute(st, symbol, timeframe, j, bar)
 
     def _recompute_kernel_rows(self, st: _StreamState, timeframe: str, j: int) -> list[tuple[int, np.ndarray, bool]]:
         """Kernel rows j.. of a stream's buffer, block by block: (index, kernel row, complete)."""
         b = st.buffer
         W = self.fs.history
         starts, ends = block_bounds(b.ts[: b.n], self.fs.block, self._ms(timeframe))
+        remember = len(self.joiner.context_features) > 0
         out: list[tuple[int, np.ndarray, bool]] = []
         for i0, i1 in zip(starts.tolist(), ends.tolist()):
             if i1 <= j:
@@ -539,15 +683,17 @@ class StreamingEngine:
                 if st.dropped:
                     self.counters.too_old += i1 - first
                 nan = np.full((i1 - first, len(self.fs.kernel_names)), np.nan)
-                self._remember(st, b.ts_close[first:i1], nan, False)
+                if remember:
+                    self._remember(st, b.ts_close[first:i1], *self.joiner.context_of(nan, np.zeros(i1 - first, dtype=bool)))
                 out.extend((i, nan[i - first], False) for i in range(first, i1))
                 continue
             km = kernel(self.fs, b.bars(s, i1), b.basket(s, i1), b.gold(s, i1), last=i1 - first)
-            self._remember(st, b.ts_close[first:i1], km, True)
+            if remember:
+                self._remember(st, b.ts_close[first:i1], *self.joiner.context_of(km, np.ones(i1 - first, dtype=bool)))
             out.extend((i, km[i - first], True) for i in range(first, i1))
         return out
 
-    def _recompute(self, st: _StreamState, symbol: str, timeframe: str, j: int) -> list[Row]:
+    def _recompute(self, st: _StreamState, symbol: str, timeframe: str, j: int, bar: int = 0) -> list[Row]:
         b = st.buffer
         rows: list[Row] = []
         self.counters.revised += 1
@@ -556,5 +702,5 @@ class StreamingEngine:
                 continue
             values = self.joiner.assemble(symbol, timeframe, b.ts[i : i + 1], b.ts_close[i : i + 1], km[None, :], self._source)[0]
             if np.isfinite(values).all():
-                rows.append(Row(symbol, timeframe, int(b.ts[i]), values, revised=True))
+                rows.append(Row(symbol, timeframe, int(b.ts[i]), values, revised=True, bar=bar))
         return rows
