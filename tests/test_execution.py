@@ -223,6 +223,10 @@ async def test_a_signal_becomes_an_order_filled_in_parts_and_recorded(tmp_path: 
     async with Run(tmp_path, {"script": script}) as run:
         await run.signal(T0, "s1", 1.0, stop_loss=1.09512345, take_profit=1.2)
     assert run.statuses("s1") == ["pending", "submitted", "partially_filled", "partially_filled", "filled"]
+    from framework.transport.nats import message_id
+
+    names = [message_id(s, p) for s, p in run.events if s.startswith("orders.")]  # NATS de-duplication ids
+    assert len(set(names)) == len(names) == 5  # two fills in one millisecond: two events, neither dropped by JetStream
     done = run.last("s1")
     assert done["filled_quantity"] == 1.0 and done["broker_order_id"] == "T1"
     assert done["avg_price"] == pytest.approx(1.10018)  # (0.3×1.1 + 0.5×1.1002 + 0.2×1.1004) / 1

@@ -290,6 +290,7 @@ class Execution(Node[ExecutionParams]):
             "status": order.status.value,
             "ts": at,
             "filled_quantity": float(order.filled),
+            "event_id": f"{order.order_id}:{order.status.value}:{order.filled}",
         }
         if order.avg_price is not None:
             event["avg_price"] = float(order.avg_price)
