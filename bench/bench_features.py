@@ -72,13 +72,24 @@ def talib_alone(b: Bars) -> None:
     talib.EMA(c, 20), talib.EMA(tr, 20)
 
 
-def best(fn, repeats: int) -> float:
-    times = []
+def best(fns: tuple[Callable[[], Any], ...], repeats: int) -> list[float]:
+    """The best time of each of ``fns`` over ``repeats`` rounds, the functions taking turns within a
+    round (so a change of the machine's load during the run weighs on all of them alike)."""
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [min(t) for t in times]
+
+
+def machine_load() -> str:
+    """The machine's load (1, 5 and 15 minutes), printed with each figure: the benchmarks share the CPUs."""
+    try:
+        return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load unknown"
 
 
 @contextmanager
@@ -116,13 +127,12 @@ def bench_batch(n: int, repeats: int, block: int) -> None:
     one = synthetic_bars(["EURUSD", "XAUUSD"], "1m", n, seed=1)
     eurusd = one["EURUSD"]
     subset = ResolvedFeatureSet(FeatureSetParams(block=block, groups={"trend": {}, "momentum": {}, "bands": {}}), insts, ["1m"])
-    alone = best(lambda: talib_alone(eurusd), repeats)
-    ours = best(lambda: run_batch(subset, History({("EURUSD", "1m"): eurusd}), ("EURUSD", "1m")), repeats)
+    alone, ours = best((lambda: talib_alone(eurusd), lambda: run_batch(subset, History({("EURUSD", "1m"): eurusd}), ("EURUSD", "1m"))), repeats)
     with talib_timed() as inside:
         run_batch(subset, History({("EURUSD", "1m"): eurusd}), ("EURUSD", "1m"))
     print(f"batch TA-Lib subset ({len(subset.kernel_names)} features, W={subset.history} B={subset.block}): {n:,} bars  "
           f"ours {ours:.2f} s  TA-Lib alone {alone:.2f} s  ratio {ours / alone:.2f}x (aim <= 2x); "
-          f"inside TA-Lib {inside[0]:.2f} s ({inside[0] / alone:.2f}x alone)")  # fmt: skip
+          f"inside TA-Lib {inside[0]:.2f} s ({inside[0] / alone:.2f}x alone); {machine_load()}")  # fmt: skip
 
     groups = Groups.core().model_dump()
     groups["context"]["timeframes"] = {"1m": ["15m", "1h"], "15m": ["1h"], "1h": []}
@@ -138,7 +148,7 @@ def bench_batch(n: int, repeats: int, block: int) -> None:
     rows = run_batch(full, history, ("EURUSD", "1m"))
     took = time.perf_counter() - start
     print(f"batch full set ({len(full.names('1m'))} features, context from 15m and 1h, gold, calendar, FRED): {n:,} bars  "
-          f"{took:.2f} s  {took / n * 1e6:.2f} us/row  {rows:,} rows  ratio to TA-Lib alone {took / alone:.2f}x")  # fmt: skip
+          f"{took:.2f} s  {took / n * 1e6:.2f} us/row  {rows:,} rows  ratio to TA-Lib alone {took / alone:.2f}x; {machine_load()}")  # fmt: skip
 
 
 def bench_streaming(hours: float, block: int) -> None:
@@ -166,13 +176,13 @@ def bench_streaming(hours: float, block: int) -> None:
         return
     p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
     print(f"streaming {len(PAIRS)} pairs x {len(TIMEFRAMES)} timeframes: {len(latencies):,} updates  p50 {p50:.3f} ms  "
-          f"p99 {p99:.3f} ms  max {latencies.max() * 1e3:.3f} ms (aim p99 < 2 ms)")  # fmt: skip
+          f"p99 {p99:.3f} ms  max {latencies.max() * 1e3:.3f} ms (aim p99 < 2 ms); {machine_load()}")  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1_000_000, help="1m bars of the batch measurements")
-    parser.add_argument("-r", type=int, default=3, help="repeats of the subset measurement (best of)")
+    parser.add_argument("-r", type=int, default=5, help="rounds of the subset measurement, ours and TA-Lib's in turn (best of)")
     parser.add_argument("--hours", type=float, default=6.0, help="hours of bars fed to the streaming engine")
     parser.add_argument("--block", type=int, default=FeatureSetParams().block, help="B of the measured sets (default: the core set's)")
     args = parser.parse_args()

@@ -128,9 +128,17 @@ async def through_node(
     return {"p50": p50, "p99": p99, "rate": len(rows) / elapsed, "chunk_rate": len(block) / chunk_s}
 
 
+def machine_load() -> str:
+    """The machine's load (1, 5 and 15 minutes), printed with each figure: the benchmarks share the CPUs."""
+    try:
+        return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load unknown"
+
+
 def report(setting: str, node: dict[str, float], base: tuple[float, float]) -> None:
     print(f"  {setting:9} features -> signal    p50 {node['p50']:9.1f} us   p99 {node['p99']:9.1f} us   "
-          f"{node['rate']:8,.0f} msg/s   ratio node/bare {node['p50'] / base[0]:.2f}")  # fmt: skip
+          f"{node['rate']:8,.0f} msg/s   ratio node/bare {node['p50'] / base[0]:.2f}   {machine_load()}")  # fmt: skip
     print(f"  {setting:9} a chunk (batch path)  {node['chunk_rate']:,.0f} rows/s")
 
 
@@ -166,7 +174,7 @@ def main() -> None:
             model = load_model(artifact.to_bytes(), artifact.card)
         base = bare(model, X, min(args.n, 5_000))
         print(label)
-        print(f"  bare model.predict, 1 row         p50 {base[0]:9.1f} us   p99 {base[1]:9.1f} us")
+        print(f"  bare model.predict, 1 row         p50 {base[0]:9.1f} us   p99 {base[1]:9.1f} us   {machine_load()}")
         booster = getattr(model, "booster", None)
         if booster is not None and hasattr(booster, "inplace_predict"):  # what a DMatrix per call costs (reference only)
             ref = bare_call(lambda row: booster.inplace_predict(row), X, min(args.n, 5_000))

@@ -6,11 +6,14 @@ the same window, the bars from the segment's ``start`` to the row (the anchored 
 block; a streaming update one row). Each value is one of three kinds, and :class:`Rows` computes
 each kind in the cheapest way that gives the bits of that definition:
 
-- *running* (TA-Lib's SMA, EMA, RSI, ADX, STDDEV...: their value depends on where the computation
-  started): run over each segment's window, the segment's rows kept (:meth:`Rows.running`);
-- *local* (elementwise numpy, TA-Lib's TRANGE, BOP, ROCR, MOM, WILLR, AROON, AROONOSC: a pure
-  function of the last few bars, whatever precedes them): computed once for all the rows, from
-  the bars just before the first row (:meth:`Rows.local`, :meth:`Rows.rows`, :meth:`Rows.lag`);
+- *running* (TA-Lib's SMA, EMA, RSI, ADX, STDDEV, BBANDS, STOCH, LINEARREG_SLOPE...: their value
+  depends on where the computation started, through a recursion or the rounding of a running
+  sum): run over each segment's window, the segment's rows kept (:meth:`Rows.running`);
+- *local* (elementwise numpy, TA-Lib's TRANGE, BOP, WILLR, AROON: a pure function of the last few
+  bars, whatever precedes them; ROC and MOM in numpy, AROONOSC from AROON's outputs, ULTOSC when
+  its running sums are exact, see :func:`nodes.features.momentum.exact_totals`): computed once
+  for all the rows, from the bars just before the first row (:meth:`Rows.local`,
+  :meth:`Rows.rows`, :meth:`Rows.lag`);
 - *phased* (TA-Lib's CCI sums a circular buffer whose slots count from the window's first bar):
   run from the latest bar that is a whole number of periods after the window's start and early
   enough for the row's look-back, which fills the buffer's slots exactly as the window does
@@ -26,6 +29,7 @@ its array. A row's value still depends only on its window's start and the bars u
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import chain, repeat
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -71,9 +75,25 @@ class Rows:
         self._taken: dict[str, int] = {}
         """Columns written so far, in order (a dict: an ordered set)."""
         self._checked = 0
-        self._plans: dict[tuple[int, tuple[int, ...]], list[tuple[slice, tuple[tuple[slice | int, slice], ...]]]] = {}
-        self._cache: dict[tuple[Any, ...], tuple[Sequence[np.ndarray], tuple[np.ndarray, ...]]] = {}
-        """Outputs of :meth:`running` by function, inputs (by identity: the entry keeps them alive) and parameters."""
+        self._plans: dict[tuple[int, tuple[int, ...]], tuple[list[tuple[tuple[slice | int, slice], ...]], bool]] = {}
+        self._bounds: np.ndarray | None = None
+        """The segments' starts, first rows and ends (3 arrays; made when a call needs them)."""
+        self._views: dict[tuple[int, int], tuple[np.ndarray, list[np.ndarray]]] = {}
+        """Per input (by identity: the entry keeps it alive) and lead, its window of every segment: the
+        functions over the same input share the views."""
+        self._cache: dict[tuple[Any, ...], tuple[Sequence[np.ndarray], list[tuple[int, int]], tuple[np.ndarray, ...]]] = {}
+        """Outputs of :meth:`running` (and which output and lag each is) by function, inputs (by identity: the entry keeps
+        them alive) and parameters."""
+        self.bbands = dict(reversed(fs.params.groups.bands.bbands)) if fs.params.groups.bands is not None else {}
+        """Period → multiplier of the bands group's Bollinger bands: their middle band is the SMA of
+        close of that period, to the bit (TA-Lib computes it with its SMA), so the trend group takes
+        its SMA from the same call (:func:`nodes.features.trend.compute`)."""
+
+    def via(self, out: np.ndarray) -> np.ndarray:
+        """Where to put an intermediate result that the next step turns into ``out``: ``out`` itself
+        over many rows (the step then works in place, on memory still in the CPU's cache), the
+        scratch array for a few (an in-place ufunc checks for overlap, which dominates on one row)."""
+        return out if self.n > 64 else self.scratch
 
     def col(self, name: str) -> np.ndarray:
         """The output column of feature ``name`` (the rows), to be written in place."""
@@ -105,13 +125,16 @@ class Rows:
 
     def running(
         self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], *args: Any, lead: int = 0, lags: Sequence[int] = (0,),
-        out: Sequence[np.ndarray] | None = None, over: float | np.ndarray | None = None, share: bool = False,
+        lagged: Sequence[int] | None = None, out: Sequence[np.ndarray] | None = None, over: float | np.ndarray | None = None,
+        share: bool = False,
     ) -> tuple[np.ndarray, ...]:  # fmt: skip
         """``fn`` over each segment's window, its outputs at the segment's rows and, for each of
         ``lags``, that many bars earlier in the same window: the arrays (into ``out`` when given),
         output by output and lag by lag, divided by ``over`` when given (a number or the rows' array).
-        ``share``: the same call made again (same function, inputs and parameters) returns these
-        arrays instead of computing them again; they must then not be written to.
+        ``lagged``: the outputs given every lag (default: all), the others only the first.
+        ``share``: the same call made again (same function, inputs and parameters, the same or fewer
+        outputs and lags) returns these arrays instead of computing them again; they must then not be
+        written to.
 
         ``lead``: the inputs' first ``lead`` values of any window are undefined (NaN) by construction
         (a lagged difference): the window is passed from its ``lead``-th bar, which is where TA-Lib
@@ -128,91 +151,117 @@ class Rows:
                 else:
                     np.divide(r, over, out=dst)
             return tuple(out)
+        lags = tuple(lags)
         cached = share and out is None and over is None
         if cached:
-            key = (fn, *map(id, inputs), args, lead, tuple(lags))
+            key = (fn, *map(id, inputs), args, lead)
             hit = self._cache.get(key)
             if hit is not None:
-                return hit[1]
+                kept, arrays = hit[1], hit[2]
+                wanted = _pairs(1 + max(o for o, _ in kept), lags, lagged)
+                if set(wanted) <= set(kept):
+                    return tuple(arrays[kept.index(pair)] for pair in wanted)
         if self._single:
-            got = self._running_one(fn, inputs, args, lead, lags, out, over)
+            got, pairs = self._running_one(fn, inputs, args, lead, lags, lagged, out, over)
             if cached:
-                self._cache[key] = (inputs, got)
+                self._cache[key] = (inputs, pairs, got)
             return got
-        results = list(out) if out is not None else []
-        count = len(inputs)
-        x0, x1, x2 = (*inputs, None, None)[:3]
-        for window, picks in self._plan(lead, tuple(lags)):
-            if count == 1:
-                got = fn(x0[window], *args)
-            elif count == 2:
-                got = fn(x0[window], x1[window], *args)
-            elif count == 3:
-                got = fn(x0[window], x1[window], x2[window], *args)
-            else:
-                got = fn(*[x[window] for x in inputs], *args)
-            if type(got) is not tuple:
-                got = (got,)
-            if not results:
-                results = [np.empty(self.n) for _ in range(len(got) * len(lags))]
-            k = 0
-            for o in got:
-                for src, rows in picks:
+        picks, plain = self._plan(lead, lags)
+        calls = map(fn, *[self._windows(x, lead) for x in inputs], *map(repeat, args))
+        first = next(calls)
+        width = len(first) if type(first) is tuple else 1
+        pairs = _pairs(width, lags, lagged)
+        results = list(out) if out is not None else [np.empty(self.n) for _ in pairs]
+        calls = chain((first,), calls)
+        if plain and lagged is None and width == 1 and len(lags) == 1:
+            (dst,) = results
+            for got, ((src, rows),) in zip(calls, picks):
+                dst[rows] = got[src]
+        elif plain and lagged is None and width == 1 and len(lags) == 2:
+            d0, d1 = results
+            for got, ((s0, rows), (s1, _)) in zip(calls, picks):
+                d0[rows] = got[s0]
+                d1[rows] = got[s1]
+        elif plain and lagged is None and len(lags) == 1:
+            for got, ((src, rows),) in zip(calls, picks):
+                for dst, o in zip(results, got):
+                    dst[rows] = o[src]
+        else:
+            jobs = [(dst, o, lags.index(lag)) for dst, (o, lag) in zip(results, pairs)]
+            for got, pick in zip(calls, picks):
+                outputs = got if width > 1 else (got,)
+                for dst, o, j in jobs:
+                    src, rows = pick[j]
                     if type(src) is slice:
-                        results[k][rows] = o[src]
+                        dst[rows] = outputs[o][src]
                     else:
-                        _nan_led(results[k][rows], o, src)
-                    k += 1
+                        _nan_led(dst[rows], outputs[o], src)
         if over is not None:
             for r in results:
                 r /= over
         elif cached:
-            self._cache[key] = (inputs, tuple(results))
+            self._cache[key] = (inputs, pairs, tuple(results))
         return tuple(results)
 
-    def _plan(self, lead: int, lags: tuple[int, ...]) -> list[tuple[slice, tuple[tuple[slice | int, slice], ...]]]:
-        """Per segment, the window's slice of the inputs and, per lag, the slice of the outputs taken
-        and the rows' slice it goes to (an int, below 0, when the rows start too close to the window's start)."""
+    def _windows(self, x: np.ndarray, lead: int) -> list[np.ndarray]:
+        """``x`` over each segment's window, from its ``lead``-th bar."""
+        got = self._views.get((id(x), lead))
+        if got is None:
+            start, _, b = self._segment_bounds()
+            got = self._views[(id(x), lead)] = (x, list(map(x.__getitem__, map(slice, np.minimum(start + lead, b).tolist(), b.tolist()))))
+        return got[1]
+
+    def _segment_bounds(self) -> np.ndarray:
+        if self._bounds is None:
+            self._bounds = np.array(self.segments, dtype=np.int64).T.reshape(3, -1)
+        return self._bounds
+
+    def _plan(self, lead: int, lags: tuple[int, ...]) -> tuple[list[tuple[tuple[slice | int, slice], ...]], bool]:
+        """Per segment and lag, the slice of the window's outputs taken and the rows' slice it goes to
+        (an int, below 0, when the rows start too close to the window's start); whether every one is a slice."""
         plan = self._plans.get((lead, lags))
         if plan is None:
-            plan = []
-            for start, a, b in self.segments:
-                w = min(start + lead, b)
-                rows = slice(a - self.lo, b - self.lo)
-                picks = tuple((slice(i, i + b - a) if (i := a - w - lag) >= 0 else i, rows) for lag in lags)
-                plan.append((slice(w, b), picks))
-            self._plans[(lead, lags)] = plan
+            start, a, b = self._segment_bounds()
+            rows = list(map(slice, (a - self.lo).tolist(), (b - self.lo).tolist()))
+            first = a - np.minimum(start + lead, b)
+            per_lag = []
+            for lag in lags:
+                i = (first - lag).tolist()
+                stop = (first - lag + b - a).tolist()
+                per_lag.append(list(zip([slice(p, q) if p >= 0 else p for p, q in zip(i, stop)] if min(i) < 0 else map(slice, i, stop), rows)))
+            plan = self._plans[(lead, lags)] = (list(zip(*per_lag)), int(first.min()) >= max(lags))
         return plan
 
     def _running_one(
-        self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], args: tuple[Any, ...], lead: int, lags: Sequence[int],
-        out: Sequence[np.ndarray] | None, over: float | np.ndarray | None,
-    ) -> tuple[np.ndarray, ...]:  # fmt: skip
-        """:meth:`running` of a single segment (a streaming update): the rows' arrays are views of the window's outputs."""
+        self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], args: tuple[Any, ...], lead: int, lags: tuple[int, ...],
+        lagged: Sequence[int] | None, out: Sequence[np.ndarray] | None, over: float | np.ndarray | None,
+    ) -> tuple[tuple[np.ndarray, ...], list[tuple[int, int]]]:  # fmt: skip
+        """:meth:`running` of a single segment (a streaming update): the rows' arrays are views of the
+        window's outputs; and which (output, lag) each is."""
         start, a, b = self.segments[0]
         w = min(start + lead, b)
         got = fn(*inputs, *args) if w == 0 and b == len(inputs[0]) else fn(*[x[w:b] for x in inputs], *args)
         if type(got) is not tuple:
             got = (got,)
+        pairs = _pairs(len(got), lags, lagged)
         m, rows = b - a, []
-        for o in got:
-            for lag in lags:
-                i = a - w - lag
-                if i >= 0:
-                    rows.append(o[i : i + m])
-                else:
-                    rows.append(np.empty(m))
-                    _nan_led(rows[-1], o, i)
+        for o, lag in pairs:
+            i = a - w - lag
+            if i >= 0:
+                rows.append(got[o][i : i + m])
+            else:
+                rows.append(np.empty(m))
+                _nan_led(rows[-1], got[o], i)
         if out is not None:
             for dst, r in zip(out, rows):
                 if over is None:
                     dst[:] = r
                 else:
                     np.divide(r, over, out=dst)
-            return tuple(out)
+            return tuple(out), pairs
         if over is not None:
-            return tuple(r / over for r in rows)
-        return tuple(rows)
+            return tuple(r / over for r in rows), pairs
+        return tuple(rows), pairs
 
     def phased(
         self, fn: Callable[..., Any], inputs: Sequence[np.ndarray], *args: Any, period: int, lookback: int, out: np.ndarray, over: float | None = None
@@ -242,6 +291,10 @@ class Rows:
         self._checked += len(cols)
         if not cols:
             return
+        first, last = min(cols), max(cols)
+        block = self._cols[first : last + 1] if last - first + 1 == len(cols) else self._cols[cols]
+        if all_finite(block):
+            return
         scratch = np.empty(self.n, dtype=bool)
         for j in cols:
             finite &= np.isfinite(self._cols[j], out=scratch)
@@ -251,6 +304,21 @@ class Rows:
         if len(self._taken) != len(names):
             missing = sorted(set(names) - set(self._taken)) or sorted(set(self._taken) - set(names))
             raise AssertionError(f"kernel and feature names disagree: {missing}")
+
+
+def _pairs(width: int, lags: tuple[int, ...], lagged: Sequence[int] | None) -> list[tuple[int, int]]:
+    """(output, lag) of each array :meth:`Rows.running` gives, in order."""
+    return [(o, lag) for o in range(width) for lag in (lags if lagged is None or o in lagged else lags[:1])]
+
+
+def all_finite(values: np.ndarray) -> bool:
+    """Whether every value is finite, by their sum (one read, no write): a NaN or an infinity makes the
+    sum NaN or infinite, and so does an overflow of finite values (a false "no", which only sends the
+    caller to its exact check)."""
+    if not values.size:
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.add.reduce(values, axis=None)))
 
 
 def _nan_led(dst: np.ndarray, src: np.ndarray, i: int) -> None:

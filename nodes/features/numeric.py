@@ -38,14 +38,12 @@ def shift(x: np.ndarray, k: int = 1) -> np.ndarray:
 
 def safe_div(a: np.ndarray, b: np.ndarray, default: float, out: np.ndarray | None = None) -> np.ndarray:
     """a / b, ``default`` where b is 0; NaN stays NaN (warm-up). ``out`` may be ``a`` or ``b``."""
-    nan = np.isnan(a)
-    nan |= np.isnan(b)
     zero = b == 0
+    if not zero.any():
+        return np.divide(a, b, out=out)  # a NaN operand gives NaN
+    zero &= ~np.isnan(a)  # NaN / 0 stays NaN
     out = np.divide(a, b, out=out)
-    if zero.any():
-        np.copyto(out, default, where=zero)
-    if nan.any():
-        np.copyto(out, np.nan, where=nan)
+    np.copyto(out, default, where=zero)
     return out
 
 

@@ -14,14 +14,20 @@ if TYPE_CHECKING:
 
 
 def compute(x: Rows, p: Returns) -> None:
-    b, tmp = x.bars, x.scratch
+    b = x.bars
     c = x.rows(b.close)
+
+    def log_ratio(a: np.ndarray, d: np.ndarray, name: str) -> None:
+        out = x.col(name)
+        np.log(np.divide(a, d, out=x.via(out)), out=out)
+
     for h in p.horizons:
-        np.log(np.divide(c, x.lag(b.close, h), out=tmp), out=x.col(f"ret_{h}"))
+        log_ratio(c, x.lag(b.close, h), f"ret_{h}")
     if p.bar_shape:
         o, hi, lo = x.rows(b.open), x.rows(b.high), x.rows(b.low)
-        np.log(np.divide(c, o, out=tmp), out=x.col("ret_oc"))
-        np.log(np.divide(hi, lo, out=tmp), out=x.col("range_hl"))
-        np.log(np.divide(hi, np.maximum(o, c), out=tmp), out=x.col("wick_up"))
-        np.log(np.divide(np.minimum(o, c), lo, out=tmp), out=x.col("wick_down"))
-        safe_div(np.subtract(c, lo, out=tmp), hi - lo, 0.5, out=x.col("close_pos"))
+        log_ratio(c, o, "ret_oc")
+        log_ratio(hi, lo, "range_hl")
+        log_ratio(hi, np.maximum(o, c), "wick_up")
+        log_ratio(np.minimum(o, c), lo, "wick_down")
+        pos = x.col("close_pos")
+        safe_div(np.subtract(c, lo, out=x.via(pos)), hi - lo, 0.5, out=pos)

@@ -28,12 +28,14 @@ def compute(x: Rows, p: Volatility) -> None:
     if "pk" in p.estimators:
         for n in p.windows:
             (mean,) = x.running(talib.SMA, (hl2,), n)
-            np.sqrt(np.multiply(mean, _PK, out=x.scratch), out=x.col(f"rv_pk_{n}"))
+            pk = x.col(f"rv_pk_{n}")
+            np.sqrt(np.multiply(mean, _PK, out=x.via(pk)), out=pk)
     if "gk" in p.estimators:
         gk = 0.5 * hl2 - _GK * np.log(b.close / b.open) ** 2
         for n in p.windows:
             (mean,) = x.running(talib.SMA, (gk,), n)
-            np.sqrt(np.maximum(mean, 0.0, out=x.scratch), out=x.col(f"rv_gk_{n}"))
+            gk_n = x.col(f"rv_gk_{n}")
+            np.sqrt(np.maximum(mean, 0.0, out=x.via(gk_n)), out=gk_n)
     if p.ratio is not None:
         short, long = p.ratio
         safe_div(x.col(f"rv_cc_{short}"), x.col(f"rv_cc_{long}"), 1.0, out=x.col(f"rv_ratio_{short}_{long}"))

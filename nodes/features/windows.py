@@ -28,6 +28,15 @@ from nodes.features.featureset import ResolvedFeatureSet
 from nodes.features.kernel import Segment, compute
 
 
+MATRIX_BYTES = 30 << 20
+"""At most about this much matrix per run of blocks: glibc maps an allocation over 32 MiB afresh from
+the OS each time, and first touching its pages cost more than a smaller run's overhead (5% of a
+batch of the full core set, 119 columns, at 65,536 rows)."""
+ONE_RUN = 1 << 30
+"""``rows`` from which a history is one run whatever the matrix's size (what ``Batch.frame`` and the
+checks ask for with ``1 << 40``)."""
+
+
 def block_ids(ts: np.ndarray, block: int, timeframe_ms: int) -> np.ndarray:
     return ts // (block * timeframe_ms)
 
@@ -45,7 +54,8 @@ def batch_blocks(
     fs: ResolvedFeatureSet, bars: Bars, basket: np.ndarray, gold: np.ndarray, timeframe_ms: int, *, rows: int = 65_536, width: int = 0
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """``(start, stop, kernel rows, complete, finite)`` for consecutive runs of whole blocks of about
-    ``rows`` rows; ``finite``: every kernel value of the row is finite.
+    ``rows`` rows (fewer for a wide matrix, :data:`MATRIX_BYTES`, unless :data:`ONE_RUN`);
+    ``finite``: every kernel value of the row is finite.
 
     The kernel's columns come first in a matrix of ``width`` columns (at least the kernel's), so
     the caller can add its joined columns in place; those are left to the caller (uninitialised)."""
@@ -53,6 +63,8 @@ def batch_blocks(
     starts, ends = block_bounds(bars.ts, fs.block, timeframe_ms)
     k = len(fs.kernel_names)
     width = max(width, k)
+    if rows < ONE_RUN:
+        rows = max(1, min(rows, MATRIX_BYTES // (8 * width)))
     i = 0
     while i < len(starts):
         j = i

@@ -14,8 +14,10 @@ never imports torch. :data:`KINDS` names them.
 from __future__ import annotations
 
 import abc
+import functools
 import importlib
-from collections.abc import Mapping, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -159,9 +161,10 @@ def feature_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -
     is null, NaN or infinite: a model never sees one.
     """
     X = np.empty((len(rows), len(features)), dtype=np.float64)
+    take = _getter(tuple(features))
     for i, values in enumerate(rows):
         try:
-            row = [values[f] for f in features]
+            row = take(values)
         except KeyError as exc:
             raise FeatureShapeError(f"feature vector lacks {exc.args[0]!r} ({len(values)} values, the model takes {len(features)})") from None
         try:
@@ -176,3 +179,12 @@ def feature_matrix(rows: Sequence[Mapping[str, Any]], features: Sequence[str]) -
         i, j = map(int, np.argwhere(~np.isfinite(X))[0])
         raise FeatureShapeError(f"feature {features[j]!r} is {rows[i][features[j]]!r} in row {i}: not a finite number")
     return X
+
+
+@functools.lru_cache(maxsize=256)
+def _getter(features: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function taking ``features``' values of a mapping, in order, as a tuple (KeyError names the first missing)."""
+    if len(features) == 1:
+        name = features[0]
+        return lambda values: (values[name],)
+    return operator.itemgetter(*features)

@@ -16,8 +16,10 @@ the finish time), so equal models are equal bytes.
 from __future__ import annotations
 
 import abc
+import ctypes
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -77,6 +79,9 @@ class TreeModel(Model):
             raise ModelError(f"{self.kind}: rows of {X.shape[-1] if X.ndim else 0} values, the model takes {len(self.card.features)}")
         p = self.predict_proba(X)
         t = self.threshold
+        if len(p) == 1:  # one message: the same numbers as below, without six array operations
+            q = float(p[0])
+            return Prediction(np.array([1 if q > t else -1 if q < 1.0 - t else 0], dtype=np.int8), np.array([max(q, 1.0 - q)]))
         side = np.where(p > t, 1, np.where(p < 1.0 - t, -1, 0)).astype(np.int8)
         return Prediction(side, np.maximum(p, 1.0 - p))
 
@@ -122,12 +127,108 @@ class XGBoostModel(TreeModel):
     def to_bytes(self) -> bytes:
         return bytes(self.booster.save_raw("ubj"))
 
+    def __init__(self, card: ModelCard, booster: Any) -> None:
+        super().__init__(card, booster)
+        self._dense: _DensePredict | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_dense": None}  # C handles do not cross processes
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """``inplace_predict``: no DMatrix (and its thread pool) per call; the same probabilities."""
-        return np.asarray(self.booster.inplace_predict(X), dtype=np.float64)
+        """``inplace_predict`` (no DMatrix per call), through :class:`_DensePredict`: the same probabilities."""
+        dense = self._dense
+        if dense is None:
+            dense = self._dense = _DensePredict.of(self.booster)
+        got = dense(X) if dense else None
+        return np.asarray(self.booster.inplace_predict(X), dtype=np.float64) if got is None else got
 
     def n_features(self) -> int:
         return int(self.booster.num_features())
+
+
+class _Proxy:
+    """An XGBoost proxy DMatrix (the holder of an inplace prediction's input), freed with this object."""
+
+    __slots__ = ("handle", "free")
+
+    def __init__(self, create: Any, free: Any) -> None:
+        self.handle = ctypes.c_void_p()
+        self.free = None
+        if create(ctypes.byref(self.handle)) == 0:
+            self.free = free
+
+    def __del__(self) -> None:
+        if self.free is not None:
+            self.free(self.handle)
+
+
+class _DensePredict:
+    """``Booster.inplace_predict`` of a C-contiguous float64 matrix: the same C function
+    (``XGBoosterPredictFromDense``, XGBoost's C API) with the same configuration and input, so
+    the same probabilities (tested), at a fifth of the cost for one row (about 30 us instead of
+    150 for 110 features and 100 trees of depth 6). What it leaves out:
+
+    - the Python wrapper's work per call: input type dispatch, JSON encoding of the same
+      configuration, a class built per call to read the output (which also feeds the garbage
+      collector);
+    - the proxy DMatrix made per call when none is given, whose construction reads the cgroup CPU
+      quota from /sys (two file opens and a regex per prediction): a proxy is kept per thread.
+
+    ``of`` gives ``False`` when the library does not offer this (another XGBoost build): the model
+    then calls ``inplace_predict``; so does an output that is not one value per row.
+    """
+
+    CONFIG = b'{"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, "missing": NaN, "strict_shape": false, "cache_id": 0}'
+    """What ``inplace_predict`` sends by default (``predict_type="value"``, every tree, NaN missing)."""
+    INPUT = b'{"data": [%d, false], "strides": null, "descr": [["", "<f8"]], "typestr": "<f8", "shape": [%d, %d], "version": 3}'
+    """The array interface ``inplace_predict`` sends for a C-contiguous float64 matrix."""
+
+    def __init__(self, booster: Any, lib: ctypes.CDLL, error: type[Exception]) -> None:
+        self.booster = booster
+        self.error = error
+        self.run = lib.XGBoosterPredictFromDense
+        self.run.restype = ctypes.c_int
+        self.run.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+        self.create, self.free = lib.XGProxyDMatrixCreate, lib.XGDMatrixFree
+        self.last_error = lib.XGBGetLastError
+        self.last_error.restype = ctypes.c_char_p
+        self.local = threading.local()
+
+    @classmethod
+    def of(cls, booster: Any) -> _DensePredict | bool:
+        try:
+            import xgboost.core as core
+
+            return cls(booster, ctypes.CDLL(core._LIB._name), core.XGBoostError)  # the library xgboost loaded: the same handle
+        except Exception:
+            return False
+
+    def __call__(self, X: np.ndarray) -> np.ndarray | None:
+        """Probabilities of ``X``'s rows, or None when only ``inplace_predict`` can tell."""
+        n, m = X.shape
+        if not n:
+            return np.empty(0)
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        local = self.local
+        state = getattr(local, "state", None)
+        if state is None:
+            proxy = _Proxy(self.create, self.free)
+            if proxy.free is None:
+                return None
+            shape, dims, out = ctypes.POINTER(ctypes.c_uint64)(), ctypes.c_uint64(), ctypes.POINTER(ctypes.c_float)()
+            state = local.state = (proxy, shape, dims, out, ctypes.byref(shape), ctypes.byref(dims), ctypes.byref(out))
+        proxy, shape, dims, out, shape_ref, dims_ref, out_ref = state
+        handle = self.booster.handle
+        if self.run(handle, self.INPUT % (X.ctypes.data, n, m), self.CONFIG, proxy.handle, shape_ref, dims_ref, out_ref):
+            raise self.error(self.last_error().decode("utf-8", "replace"))
+        if dims.value != 1 or shape[0] != n:
+            return None
+        if n == 1:
+            return np.array([out[0]])
+        got = np.empty(n, dtype=np.float32)
+        ctypes.memmove(got.ctypes.data, out, 4 * n)
+        return got.astype(np.float64)
 
 
 class LightGBMModel(TreeModel):
