@@ -43,7 +43,7 @@ from framework.transport.inprocess import (
 from framework.transport.kafka import KafkaLog
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 15.0
+TIMEOUT = 30.0  # a deadline for a hang: a group (re)join takes seconds on tansu, more on a loaded machine
 FAST_GROUPS: dict[str, Any] = {"session_timeout_ms": 2_000, "heartbeat_interval_ms": 250, "fetch_max_wait_ms": 100}
 """tansu holds each JoinGroup for half the session timeout (at least 1 s); keep it short."""
 

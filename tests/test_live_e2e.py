@@ -33,9 +33,14 @@ def test_live_profile_runs_the_built_pipeline_on_real_servers(
     cmd = [
         sys.executable, "-m", "framework.cli", "topology=live", f"data_dir={data_dir}", "pairs=[EURUSD,XAUUSD]",
         "simulate_feeds=true",
-        "+topology.services.polygon-live-collector.params.simulation={seed: 5, duration: 4s, mean_interval_ms: 25}",
+        # fixed windows, not the wall clock's: a feed from now is silent over the FX weekend and on 25 December and
+        # 1 January (the quotes of an open hour are replayed at real pace, stamped live), and two days before a
+        # holiday's weekend hold no bar
+        "+topology.services.polygon-live-collector.params.simulation={seed: 5, start: '2026-11-02T17:00:00Z', duration: 4s, "
+        "mean_interval_ms: 25}",
         "topology.services.polygon-historical-downloader.params.run=once",
         "topology.services.polygon-historical-downloader.params.lookback=2d",
+        "++topology.services.polygon-historical-downloader.params.end=2026-11-02T18:00:00Z",
         "topology.services.polygon-historical-downloader.params.requests_per_minute=null",
         "+topology.services.external-data-collector.params.polls=1",
         "topology.services.dukascopy-historical-downloader.params.run=once",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from itertools import islice
@@ -24,7 +23,7 @@ from framework.runtime import Runtime
 from framework.testing import query
 from framework.topology.load import LoadedRun, load_run
 from framework.transport.inprocess import InProcessPubSub
-from nodes.marketdata.synthetic import Quote, SyntheticQuotes, market_closed
+from nodes.marketdata.synthetic import Quote, SyntheticQuotes
 from nodes.polygon_live.node import MissingApiKey
 from nodes.polygon_live.simulator import (
     Disconnect,
@@ -41,19 +40,12 @@ CONTRACTS = ContractRegistry.load(PROJECT / "contracts")
 SERVICE = "polygon-live-collector"
 TIMEOUT = 30.0
 MINUTE = 60_000
-HOUR = 60 * MINUTE
 
 
-def recent_open_hour() -> int:
-    """The start of a recent UTC hour with the market open: live_ticks keeps 3 days (a TTL), so
-    older quotes would vanish from the table the test reads."""
-    hour = int(time.time() * 1000) // HOUR * HOUR - HOUR
-    while market_closed(hour):
-        hour -= HOUR
-    return hour
-
-
-T0 = recent_open_hour()
+T0 = 1_793_638_800_000
+"""Monday 2026-11-02 17:00 UTC, an open hour: fixed, so every run sees the same quotes. (The hour before the wall
+clock's made counts depend on when the suite ran: the quiet 22:00 hour has too few quotes for the demo test, and in
+late hours the injected quote went stale.) The demo profile keeps no TTL (retention off), so its age is harmless."""
 T0_ISO = datetime.fromtimestamp(T0 / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 PAIRS = ["EURUSD", "XAUUSD", "USDJPY"]
 KEY = "test-key-5f3a9c"
@@ -392,7 +384,7 @@ async def test_simulate_on_the_wall_clock_paces_in_real_time_and_stamps_quotes_l
     loaded = demo(
         tmp_path,
         *params(simulate=True, max_quote_age="5s"),
-        f"++topology.services.{SERVICE}.params.simulation.start='{T0_ISO}'",  # a recent open hour, replayed as live
+        f"++topology.services.{SERVICE}.params.simulation.start='{T0_ISO}'",  # an open hour, replayed as live
         f"++topology.services.{SERVICE}.params.simulation.duration=2s",
         f"++topology.services.{SERVICE}.params.simulation.mean_interval_ms=100",
     )

@@ -267,7 +267,7 @@ async def run(rt: Runtime, duration: float = 10.0) -> None:
     await asyncio.wait_for(rt.run(duration), TIMEOUT)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -678,7 +678,8 @@ async def test_a_failed_consumer_leaves_its_records_uncommitted_for_the_next_run
 
 async def test_restart_budget_is_given_back_after_a_healthy_period(tmp_path: Path) -> None:
     services = {"flaky": svc("sink", params={"fail_on": [1, 2, 3]}, inputs={"ticks": {"nats": "ticks.>"}})}
-    policy = {**FAST_RESTART, "failures_before_restart": 1, "max_restarts": 1, "reset_after_s": 0.2}
+    # reset_after_s leaves room on a loaded machine for the quick second failure below (it must come within it)
+    policy = {**FAST_RESTART, "failures_before_restart": 1, "max_restarts": 1, "reset_after_s": 1.0}
     topo = topology(tmp_path, services, runtime={"restart": policy})
     bus = InProcessPubSub()
     await bus.connect()
@@ -687,7 +688,7 @@ async def test_restart_budget_is_given_back_after_a_healthy_period(tmp_path: Pat
     try:
         await bus.publish("ticks.EURUSD", tick(1))
         await until(lambda: metrics(rt)["flaky"]["restarts"] == 1 and metrics(rt)["flaky"]["state"] == "running")
-        await asyncio.sleep(0.3)  # healthy for longer than reset_after_s
+        await asyncio.sleep(1.3)  # healthy for longer than reset_after_s
         await bus.publish("ticks.EURUSD", tick(2))
         await until(lambda: metrics(rt)["flaky"]["state"] == "running" and rt.hosts["flaky"].node is not None)
         assert metrics(rt)["flaky"]["state"] != "failed"
@@ -717,7 +718,7 @@ async def test_handler_failure_is_logged_with_service_node_origin_and_traceback(
 
 async def test_stop_during_restart_backoff_does_not_start_the_node_again(tmp_path: Path) -> None:
     services = {"flaky": svc("sink", params={"fail_on": [1]}, inputs={"ticks": {"nats": "ticks.>"}})}
-    policy = {"backoff_initial": 5.0, "backoff_max": 5.0, "failures_before_restart": 1}
+    policy = {"backoff_initial": 60.0, "backoff_max": 60.0, "failures_before_restart": 1}
     bus = InProcessPubSub()
     await bus.connect()
     rt = runtime(topology(tmp_path, services, runtime={"restart": policy}), tmp_path / "data", pubsub=bus)
@@ -726,7 +727,7 @@ async def test_stop_during_restart_backoff_does_not_start_the_node_again(tmp_pat
     await until(lambda: metrics(rt)["flaky"]["state"] == "restarting")
     started = time.monotonic()
     await asyncio.wait_for(rt.stop(), TIMEOUT)
-    assert time.monotonic() - started < 4.0  # the 5 s backoff was cut short by the stop
+    assert time.monotonic() - started < 30.0  # the 60 s backoff was cut short by the stop (with room for a loaded machine)
     assert EVENTS.count(("start", "flaky")) == 1
     assert rt.hosts["flaky"].node is None
     assert metrics(rt)["flaky"]["state"] == "stopped"

@@ -484,15 +484,22 @@ async def test_redis_claim_reports_new_and_seen_keys(kv: RedisStore) -> None:
     assert await kv.claim(other, ["a"]) == [True]
 
 
+async def until_value(read: Any, expected: Any, timeout: float = 30.0) -> None:
+    """Call ``read()`` until it returns ``expected`` (an expiry waited for, not timed)."""
+    deadline = time.monotonic() + timeout
+    while (got := await read()) != expected:
+        assert time.monotonic() < deadline, f"still {got!r}, not {expected!r}"
+        await asyncio.sleep(0.05)
+
+
 async def test_redis_claim_expires_after_ttl(kv: RedisStore) -> None:
+    # A TTL long enough that two claims in a row on a loaded machine fall inside it; expiry is waited for.
     name = uniq("dedup")
-    await kv.ensure_table(name, Table(store="dragonfly", engine="kv", retention="300ms"), {"key": "str"})
+    await kv.ensure_table(name, Table(store="dragonfly", engine="kv", retention="1500ms"), {"key": "str"})
+    assert await kv.claim(name, ["k2"], ttl_ms=60_000) == [True]  # before k1: older than k1 when k1 expires
     assert await kv.claim(name, ["k1"]) == [True]
     assert await kv.claim(name, ["k1"]) == [False]
-    await asyncio.sleep(0.6)
-    assert await kv.claim(name, ["k1"]) == [True]
-    assert await kv.claim(name, ["k2"], ttl_ms=60_000) == [True]
-    await asyncio.sleep(0.6)
+    await until_value(lambda: kv.claim(name, ["k1"]), [True])  # a failed claim leaves the TTL alone
     assert await kv.claim(name, ["k2"]) == [False]  # an explicit TTL outlives the table's
 
 
@@ -504,10 +511,9 @@ async def test_redis_latest_values_round_trip(kv: RedisStore) -> None:
     await handle.put_latest("EURUSD", {"bid": 1.1, "ts": 1, "tags": ["a"]})
     await handle.put_latest("EURUSD", {"bid": 1.2, "ts": 2, "tags": []})
     assert await handle.get_latest("EURUSD") == {"bid": 1.2, "ts": 2, "tags": []}
-    await handle.put_latest("short", 42, ttl_ms=200)
+    await handle.put_latest("short", 42, ttl_ms=1_500)  # long enough for the read that follows on a loaded machine
     assert await handle.get_latest("short") == 42
-    await asyncio.sleep(0.5)
-    assert await handle.get_latest("short") is None
+    await until_value(lambda: handle.get_latest("short"), None)
     await kv.insert(name, [{"key": "XAUUSD", "bid": 2000.5}])
     assert await handle.get_latest("XAUUSD") == {"key": "XAUUSD", "bid": 2000.5}
     with pytest.raises(StoreError, match="runs no SQL"):

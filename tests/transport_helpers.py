@@ -23,7 +23,8 @@ def server_unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
-async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Wait for ``predicate``: the deadline is for a hang, not a speed limit (the machine may be loaded)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
