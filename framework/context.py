@@ -28,18 +28,14 @@ from framework.stores.base import KeyValueStore, Store, StoreError
 from framework.stores.batch import BatchWriter
 from framework.topology.model import Account, Instrument
 from framework.topology.templates import placeholders
-from framework.transport.base import LogTransport, PubSubTransport, Record
+from framework.transport.base import COUNT_HEADER, ID_HEADER, LogTransport, PubSubTransport, Record
 
 # StoreError is what a table operation raises when its store fails; nodes catch it from here.
 __all__ = ["CAUSE_HEADER", "ID_HEADER", "PRODUCER_HEADER", "NodeContext", "OutputRoute", "StoreError", "TableHandle"]
 
 PRODUCER_HEADER = "fxflow-service"
 """Header naming the service that archived a record (a refill takes back only its own records)."""
-ID_HEADER = "fxflow-id"
-"""Header holding a message's id (``<service>-<epoch>-<n>``: unique per service and run)."""
 CAUSE_HEADER = "fxflow-cause"
-COUNT_HEADER = "fxflow-count"
-"""A chunk's headers: its rows have ids ``fxflow-id`` .. ``fxflow-id + count - 1`` (same prefix)."""
 """Header holding the id of the message whose handling published this one (none for a source's own)."""
 
 Item = tuple[list[str], dict[str, Any], dict[str, str]]
@@ -419,12 +415,13 @@ class NodeContext:
         the rows to the port's outbox, which delivers each once acknowledged, as :meth:`publish_many` does, so
         the handler never waits for the log."""
         n = len(chunk)
-        parts: list[tuple[int, str, Chunk, int, np.ndarray | None]] = []
+        groups: list[list[tuple[str, Chunk, int, np.ndarray | None]]] = []
         ids: list[int] | None = None
         for k, (template, render) in enumerate(route.subjects):
+            groups.append([])
             for subject, part, index in _by_subject(template, render, chunk):
                 first = self._next_ids(len(part))
-                parts.append((k, subject, part, first, index))
+                groups[k].append((subject, part, first, index))
                 if k == 0 and (route.topics or route.traced):
                     if index is None:
                         ids = list(range(first, first + n))
@@ -452,9 +449,9 @@ class NodeContext:
             for row_sends, row in zip(sends, rows):
                 outbox_settle(self, row_sends, row)
         whole = getattr(self._pubsub, "publish_parts", None)
-        for k in range(len(route.subjects)):
+        for group in groups:  # one subject template's parts
             sends = []
-            for _, subject, part, first, index in (p for p in parts if p[0] == k):
+            for subject, part, first, index in group:
                 headers = {ID_HEADER: f"{self._id_prefix}{first}", COUNT_HEADER: str(len(part))}
                 if cause is not None:
                     headers[CAUSE_HEADER] = cause

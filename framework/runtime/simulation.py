@@ -49,8 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from framework.chunk import Chunk
 from framework.clock import DRIVING, SimulatedClock
-from framework.context import COUNT_HEADER, ID_HEADER
-from framework.transport.base import PubSubTransport, isolated
+from framework.transport.base import COUNT_HEADER, ID_HEADER, PubSubTransport, isolated
 
 if TYPE_CHECKING:
     from framework.runtime.dispatch import Deliver

@@ -71,15 +71,21 @@ WHOLE_ATTR = "takes_publications_whole"
 publication's order (a batch handler): see ``InProcessPubSub.publish_parts``."""
 
 
+ID_HEADER = "fxflow-id"
+"""Header holding a message's id (``<service>-<epoch>-<n>``: unique per service and run)."""
+COUNT_HEADER = "fxflow-count"
+"""A chunk's headers: its rows have ids ``fxflow-id`` .. ``fxflow-id + count - 1`` (same prefix)."""
+
+
 def row_headers(headers: Headers | None, n: int) -> list[Headers | None]:
     """The headers of each of a chunk's ``n`` rows: the chunk's, with ids counted on from its first."""
-    if not headers or "fxflow-count" not in headers:
+    if not headers or COUNT_HEADER not in headers:
         return [headers] * n
-    first = headers["fxflow-id"]
+    first = headers[ID_HEADER]
     prefix, _, number = first.rpartition("-")
-    base = {k: v for k, v in headers.items() if k not in ("fxflow-id", "fxflow-count")}
+    base = {k: v for k, v in headers.items() if k not in (ID_HEADER, COUNT_HEADER)}
     start = int(number)
-    return [{**base, "fxflow-id": f"{prefix}-{start + i}"} for i in range(n)]
+    return [{**base, ID_HEADER: f"{prefix}-{start + i}"} for i in range(n)]
 
 
 class Subscription(abc.ABC):

@@ -30,8 +30,9 @@ import orjson
 from framework.subjects import SubjectIndex, validate_pattern
 from framework.transport.base import (
     CHUNK_ATTR,
-    WHOLE_ATTR,
+    COUNT_HEADER,
     ISOLATED_ATTR,
+    WHOLE_ATTR,
     Handler,
     Headers,
     LogConsumer,
@@ -307,7 +308,7 @@ class InProcessPubSub(PubSubTransport):
                     continue
                 done.add(key)
                 index = np.sort(np.concatenate([parts[j][3] for j in merged[key]]))
-                first = {h: v for h, v in (headers or {}).items() if h != "fxflow-count"} or None  # one chunk, its own rows
+                first = {h: v for h, v in (headers or {}).items() if h != COUNT_HEADER} or None  # one chunk, its own rows
                 await self._deliver_chunk(subject, whole.take(index), first, (entry,))
 
     async def _deliver_chunk(self, subject: str, chunk: Any, headers: Headers | None, entries: tuple[_Entry, ...]) -> None:
