@@ -1,6 +1,6 @@
 """Feature engineering: batch against TA-Lib alone, and the streaming update per closed bar.
 
-    .venv/bin/python bench/bench_features.py                   # 1M bars batch, 6 h of streaming
+    .venv/bin/python bench/bench_features.py                   # 1M bars batch, a 1m block (B minutes) of streaming
     .venv/bin/python bench/bench_features.py -n 100000 --hours 1
 
 Prints, in one run:
@@ -183,11 +183,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=1_000_000, help="1m bars of the batch measurements")
     parser.add_argument("-r", type=int, default=5, help="rounds of the subset measurement, ours and TA-Lib's in turn (best of)")
-    parser.add_argument("--hours", type=float, default=6.0, help="hours of bars fed to the streaming engine")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="hours of bars fed to the streaming engine (default: a whole 1m block and an hour, so every window length of the 1m stream is met)")
     parser.add_argument("--block", type=int, default=FeatureSetParams().block, help="B of the measured sets (default: the core set's)")
     args = parser.parse_args()
     bench_batch(args.n, args.r, args.block)
-    bench_streaming(args.hours, args.block)
+    bench_streaming(args.hours if args.hours is not None else args.block / 60 + 1, args.block)
 
 
 if __name__ == "__main__":

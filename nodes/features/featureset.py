@@ -487,7 +487,7 @@ class FeatureSetParams(BaseModel):
         "recursive indicators to converge: `fxrun check recursive` tells)",
     )  # fmt: skip
     block: int = Field(
-        default=1024, ge=1,
+        default=2048, ge=1,
         description="B: rows are computed in blocks of B bars anchored on time (floor(ts / (B * timeframe))); batch costs "
         "about (W + B) / B times the kernel alone, a streaming update computes at most W + B rows",
     )  # fmt: skip
