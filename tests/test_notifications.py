@@ -615,6 +615,18 @@ def test_bad_params_name_the_field(params: dict[str, Any], loc: tuple[Any, ...],
     assert error["loc"] == loc and message in error["msg"]
 
 
+def test_a_field_error_and_a_bad_reference_are_reported_together() -> None:
+    params = {"timezone": "Europe/Lundon", "retry": {"attempts": 0},
+              "channels": {"mail": {"kind": "email", "quiet_hours": "22:00-31:00 Europe/London"}},
+              "rules": [{"channels": ["mial"]}], "rate_limits": {"fill": "often"}}  # fmt: skip
+    with pytest.raises(ValidationError) as info:
+        NotificationHubParams.model_validate(params)
+    got = {e["loc"]: e["msg"] for e in info.value.errors()}
+    assert set(got) == {("timezone",), ("retry", "attempts"), ("channels", "mail", "quiet_hours"), ("rules", 0, "channels", 0), ("rate_limits", "fill")}
+    assert "did you mean mail?" in got[("rules", 0, "channels", 0)]
+    assert "unknown time zone 'Europe/Lundon'" in got[("timezone",)]
+
+
 def test_lint_points_at_the_file_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     text = (ROOT / "topology" / "services.yaml").read_text()

@@ -131,36 +131,67 @@ class NotificationHubParams(_Strict):
     @model_validator(mode="wrap")
     @classmethod
     def _references(cls, data: Any, handler: Any) -> NotificationHubParams:
-        """Rules name declared channels, quiet hours and rate limits parse: each error points at its very field."""
-        params = handler(data)
-        errors: list[InitErrorDetails] = []
+        """Rules name declared channels, quiet hours and rate limits parse: each error points at its very field. These
+        checks read the raw mapping too, so a declaration with a field error and a bad reference shows both at once."""
+        try:
+            params = handler(data)
+        except ValidationError as exc:
+            found = [InitErrorDetails(type=PydanticCustomError(e["type"], _escaped(e["msg"])), loc=e["loc"], input=e["input"])
+                     for e in exc.errors()]  # fmt: skip
+            seen = {e["loc"] for e in exc.errors()}
+            found += [e for e in _reference_errors(data) if e["loc"] not in seen]
+            raise ValidationError.from_exception_data(cls.__name__, found) from None
+        errors = _reference_errors(params.model_dump())
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return params
 
-        def error(kind: str, message: str, loc: tuple[str | int, ...], got: Any) -> None:
-            escaped = message.replace("{", "{{").replace("}", "}}")
-            errors.append(InitErrorDetails(type=PydanticCustomError(kind, escaped), loc=loc, input=got))
 
-        declared = sorted(params.channels)
-        for i, rule in enumerate(params.rules):
-            for j, name in enumerate(rule.channels):
-                if name not in params.channels:
-                    close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
-                    hint = f"; did you mean {close[0]}?" if close else ""
-                    message = f"rule names channel {name!r}, which is not declared under channels (declared: {', '.join(declared) or 'none'}){hint}"
-                    error("unknown_channel", message, ("rules", i, "channels", j), name)
-        for name, channel in params.channels.items():
-            if channel.quiet_hours is not None:
-                try:
-                    QuietHours.parse(channel.quiet_hours, params.timezone)
-                except ValueError as exc:
-                    error("quiet_hours", str(exc), ("channels", name, "quiet_hours"), channel.quiet_hours)
-        for type_, text in params.rate_limits.items():
+def _escaped(message: str) -> str:
+    return message.replace("{", "{{").replace("}", "}}")
+
+
+def _reference_errors(data: Any) -> list[InitErrorDetails]:
+    """The cross-field errors of a declaration (validated, or raw: whatever of it can be read)."""
+    errors: list[InitErrorDetails] = []
+    if not isinstance(data, dict):
+        return errors
+
+    def error(kind: str, message: str, loc: tuple[str | int, ...], got: Any) -> None:
+        errors.append(InitErrorDetails(type=PydanticCustomError(kind, _escaped(message)), loc=loc, input=got))
+
+    channels = data.get("channels")
+    channels = channels if isinstance(channels, dict) else {}
+    declared = sorted(str(name) for name in channels)
+    rules = data.get("rules")
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        names = rule.get("channels") if isinstance(rule, dict) else None
+        for j, name in enumerate(names if isinstance(names, list) else []):
+            if isinstance(name, str) and name not in channels:
+                close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+                hint = f"; did you mean {close[0]}?" if close else ""
+                message = f"rule names channel {name!r}, which is not declared under channels (declared: {', '.join(declared) or 'none'}){hint}"
+                error("unknown_channel", message, ("rules", i, "channels", j), name)
+    timezone = data.get("timezone", "UTC")
+    try:
+        zone(timezone)
+    except (ValueError, TypeError):
+        timezone = None  # its own field error says so; quiet hours that name no zone cannot be checked
+    for name, channel in channels.items():
+        quiet = channel.get("quiet_hours") if isinstance(channel, dict) else None
+        if isinstance(quiet, str) and (timezone is not None or len(quiet.split()) > 1):
+            try:
+                QuietHours.parse(quiet, timezone or "UTC")
+            except ValueError as exc:
+                error("quiet_hours", str(exc), ("channels", name, "quiet_hours"), quiet)
+    limits = data.get("rate_limits")
+    for type_, text in (limits.items() if isinstance(limits, dict) else ()):
+        if isinstance(text, str):
             try:
                 RateLimit.parse(text)
             except ValueError as exc:
                 error("rate_limit", str(exc), ("rate_limits", type_), text)
-        if errors:
-            raise ValidationError.from_exception_data(cls.__name__, errors)
-        return params
+    return errors
 
 
 SPEC = NodeSpec(
