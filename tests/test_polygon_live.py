@@ -4,6 +4,7 @@ embedded ClickHouse for live_ticks, simulated clock), fed by its WebSocket simul
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -399,6 +400,31 @@ async def test_simulate_on_the_wall_clock_paces_in_real_time_and_stamps_quotes_l
     assert len(times) > 5 and times == sorted(times)
     assert started <= times[0] and times[-1] <= ended  # live stamps, none stale against the 5 s limit
     assert metrics(rt)["dead_lettered"] == 0
+
+
+async def test_a_realtime_feed_with_a_fixed_window_resumes_inside_its_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Realtime pace stamps quotes with the wall clock; the position a restart resumes from stays in the feed's window."""
+    monkeypatch.delenv(ENV, raising=False)
+    position = tmp_path / "services" / SERVICE / "simulation-position.json"
+    runs = []
+    for duration in ("2s", "4s"):  # the second run continues the window with its next two seconds
+        loaded = demo(
+            tmp_path,
+            *params(simulate=True, max_quote_age="5s"),
+            f"++topology.services.{SERVICE}.params.simulation.start='{T0_ISO}'",
+            f"++topology.services.{SERVICE}.params.simulation.duration={duration}",
+            f"++topology.services.{SERVICE}.params.simulation.mean_interval_ms=100",
+        )
+        bus, rec = await recording_bus()
+        rt = Runtime(loaded.topology, registry(), CONTRACTS, pairs=PAIRS, only=[SERVICE], data_dir=tmp_path, pubsub=bus, clock=WallClock())
+        await asyncio.wait_for(rt.run(), TIMEOUT)
+        reached = json.loads(position.read_text())["last_ts"]
+        runs.append((rec.ticks, reached))
+    (first, after_first), (second, after_second) = runs
+    assert first and second, "the second run sends the window's next seconds"
+    assert all(T0 <= ts < T0 + 2_000 for ts in after_first.values())
+    assert all(T0 + 2_000 <= ts < T0 + 4_000 for ts in after_second.values())
+    assert min(t["ts"] for t in second) > max(t["ts"] for t in first)
 
 
 async def test_seq_keeps_growing_across_runs_of_the_same_data_dir(tmp_path: Path) -> None:

@@ -133,8 +133,12 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         path = self._position_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"window": self._window(), "last_ts": {**self.resumed, **self.last_ts}}))
+        reached = {s: self._feed_time(ts) for s, ts in self.last_ts.items()}
+        tmp.write_text(json.dumps({"window": self._window(), "last_ts": {**self.resumed, **reached}}))
         tmp.replace(path)
+
+    def _feed_time(self, ts: int) -> int:
+        return self.simulator.feed_time(ts) if self.simulator is not None else ts
 
     def _api_key(self) -> str:
         env = self.params.api_key_env
@@ -264,7 +268,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
             return
         if ctx.clock.simulated:
             await ctx.clock.wait_until(ts)
-        if self.resumed and ts <= self.resumed.get(symbol, -1):
+        if self.resumed and self._feed_time(ts) <= self.resumed.get(symbol, -1):
             return  # published by the run this one resumes
         problem = quote_problem(quote.bid, quote.ask, ts, now_ms=ctx.clock.now_ms(), max_age_ms=self.max_age_ms)
         if problem is not None:

@@ -248,6 +248,13 @@ class PolygonSimulator:
             self.stats.crossed.append(quote)
         return quote
 
+    def feed_time(self, ts: int) -> int:
+        """The feed's own time of a quote sent stamped ``ts``: realtime pace stamps quotes with the wall clock from the
+        first subscription on, so a position to resume from must be kept in the feed's window, not in wall time."""
+        if self.pace == "realtime" and self._anchor_wall_ms is not None:
+            return ts - self._anchor_wall_ms + self.start_ms
+        return ts
+
     def _due_in(self, quote: Quote) -> float:
         """Seconds until ``quote`` is due (realtime pacing); 0 when fast."""
         if self.pace == "fast":
