@@ -55,3 +55,29 @@ def test_each_decision_is_one_row_and_one_log_line() -> None:
         "reason": "balanced_accuracy 0.4900 < 0.52 (baseline min)", "metric": "balanced_accuracy", "value": 0.49, "by": "svc",
     }  # fmt: skip
     assert log_line(decision, "signal-1m:3") == "model signal-1m:3 rejected: balanced_accuracy 0.4900 < 0.52 (baseline min)"
+
+
+def test_with_no_bound_declared_a_model_must_beat_chance() -> None:
+    rule = Baseline(metric="balanced_accuracy")
+    coin = decide({"balanced_accuracy": 0.5}, rule)
+    assert not coin.promote and coin.reason == "balanced_accuracy 0.5000 does not beat chance (0.5)"
+    assert decide({"balanced_accuracy": 0.5003}, rule).reason == "balanced_accuracy 0.5003 > 0.5 (chance)"
+    losing = decide({"sharpe": -0.2}, Baseline(metric="sharpe"))
+    assert not losing.promote and losing.reason == "sharpe -0.2000 does not beat chance (0)"
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "log_loss", "brier"])
+def test_a_metric_without_a_chance_level_needs_a_declared_bound(metric: str) -> None:
+    with pytest.raises(ValueError, match=f"baseline on {metric} needs min or max"):
+        Baseline(metric=metric)
+    assert Baseline(metric=metric, max=0.7) if metric != "accuracy" else Baseline(metric=metric, min=0.55)
+
+
+def test_the_declaration_without_a_bound_is_a_lint_error_at_its_field() -> None:
+    from pydantic import ValidationError
+
+    from nodes.supervised_training.spec import BaselineParams
+
+    with pytest.raises(ValidationError, match="baseline on log_loss needs min or max"):
+        BaselineParams.model_validate({"metric": "log_loss", "beat_promoted": True})
+    assert BaselineParams.model_validate({"metric": "auc"}).min is None

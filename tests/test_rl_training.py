@@ -250,7 +250,7 @@ async def test_bad_runs_fail_with_the_reason_and_the_service_goes_on_to_train_th
     agents = {
         "long": {**TINY_PPO, "episode_length": 400},  # longer than any series of valid rows: no episode fits
         "bad": {**TINY_PPO, "hyperparams": {"n_steps": 64, "learning_rat": 0.1}},  # PPO has no such argument
-        "tiny-ppo": {**TINY_PPO, "baseline": {"beat": [], "beat_promoted": True}},
+        "tiny-ppo": {**TINY_PPO, "baseline": {"beat": [], "min": -1e6, "beat_promoted": True}},  # a floor anything passes
     }
     rt, got = await run_service(tmp_path, agents)
     failed, completed = statuses(got, "failed"), statuses(got, "completed")
@@ -264,7 +264,7 @@ async def test_bad_runs_fail_with_the_reason_and_the_service_goes_on_to_train_th
     assert [(r["run_id"].split("-")[0], r["status"]) for r in runs] == [
         ("bad", "failed"), ("bad", "started"), ("long", "failed"), ("long", "started"), ("tiny", "completed"), ("tiny", "started")]  # fmt: skip
     assert [c["name"] for c in await query(tmp_path, "SELECT name FROM agent_checkpoints")] == ["tiny-ppo"]
-    # with no baseline to beat and none promoted yet, the agent goes live: tagged tiny-ppo@promoted, decision recorded
+    # above its floor and none promoted yet, the agent goes live: tagged tiny-ppo@promoted, decision recorded
     decision = (await query(tmp_path, "SELECT decision, reason FROM model_promotions"))[0]
     assert decision["decision"] == "promoted" and decision["reason"].endswith("; no model is promoted yet")
     tags = await query(tmp_path, "SELECT name, sha256, metadata FROM artifacts ORDER BY name")

@@ -4,9 +4,12 @@ A model's ``baseline`` in the topology, e.g. ``{metric: balanced_accuracy, min: 
 beat_promoted: true}``, reads: the walk-forward mean of ``metric`` (over the test folds, never
 the final fit's own training rows) must be at least ``min`` (at most ``max`` for a
 lower-is-better metric such as ``log_loss``) and, with ``beat_promoted``, better than the
-currently promoted model's by more than ``margin``. Every decision, either way, is one
-``model_promotions`` row and one log line with its reason; promoting is tagging the artifact
-``<name>@promoted``, which is what inference loads.
+currently promoted model's by more than ``margin``. Without ``min`` or ``max`` the floor is the
+metric's chance level (:data:`CHANCE`: what predictions that know nothing score on any data), which
+the model must beat strictly; a metric with no such level (accuracy, log loss, Brier, trades: they
+depend on the classes' balance) needs a declared bound, so no model goes live on no baseline at all.
+Every decision, either way, is one ``model_promotions`` row and one log line with its reason;
+promoting is tagging the artifact ``<name>@promoted``, which is what inference loads.
 """
 
 from __future__ import annotations
@@ -26,6 +29,18 @@ def promoted_name(name: str) -> str:
     return f"{name}@promoted"
 
 
+CHANCE: dict[str, float] = {"balanced_accuracy": 0.5, "auc": 0.5, "hit_rate": 0.5, "sharpe": 0.0}
+"""The score of predictions that know nothing, whatever the data: the floor of a baseline that declares no bound."""
+
+
+def bound_problem(metric: str, min_: float | None, max_: float | None) -> str | None:
+    """Why a baseline on ``metric`` with these bounds is no baseline (None: it is one)."""
+    if min_ is None and max_ is None and metric not in CHANCE:
+        return (f"baseline on {metric} needs min or max: {metric} has no chance level that holds for every data set "
+                f"(declare one, or compare {', '.join(CHANCE)}, which default to beating chance)")  # fmt: skip
+    return None
+
+
 @dataclass(frozen=True)
 class Baseline:
     metric: str = "balanced_accuracy"
@@ -37,6 +52,9 @@ class Baseline:
     def __post_init__(self) -> None:
         if self.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")
+        problem = bound_problem(self.metric, self.min, self.max)
+        if problem is not None:
+            raise ValueError(problem)
 
     @classmethod
     def of(cls, doc: Mapping[str, Any] | None) -> Baseline:
@@ -81,6 +99,11 @@ def decide(
         if value < baseline.min:
             return Decision(False, f"{name} {value:.4f} < {baseline.min:g} (baseline min)", name, value)
         checks.append(f"{name} {value:.4f} >= {baseline.min:g}")
+    if baseline.min is None and baseline.max is None:
+        chance = CHANCE[name]
+        if not value > chance:
+            return Decision(False, f"{name} {value:.4f} does not beat chance ({chance:g})", name, value)
+        checks.append(f"{name} {value:.4f} > {chance:g} (chance)")
     if baseline.max is not None:
         if value > baseline.max:
             return Decision(False, f"{name} {value:.4f} > {baseline.max:g} (baseline max)", name, value)
@@ -97,8 +120,6 @@ def decide(
                 op = "does not beat" if baseline.margin == 0 else f"does not beat by {baseline.margin:g}"
                 return Decision(False, f"{name} {value:.4f} {op} the promoted {promoted_id or 'model'} ({other:.4f})", name, value)
             checks.append(f"beats the promoted {promoted_id or 'model'} ({other:.4f})")
-    if not checks:
-        checks.append(f"no baseline declared ({name} {value:.4f})")
     return Decision(True, "; ".join(checks), name, value)
 
 

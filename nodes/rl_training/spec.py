@@ -59,7 +59,7 @@ class BaselineDecl(BaseModel):
     beat: list[Literal["buy_and_hold", "flat"]] = Field(
         default_factory=lambda: ["flat", "buy_and_hold"], description="baseline strategies whose held-out Sharpe it must exceed"
     )
-    min: float | None = Field(default=None, description="its held-out Sharpe must be at least this")
+    min: float | None = Field(default=None, description="its held-out Sharpe must be at least this (none: above 0, chance)")
     beat_promoted: bool = Field(default=True, description="and better than the promoted agent's")
     margin: float = Field(default=0.0, ge=0.0, description="by more than this")
 

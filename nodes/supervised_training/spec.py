@@ -31,6 +31,7 @@ from framework.durations import parse_ms
 from framework.params import Duration, PositiveDuration
 from framework.registry import NodeSpec, Port
 from framework.timeframes import parse_timeframe
+from nodes.ml.promotion import bound_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 METRICS = ("accuracy", "balanced_accuracy", "auc", "log_loss", "brier", "sharpe", "hit_rate", "trades")
@@ -87,10 +88,17 @@ class BaselineParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: Literal[METRICS] = Field(default="balanced_accuracy", description="the walk-forward metric compared")  # type: ignore[valid-type]
-    min: float | None = Field(default=None, description="the metric must be at least this")
+    min: float | None = Field(default=None, description="the metric must be at least this (with no min or max: it must beat the metric's chance level; accuracy, log_loss, brier need a bound)")
     max: float | None = Field(default=None, description="the metric must be at most this (log_loss, brier)")
     beat_promoted: bool = Field(default=True, description="and better than the promoted model's")
     margin: float = Field(default=0.0, ge=0.0, description="by more than this")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> BaselineParams:
+        problem = bound_problem(self.metric, self.min, self.max)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class ModelParams(BaseModel):
