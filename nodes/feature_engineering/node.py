@@ -28,14 +28,13 @@ from framework.durations import parse_ms
 from framework.errors import UserError
 from framework.node import Node, handles
 from nodes.feature_engineering.spec import FeatureEngineeringParams
-from nodes.features.bars import BarError, Bars, parse_bar
+from nodes.features.bars import BarError, Bars, parse_bar, per_value, screen_bars
 from nodes.features.engine import BarInput, Batch, History, Row, StreamingEngine
 from nodes.features.events import Calendar
 from nodes.features.featureset import FeatureSetError, ResolvedFeatureSet
 from nodes.features.macro import MacroData
 
 BAR_COLUMNS = "symbol, timeframe, ts, ts_close, open, high, low, close, tick_count, spread_mean, spread_min, spread_max, complete"
-FEATURE_FIELDS = ("symbol", "timeframe", "ts", "feature_set", "values")
 
 
 class FeatureEngineering(Node[FeatureEngineeringParams]):
@@ -163,20 +162,40 @@ class FeatureEngineering(Node[FeatureEngineeringParams]):
         """Bars (a chunk of one live, thousands in a backtest) → their rows, one chunk on ``features``, computed
         together (:meth:`StreamingEngine.on_bars`). The rows of a timed chunk (history handed on ahead of time)
         keep the time of the bar each was made from."""
-        bars: list[BarInput] = []
-        index: list[int] = []  # the chunk's row of each bar given to the engine
-        for i, bar in enumerate(chunk.rows()):
-            parsed = await self._parse(bar)
-            if parsed is not None:
-                bars.append(parsed)
-                index.append(i)
+        index, bars = await self._bars(chunk)
         rows = self.engine.on_bars(bars) if bars else []
         if not rows:
             return
-        out = [self._message(row) for row in rows]
         times = chunk.times
         at = times[[index[row.bar] for row in rows]] if times is not None else None
-        await self.ctx.publish_batch("features", Chunk.from_rows(out, FEATURE_FIELDS), at=at)
+        await self.ctx.publish_batch("features", self._features(rows), at=at)
+
+    async def _bars(self, chunk: Chunk) -> tuple[list[int], list[BarInput]]:
+        """The chunk's bars as the engine takes them, and each one's row in the chunk. Judged column by column
+        (:func:`screen_bars`); a row the columns do not vouch for goes through :meth:`_parse` as a message,
+        which dead-letters it with its reason, or skips or ignores it, or (a bar after all) takes it."""
+        s = screen_bars(chunk)
+        bar = s.ok & ~s.incomplete
+        known = bar & per_value(s.timeframe, self.timeframes.__contains__)
+        ignored = bar & ~known
+        good = known & per_value(s.symbol, self.ctx.instruments.__contains__)
+        self.ignored += int(ignored.sum())
+        index = np.flatnonzero(good).tolist()
+        bars: list[BarInput] = list(zip(
+            s.symbol[good].tolist(), s.timeframe[good].tolist(), s.ts[good].tolist(), s.ts_close[good].tolist(), s.values[good].tolist()
+        ))  # fmt: skip
+        doubtful = np.flatnonzero(~(good | ignored | s.incomplete)).tolist()
+        if doubtful:
+            messages = chunk.rows()
+            taken: list[tuple[int, BarInput]] = []
+            for i in doubtful:
+                parsed = await self._parse(messages[i])
+                if parsed is not None:
+                    taken.append((i, parsed))
+            if taken:
+                merged = sorted([*zip(index, bars), *taken], key=lambda pair: pair[0])
+                index, bars = [i for i, _ in merged], [b for _, b in merged]
+        return index, bars
 
     async def _parse(self, bar: dict[str, Any]) -> BarInput | None:
         """The bar as the engine takes it; None for a bar still forming, a malformed one (dead-lettered) and
@@ -197,9 +216,17 @@ class FeatureEngineering(Node[FeatureEngineeringParams]):
             return None
         return parsed
 
-    def _message(self, row: Row) -> dict[str, Any]:
-        names = self.engine.joiner.plan(row.timeframe)[0]
-        return {"symbol": row.symbol, "timeframe": row.timeframe, "ts": row.ts, "feature_set": self.fs.version, "values": dict(zip(names, row.values.tolist()))}
+    def _features(self, rows: list[Row]) -> Chunk:
+        """The rows as ``features.v1`` messages, column by column (``values``: a mapping per row, in the names' order)."""
+        plan = self.engine.joiner.plan
+        names = {tf: plan(tf)[0] for tf in {row.timeframe for row in rows}}
+        return Chunk({
+            "symbol": [row.symbol for row in rows],
+            "timeframe": [row.timeframe for row in rows],
+            "ts": [row.ts for row in rows],
+            "feature_set": [self.fs.version] * len(rows),
+            "values": [dict(zip(names[row.timeframe], row.values.tolist())) for row in rows],
+        })  # fmt: skip
 
     async def on_stop(self) -> None:
         engine = getattr(self, "engine", None)

@@ -2,17 +2,21 @@
 
 Spreads are NaN where the source has none (downloaded bars): the activity group treats them
 as unknown. A bar message that fails :func:`parse_bar` is refused with a one-line reason
-naming the field, so the node dead-letters it and goes on.
+naming the field, so the node dead-letters it and goes on. :func:`screen_bars` is the same
+judgement over a chunk's columns at once, for the rows it can vouch for.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from framework.chunk import Chunk
 
 PRICE_FIELDS = ("open", "high", "low", "close")
 SPREAD_FIELDS = ("spread_mean", "spread_min", "spread_max")
@@ -128,3 +132,107 @@ def parse_bar(bar: Any) -> tuple[str, str, int, int, tuple[float, ...]]:
     if any(s < 0 for s in spreads if not math.isnan(s)):
         raise BarError(f"fields spread_*: {spreads} has a negative spread")
     return symbol, timeframe, ts, ts_close, (o, h, lo, c, ticks, *spreads)
+
+
+@dataclass(frozen=True, slots=True)
+class ScreenedBars:
+    """A chunk of bar messages as columns, and what :func:`parse_bar` says of each row where that is plain
+    from the columns. ``ok``: rows it accepts, with what it returns in the columns (``values``: n × 8, the
+    order of :func:`parse_bar`'s tuple). A row not ``ok`` may still be a bar (a column of another type than
+    a bar's, an int beyond int64): ask :func:`parse_bar` about it, for its verdict and its reason."""
+
+    ok: np.ndarray
+    incomplete: np.ndarray
+    """``complete: false``: still forming (whatever else the row holds)."""
+    symbol: np.ndarray
+    timeframe: np.ndarray
+    ts: np.ndarray
+    ts_close: np.ndarray
+    values: np.ndarray
+
+
+def screen_bars(chunk: Chunk) -> ScreenedBars:
+    """:func:`parse_bar` over a chunk's columns, without a dict or a call per row. Sound, not complete: every
+    ``ok`` row is one :func:`parse_bar` accepts, with the same values to the bit (ints become floats as
+    ``float()`` rounds them); a row it cannot judge from the columns alone is not ``ok``."""
+    n = len(chunk)
+    symbol, symbol_ok = _texts(chunk, "symbol", n)
+    timeframe, timeframe_ok = _texts(chunk, "timeframe", n)
+    ok = symbol_ok & timeframe_ok
+    ts, ts_ok = _ints(chunk, "ts", n)
+    ts_close, ts_close_ok = _ints(chunk, "ts_close", n)
+    ok &= ts_ok & ts_close_ok & (ts_close > ts)
+    values = np.empty((n, 8))
+    for j, name in enumerate((*PRICE_FIELDS, "tick_count", *SPREAD_FIELDS)):
+        ok &= _floats(chunk, name, values[:, j], optional=j > 4)
+    o, h, lo, c, ticks = values[:, 0], values[:, 1], values[:, 2], values[:, 3], values[:, 4]
+    with np.errstate(invalid="ignore"):
+        ok &= (lo > 0) & (lo <= o) & (o <= h) & (lo <= c) & (c <= h) & (ticks >= 0) & ~(values[:, 5:] < 0).any(axis=1)
+    return ScreenedBars(ok, _is_false(chunk, "complete", n), symbol, timeframe, ts, ts_close, values)
+
+
+def _texts(chunk: Chunk, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The column and where it holds a non-empty string."""
+    if name not in chunk:
+        return np.full(n, None, dtype=object), np.zeros(n, dtype=bool)
+    col = chunk[name]
+    if col.dtype.kind != "O":
+        return col, np.zeros(n, dtype=bool)
+    return col, per_value(col, lambda v: isinstance(v, str) and v != "")
+
+
+def per_value(col: np.ndarray, test: Callable[[Any], bool]) -> np.ndarray:
+    """``test`` of each value of an object column, called once per distinct value (a chunk's symbols and
+    timeframes are a few values repeated). ``test`` must hold for no value that is not a ``str``: values
+    of other types that compare equal (1, 1.0, True) then share a verdict harmlessly."""
+    values = col.tolist()
+    n = len(values)
+    try:
+        verdicts = {v: bool(test(v)) for v in set(values)}
+    except TypeError:  # an unhashable value (a list, a dict): never a str
+        return np.fromiter((isinstance(v, str) and bool(test(v)) for v in values), dtype=bool, count=n)
+    if all(verdicts.values()):
+        return np.ones(n, dtype=bool)
+    if not any(verdicts.values()):
+        return np.zeros(n, dtype=bool)
+    return np.fromiter(map(verdicts.__getitem__, values), dtype=bool, count=n)
+
+
+def _ints(chunk: Chunk, name: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """An int64 column and where it holds a value (an int column's missing cells hold 0)."""
+    if name not in chunk or chunk[name].dtype.kind != "i":
+        return np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
+    missing, _ = chunk.masks(name)
+    return chunk[name].astype(np.int64, copy=False), (np.ones(n, dtype=bool) if missing is None else ~missing)
+
+
+def _floats(chunk: Chunk, name: str, out: np.ndarray, *, optional: bool) -> np.ndarray:
+    """An int or float column as floats into ``out`` (NaN where null or absent), and where it is what
+    :func:`_number` accepts: finite (or, ``optional``, null or absent)."""
+    if name not in chunk:
+        out[:] = math.nan
+        return np.full(len(out), optional)
+    col = chunk[name]
+    if col.dtype.kind not in "iuf":  # bool (True is no number here), object: parse_bar says why
+        out[:] = math.nan
+        return np.zeros(len(out), dtype=bool)
+    out[:] = col
+    missing, _ = chunk.masks(name)
+    if missing is not None:
+        out[missing] = math.nan
+    finite = np.isfinite(out)
+    return finite | missing if optional and missing is not None else finite
+
+
+def _is_false(chunk: Chunk, name: str, n: int) -> np.ndarray:
+    """Where the field is ``False`` (not null, absent, 0)."""
+    if name not in chunk:
+        return np.zeros(n, dtype=bool)
+    col = chunk[name]
+    kind = col.dtype.kind
+    if kind == "b":
+        missing, _ = chunk.masks(name)
+        return ~col if missing is None else ~col & ~missing
+    if kind == "O":
+        return np.fromiter((v is False for v in col.tolist()), dtype=bool, count=n)
+    return np.zeros(n, dtype=bool)

@@ -49,6 +49,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from framework.artifacts import ArtifactError, ArtifactNotFound, ArtifactRef
 from framework.chunk import Chunk
 from framework.durations import parse_ms
@@ -295,17 +297,22 @@ class Inference(Node[InferenceParams]):
 
     @handles("features", batch=True)
     async def on_features(self, chunk: Chunk, origin: str) -> None:
-        rows = chunk.rows()
+        batch = _Features(chunk)
         routes = self.routes
+        picked: dict[tuple[int, str], Live | None] = {}  # a chunk is handled between two swaps: a slot's pick per set holds
         groups: dict[tuple[int, int], tuple[Slot, Live, list[int]]] = {}
-        for i, row in enumerate(rows):
-            slots = routes.get((row["symbol"], row["timeframe"]))
+        for i, (symbol, timeframe, feature_set) in enumerate(zip(batch.symbol, batch.timeframe, batch.feature_set)):
+            slots = routes.get((symbol, timeframe))
             if not slots:
                 continue
             for slot in slots:
-                live = self._pick(slot, row["feature_set"]) if slot.versions else None
+                key = (slot.order, feature_set)
+                if key in picked:
+                    live = picked[key]
+                else:
+                    live = picked[key] = self._pick(slot, feature_set) if slot.versions else None
                 if live is None:
-                    self._unserved(slot, row)
+                    self._unserved(slot, feature_set)
                     continue
                 group = groups.get((slot.order, id(live)))
                 if group is None:
@@ -314,19 +321,21 @@ class Inference(Node[InferenceParams]):
                     group[2].append(i)
         if not groups:
             return
-        out: list[tuple[int, int, dict[str, Any], dict[str, Any]]] = []
+        out: list[tuple[Any, ...]] = []
         for slot, live, index in groups.values():
-            await self._predict(slot, live, rows, index, origin, out)
+            await self._predict(slot, live, batch, index, origin, out)
         if not out:
             return
         if len(out) > 1:
             out.sort(key=lambda o: (o[0], o[1]))
         at = None if chunk.times is None else chunk.times[[o[0] for o in out]]  # a timed chunk: each signal at its vector's time
-        await self.ctx.publish_batch("signals", Chunk.from_rows([o[2] for o in out]), at=at)
-        await self.ctx.publish_batch("predictions", Chunk.from_rows([o[3] for o in out]), at=at)
+        signals, predictions = _outputs(out)
+        await self.ctx.publish_batch("signals", signals, at=at)
+        await self.ctx.publish_batch("predictions", predictions, at=at)
 
-    def _unserved(self, slot: Slot, row: dict[str, Any]) -> None:
-        """No version of ``slot`` can take ``row``: no signal; counted (metrics ``ports``: ``unserved:<model>``), the why logged once.
+    def _unserved(self, slot: Slot, feature_set: Any) -> None:
+        """No version of ``slot`` can take a message of ``feature_set``: no signal; counted (metrics ``ports``:
+        ``unserved:<model>``), the why logged once.
 
         Not a dead letter: the features are archived upstream (ml_features, its Kafka archive),
         and a model that is not promoted yet is a normal state of a new deployment."""
@@ -335,33 +344,35 @@ class Inference(Node[InferenceParams]):
         per_port[key] = per_port.get(key, 0) + 1
         if slot.versions:
             sets = ", ".join(f"{v.model_id} on {v.card.feature_set!r}" for v in slot.versions)
-            why = f"no version of {slot.name!r} takes feature set {row['feature_set']!r} ({sets})"
+            why = f"no version of {slot.name!r} takes feature set {feature_set!r} ({sets})"
         else:
             why = slot.problem
         self._say(("unserved", slot.name, why), f"{slot.name}: its feature messages get no signal until a model takes them: {why}")
 
     async def _predict(
-        self, slot: Slot, live: Live, rows: list[dict[str, Any]], index: list[int], origin: str,
-        out: list[tuple[int, int, dict[str, Any], dict[str, Any]]],
+        self, slot: Slot, live: Live, batch: _Features, index: list[int], origin: str, out: list[tuple[Any, ...]],
     ) -> None:  # fmt: skip
+        """The model over the rows ``index`` of ``batch``; each row's signal and prediction into ``out`` as
+        ``(row, slot order, *signal's fields, price, side, position)`` (see :func:`_outputs`)."""
         features = live.card.features
+        vectors = batch.values
         try:
-            X = feature_matrix([rows[i]["values"] for i in index], features)
+            X = feature_matrix([vectors[i] for i in index], features)
         except FeatureShapeError:
             good = []
             for i in index:
                 try:
-                    feature_matrix([rows[i]["values"]], features)
+                    feature_matrix([vectors[i]], features)
                     good.append(i)
                 except FeatureShapeError as exc:
-                    await self.ctx.dead_letter(f"{live.model_id}: {exc}", rows[i], origin)
+                    await self.ctx.dead_letter(f"{live.model_id}: {exc}", batch.message(i), origin)
             if not good:
                 return
             index = good
-            X = feature_matrix([rows[i]["values"] for i in index], features)
+            X = feature_matrix([vectors[i] for i in index], features)
         try:
             if live.card.uses_position:
-                sides, confidences, positions = self._with_positions(slot, live, rows, index, X)
+                sides, confidences, positions = self._with_positions(slot, live, batch.symbol, index, X)
             else:
                 prediction = live.model.predict(X)
                 sides, confidences, positions = prediction.side.tolist(), prediction.confidence.tolist(), None
@@ -369,62 +380,42 @@ class Inference(Node[InferenceParams]):
             why = f"{live.model_id} failed to predict: {type(exc).__name__}: {exc}"
             self._say(("predict", live.model_id), f"{slot.name}: {why}", error=True)
             for i in index:
-                await self.ctx.dead_letter(why, rows[i], origin)
+                await self.ctx.dead_letter(why, batch.message(i), origin)
             return
         decl = slot.decl
         floor = decl.min_confidence
         price_feature = decl.price_feature
+        order, tf_ms, model_id, horizon, ttl_ms = slot.order, slot.tf_ms, live.model_id, live.horizon, live.ttl_ms
+        symbols, timeframes, feature_sets, stamps = batch.symbol, batch.timeframe, batch.feature_set, batch.ts
         for k, i in enumerate(index):
-            row = rows[i]
             side, confidence = int(sides[k]), float(confidences[k])
             if side not in (-1, 0, 1) or not 0.0 <= confidence <= 1.0:  # NaN fails too
-                await self.ctx.dead_letter(f"{live.model_id} predicted side {side}, confidence {confidence}: not a prediction", row, origin)
+                await self.ctx.dead_letter(f"{model_id} predicted side {side}, confidence {confidence}: not a prediction", batch.message(i), origin)
                 continue
-            ts = row["ts"] + slot.tf_ms
-            signal_id = f"{live.model_id}-{row['symbol']}-{row['timeframe']}-{ts}"
-            signal = {
-                "signal_id": signal_id,
-                "symbol": row["symbol"],
-                "timeframe": row["timeframe"],
-                "ts": ts,
-                "side": SIDES[side + 1] if confidence >= floor else "flat",
-                "confidence": confidence,
-                "model_id": live.model_id,
-                "horizon": live.horizon,
-                "feature_set": row["feature_set"],
-                "feature_ts": row["ts"],
-                "ttl_ms": live.ttl_ms,
-            }
+            feature_ts = stamps[i]
+            ts = feature_ts + tf_ms
+            symbol, timeframe = symbols[i], timeframes[i]
+            price: Any = _ABSENT
             if price_feature is not None:
-                price = row["values"].get(price_feature)
-                if type(price) is float and price > 0 and price != float("inf"):
-                    signal["price"] = price
-            prediction = {
-                "signal_id": signal_id,
-                "ts": ts,
-                "symbol": row["symbol"],
-                "timeframe": row["timeframe"],
-                "model_id": live.model_id,
-                "feature_set": row["feature_set"],
-                "feature_ts": row["ts"],
-                "side": side,
-                "confidence": confidence,
-                "position": 0.0 if positions is None else positions[k],
-            }
-            out.append((i, slot.order, signal, prediction))
+                value = vectors[i].get(price_feature)
+                if type(value) is float and value > 0 and value != float("inf"):
+                    price = value
+            out.append((
+                i, order, f"{model_id}-{symbol}-{timeframe}-{ts}", symbol, timeframe, ts,
+                SIDES[side + 1] if confidence >= floor else "flat", confidence, model_id, horizon, feature_sets[i], feature_ts, ttl_ms,
+                price, side, 0.0 if positions is None else positions[k],
+            ))  # fmt: skip
         slot.serving = live
 
     def _with_positions(
-        self, slot: Slot, live: Live, rows: list[dict[str, Any]], index: list[int], X: Any
+        self, slot: Slot, live: Live, symbols: list[Any], index: list[int], X: Any
     ) -> tuple[list[int], list[float], list[float]]:
         """Row by row: each observation holds the position the slot's previous signal for that symbol implies."""
-        import numpy as np
-
         sides, confidences, positions = [], [], []
         continuous = live.card.kind in CONTINUOUS_KINDS
         floor = slot.decl.min_confidence
         for k, i in enumerate(index):
-            key = f"{slot.name}|{rows[i]['symbol']}"
+            key = f"{slot.name}|{symbols[i]}"
             position = self.positions.get(key, 0.0)
             prediction = live.model.predict(X[k : k + 1], position=np.array([position]))
             side, confidence = int(prediction.side[0]), float(prediction.confidence[0])
@@ -435,3 +426,50 @@ class Inference(Node[InferenceParams]):
             self.positions[key] = float(emitted * confidence) if continuous else float(emitted)
         return sides, confidences, positions
 
+
+
+FEATURE_FIELDS = ("symbol", "timeframe", "ts", "feature_set", "values")
+SIGNAL_FIELDS = ("signal_id", "symbol", "timeframe", "ts", "side", "confidence", "model_id", "horizon", "feature_set", "feature_ts", "ttl_ms")
+"""``signal.v1`` in the order of its messages' keys; ``price``, when a row has one, comes last."""
+PREDICTION_FIELDS = ("signal_id", "ts", "symbol", "timeframe", "model_id", "feature_set", "feature_ts", "side", "confidence", "position")
+_ABSENT: Any = object()
+"""A signal without a price."""
+
+
+class _Features:
+    """A chunk of ``features.v1`` messages as the lists of the fields inference reads (no dict per row); the
+    message itself only for a dead letter."""
+
+    __slots__ = ("_chunk", "_rows", "feature_set", "symbol", "timeframe", "ts", "values")
+
+    def __init__(self, chunk: Chunk) -> None:
+        self._chunk = chunk
+        self._rows: list[dict[str, Any]] | None = None
+        if all(name in chunk and chunk.masks(name) == (None, None) for name in FEATURE_FIELDS):
+            columns = [chunk[name].tolist() for name in FEATURE_FIELDS]  # what rows() would hold, field by field
+        else:  # a null or absent field: as the messages have it (or the KeyError they give)
+            rows = self._rows = chunk.rows()
+            columns = [[row[name] for row in rows] for name in FEATURE_FIELDS]
+        self.symbol, self.timeframe, self.ts, self.feature_set, self.values = columns
+
+    def message(self, i: int) -> dict[str, Any]:
+        if self._rows is None:
+            self._rows = self._chunk.rows()
+        return self._rows[i]
+
+
+def _outputs(out: list[tuple[Any, ...]]) -> tuple[Chunk, Chunk]:
+    """The ``signals`` and ``predictions`` chunks of :meth:`Inference._predict`'s records, as
+    :meth:`Chunk.from_rows` makes them of the messages (``price`` absent where a signal has none)."""
+    columns = list(zip(*out))
+    fields = dict(zip(SIGNAL_FIELDS, columns[2:13]))
+    signals = dict(fields)
+    absent = None
+    prices = columns[13]
+    priced = [p is not _ABSENT for p in prices]
+    if any(priced):
+        signals["price"] = [p if has else None for p, has in zip(prices, priced)]
+        absent = {"price": ~np.array(priced)}
+    fields.update(side=columns[14], confidence=columns[7], position=columns[15])
+    predictions = {name: fields[name] for name in PREDICTION_FIELDS}
+    return Chunk(signals, absent=absent), Chunk(predictions)
