@@ -12,11 +12,18 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from decimal import Decimal
 from typing import Any
 
 MASK = "***"
 SECRET_KEY = re.compile(r"pass(word|wd)?|secret|token|api[_-]?key|credential", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether a payload key names a secret (payloads repeat a few keys: each is matched once)."""
+    return SECRET_KEY.search(key) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +48,7 @@ class Journal:
     def mask(self, value: Any) -> Any:
         """``value`` as JSON-able data with every secret masked."""
         if isinstance(value, dict):
-            return {str(k): MASK if SECRET_KEY.search(str(k)) else self.mask(v) for k, v in value.items()}
+            return {str(k): MASK if _secret_key(str(k)) else self.mask(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return [self.mask(v) for v in value]
         if isinstance(value, str):

@@ -78,6 +78,9 @@ LOOKBACK_MS = 120_000
 
 Raw = tuple[int, Any, Any, Any]
 """A price as received: (ts, bid, ask or None, a bar's spread or None)."""
+Estimate = tuple[int, float, float, list[tuple[str, float, float, float, float, float]]]
+"""The stop-out estimate (:meth:`PaperBroker._estimator`): valid until, the level that skips the exact check, balance
+and swaps, and per position (symbol, lots, average price, units, quote → account rate, margin)."""
 
 
 def ticket(*parts: object) -> int:
@@ -162,6 +165,9 @@ class PaperBroker(Broker):
     ) -> None:
         super().__init__(journal)
         self.params = params
+        self.max_quote_age_ms = params.max_quote_age_ms
+        self.history_ms = params.history_ms
+        """The params' durations, parsed once (an order's check and every prune ask for them)."""
         self.lookback_ms = lookback_ms
         self.account = account or Account()
         self.rules = {s: Rules.of(s, inst) for s, inst in instruments.items()}
@@ -191,7 +197,7 @@ class PaperBroker(Broker):
         self.last_roll: int | None = None
         self._next_roll = 0
         self._next_prune = 0
-        self._estimate: tuple[int, float, list[tuple[str, float, float, float, float, float]]] | None = None
+        self._estimate: Estimate | None = None
         self.ticket = 0
 
     # --- orders ---------------------------------------------------------------------
@@ -281,7 +287,7 @@ class PaperBroker(Broker):
         price = self._price_at(order.symbol, order.ts) or self._raw.get(order.symbol)
         if price is None:
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price yet")
-        if order.ts - price[0] > self.params.max_quote_age_ms:
+        if order.ts - price[0] > self.max_quote_age_ms:
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {price[0]} ({self.params.max_quote_age} before the order)")
         try:
             rates = self._rates_at(order.ts)
@@ -549,7 +555,7 @@ class PaperBroker(Broker):
         estimate = self._estimate
         if estimate is not None and ts < estimate[0]:
             level = self._level_estimate(estimate)
-            if level is None or level > ESTIMATE_MARGIN * float(self.stop_out):
+            if level is None or level > estimate[1]:
                 return
         self._fresh()
         while self.positions:
@@ -576,8 +582,8 @@ class PaperBroker(Broker):
             self.notices.append(Notice(worst, f"stop-out-{closing}", ts, "stop_out", message))
             self.journal.record("event", "stop_out", {"symbol": worst, "equity": equity, "margin": margin, "deal": deal.ticket})
 
-    def _estimator(self, ts: int) -> tuple[int, float, list[tuple[str, float, float, float, float, float]]]:
-        """What :meth:`_level_estimate` needs, from the exact state now."""
+    def _estimator(self, ts: int) -> Estimate:
+        """What :meth:`_level_estimate` needs, from the exact state now, and the level it must stay above."""
         rows = []
         for symbol, held in self.positions.items():
             rules = self.rules[symbol]
@@ -585,10 +591,10 @@ class PaperBroker(Broker):
             rows.append((symbol, float(pos.quantity), float(pos.avg_price), float(rules.units(abs(pos.quantity))),
                          float(self.rates.rate(rules.quote, self.currency)), float(self._margin(symbol, pos.quantity))))  # fmt: skip
         swaps = float(sum((h.swap for h in self.positions.values()), ZERO))
-        return ts + ESTIMATE_FOR_MS, float(self.balance) + swaps, rows
+        return ts + ESTIMATE_FOR_MS, ESTIMATE_MARGIN * float(self.stop_out), float(self.balance) + swaps, rows
 
-    def _level_estimate(self, estimate: tuple[int, float, list[tuple[str, float, float, float, float, float]]]) -> float | None:
-        _, equity, rows = estimate
+    def _level_estimate(self, estimate: Estimate) -> float | None:
+        _, _, equity, rows = estimate
         margin = 0.0
         for symbol, quantity, avg, units, to_account, symbol_margin in rows:
             _, bid, ask, spread = self._raw[symbol]
@@ -636,7 +642,7 @@ class PaperBroker(Broker):
         return BrokerState(self.account_view(), positions, orders, deals)
 
     def _prune(self) -> None:
-        horizon = self.params.history_ms
+        horizon = self.history_ms
         if horizon is None or self.now is None:
             return
         cutoff = self.now - horizon

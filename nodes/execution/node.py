@@ -274,7 +274,8 @@ class Execution(Node[ExecutionParams]):
 
     async def _emit(self, tracked: Tracked, at: int) -> None:
         order = tracked.order
-        key = (order.order_id, order.status.value, float(order.filled))
+        status = order.status.value
+        key = (order.order_id, status, float(order.filled))
         if key in self._already:  # published before the restart (the orders table says so)
             self._already.discard(key)
             return
@@ -287,10 +288,10 @@ class Execution(Node[ExecutionParams]):
             "side": order.side,
             "order_type": "market",
             "quantity": float(order.quantity),
-            "status": order.status.value,
+            "status": status,
             "ts": at,
             "filled_quantity": float(order.filled),
-            "event_id": f"{order.order_id}:{order.status.value}:{order.filled}",
+            "event_id": f"{order.order_id}:{status}:{order.filled}",
         }
         if order.avg_price is not None:
             event["avg_price"] = float(order.avg_price)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -121,10 +122,11 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
     def _paper_lookback_ms(self) -> int:
         return (parse_ms(self.params.max_order_age) or 0) + 60_000
 
-    @property
+    @cached_property
     def _overlap_ms(self) -> int:
         """How far before the newest deal published a new one may be dated: MT5's clock skew and reporting delay; the
-        paper broker's late orders, filled on the prices of their time (up to its lookback), after newer deals."""
+        paper broker's late orders, filled on the prices of their time (up to its lookback), after newer deals.
+        Fixed by the params and the broker's kind (asked at every sync: parsed once)."""
         if self.broker.kind == "mt5":
             return parse_ms(self.params.mt5.history_overlap) or 0
         return self._paper_lookback_ms

@@ -313,23 +313,30 @@ class PerformanceMonitor(Node[PerformanceParams]):
             "drawdown": drawdown, "open_positions": positions,
         })  # fmt: skip
         limit = self.params.drawdown_limit
-        if limit is not None:
+        if limit is not None and self._fires("drawdown_limit", drawdown > limit):
             message = f"drawdown {drawdown:.2%} from the equity peak {self.peak:,.2f} {self.currency} is beyond {limit:.2%}"
-            await self._alert("drawdown_limit", drawdown > limit, ts, drawdown, limit, message)
+            await self._publish_alert("drawdown_limit", ts, drawdown, limit, message)
         limit = self.params.daily_loss_limit
         if limit is not None and self.day_start:
             loss = (self.day_start - equity) / self.day_start
-            message = f"the day's loss {loss:.2%} of its starting equity {self.day_start:,.2f} {self.currency} is beyond {limit:.2%}"
-            await self._alert("daily_loss_limit", loss > limit, ts, loss, limit, message)
+            if self._fires("daily_loss_limit", loss > limit):
+                message = (f"the day's loss {loss:.2%} of its starting equity {self.day_start:,.2f} {self.currency} is beyond "
+                           f"{limit:.2%}")  # fmt: skip
+                await self._publish_alert("daily_loss_limit", ts, loss, limit, message)
 
-    async def _alert(self, kind: str, breached: bool, ts: int, value: float, threshold: float, message: str) -> None:
-        """Once per breach: fires when ``breached`` and armed, re-arms when the value is back within the limit."""
+    def _fires(self, kind: str, breached: bool) -> bool:
+        """Once per breach: True when ``breached`` and armed (disarming it); a value back within the limit re-arms.
+
+        Asked before the alert's message is made: a curve point almost never fires one."""
         if not breached:
             self.armed[kind] = True
-            return
+            return False
         if not self.armed[kind]:
-            return
+            return False
         self.armed[kind] = False
+        return True
+
+    async def _publish_alert(self, kind: str, ts: int, value: float, threshold: float, message: str) -> None:
         log.warning("%s: %s", self.ctx.service, message)
         await self.ctx.publish("alerts", {
             "alert_id": f"{self.ctx.service}-{kind}-{ts}", "ts": ts, "source": self.ctx.service, "type": kind,
@@ -391,8 +398,8 @@ class PerformanceMonitor(Node[PerformanceParams]):
         sharpe = M.sharpe(returns)
         if len(returns) < self.params.low_sharpe_min_days or not math.isfinite(sharpe):
             return
-        await self._alert("low_sharpe", sharpe < limit, now, sharpe, limit,
-                          f"the Sharpe ratio of the equity curve is {sharpe:.2f}, below {limit:g}")  # fmt: skip
+        if self._fires("low_sharpe", sharpe < limit):
+            await self._publish_alert("low_sharpe", now, sharpe, limit, f"the Sharpe ratio of the equity curve is {sharpe:.2f}, below {limit:g}")
 
     async def on_stop(self) -> None:
         """A final point (the account after the last event) and a final set of metrics."""

@@ -86,6 +86,8 @@ class Ledger:
     """How long dated quotes are kept to convert a fill dated before the latest prices (a late fill)."""
     _stale: set[str] = field(default_factory=set)
     _history: dict[str, deque[tuple[int, float, float]]] = field(default_factory=dict)
+    _exact: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
+    """symbol → its latest quote as Decimals, made once per quote (by :meth:`_sync`) for the rates and the marks."""
 
     def __post_init__(self) -> None:
         self.rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
@@ -105,9 +107,13 @@ class Ledger:
                 kept.popleft()
 
     def _sync(self) -> None:
+        if not self._stale:
+            return
         for symbol in self._stale:
             bid, ask = self.quotes[symbol]
-            self.rates.update(symbol, bid, ask)
+            exact_bid = dec(bid)
+            exact = self._exact[symbol] = (exact_bid, exact_bid if ask is bid else dec(ask))
+            self.rates.update(symbol, *exact)
         self._stale.clear()
 
     def entry(self, symbol: str) -> Entry:
@@ -205,7 +211,7 @@ class Ledger:
             return True
         self._sync()
         rules = self.rules[symbol]
-        pnl = entry.position.unrealized(dec(quote[0]), dec(quote[1]))
+        pnl = entry.position.unrealized(*self._exact[symbol])
         try:
             entry.unrealized = book(self.rates.convert(pnl, rules.quote, self.currency))
         except MissingRate:

@@ -16,6 +16,7 @@ from framework.errors import FxflowError
 from nodes.trading.instruments import dec
 
 CENT = Decimal("0.01")
+ONE = Decimal(1)
 
 
 class MissingRate(FxflowError, LookupError):
@@ -49,7 +50,7 @@ class Rates:
     def rate(self, source: str, target: str) -> Decimal:
         """How many ``target`` one ``source`` is worth."""
         if source == target:
-            return Decimal(1)
+            return ONE
         direct = self._direct(source, target)
         if direct is not None:
             return direct
