@@ -5,6 +5,10 @@ resolved), its pairs and the identity of the code (:func:`code_identity`), as ca
 written, and made absolute, as the artifact store's URL has it) is written back as ``${data_dir}`` first: where a run keeps its files does not change what it
 computes, so the same configuration run in two directories (two sweeps' runs, a rerun) has
 one hash, and any other difference, a param or an instrument, gives another.
+
+A service's params enter as its node's params model reads them (:func:`canonical_params`): defaults filled in, and
+times and durations in their canonical forms (:mod:`framework.params`), so ``start: 2026-10-01T00:00Z`` and
+``2026-10-01T00:00:00+00:00``, or ``1h`` and ``60m``, are one configuration, as they are one run.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from framework.topology.model import Topology
+from pydantic import BaseModel
+from pydantic_core import to_jsonable_python
+
+from framework.params import CANONICAL
+from framework.topology.model import Service, Topology
 
 DATA_DIR = "${data_dir}"
 
@@ -56,6 +64,8 @@ def code_identity() -> str:
 def canonical(topology: Topology, pairs: Sequence[str], data_dir: str | Path | None = None) -> str:
     """The canonical JSON the hash is taken of."""
     doc: Any = {"topology": topology.model_dump(mode="json"), "pairs": sorted(pairs), "code": code_identity()}
+    for name, service in topology.services.items():
+        doc["topology"]["services"][name]["params"] = canonical_params(service)
     if data_dir is not None and str(data_dir) not in ("", "."):
         path = Path(data_dir)
         for form in sorted({str(path), str(path.absolute()), str(path.resolve())}, key=len, reverse=True):  # as written, absolute
@@ -65,6 +75,41 @@ def canonical(topology: Topology, pairs: Sequence[str], data_dir: str | Path | N
 
 def config_hash(topology: Topology, pairs: Sequence[str], data_dir: str | Path | None = None) -> str:
     return hashlib.sha256(canonical(topology, pairs, data_dir).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _params_models() -> dict[str, type[BaseModel]]:
+    """Each installed node's params model, from the same entry points as :func:`code_identity` (every caller of
+    :func:`config_hash` sees the same models, whichever registry its runtime was given)."""
+    from framework.registry import Registry
+
+    return {spec.name: spec.params for spec in Registry.discover()}
+
+
+def canonical_params(service: Service) -> Any:
+    """``service``'s params as its node's params model reads them, every typed value in its canonical form.
+
+    Params of a node that is not installed, or that its model refuses (the run itself will not start), enter as written."""
+    model = _params_models().get(service.node)
+    if model is None:
+        return _jsonable(service.params)
+    try:
+        return _jsonable(model.model_validate(service.params).model_dump(context={CANONICAL: True}))
+    except ValueError:  # a ValidationError, or a value with no JSON form
+        return _jsonable(service.params)
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON data of ``value`` that is the same in every process: a set becomes a sorted list, not one in hash order."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else json.dumps(_jsonable(k), sort_keys=True): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((_jsonable(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return _jsonable(to_jsonable_python(value))
 
 
 def _unplace(value: Any, data_dir: str) -> Any:

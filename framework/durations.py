@@ -15,6 +15,7 @@ _UNITS_MS = {
 }
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w|y)\s*$")
 FOREVER = "forever"
+_SPELLED = ("d", "h", "m", "s")
 
 
 def parse_ms(text: str) -> int | None:
@@ -34,3 +35,18 @@ def parse_seconds(text: str | float | int) -> float:
     if ms is None:
         raise ValueError("'forever' is not allowed here")
     return ms / 1000.0
+
+
+def canonical(text: str) -> str:
+    """The one spelling of the duration ``text`` means: its milliseconds in the largest of ``d``, ``h``, ``m``, ``s``
+    that holds them whole, else ``ms`` (``60m``, ``3600s`` and ``1.0h`` are ``1h``; ``1w`` is ``7d``; ``Forever`` is ``forever``).
+
+    Two texts have one canonical form exactly when :func:`parse_ms` reads them alike, so the configuration hash
+    (:mod:`framework.confighash`) takes this and not the text."""
+    ms = parse_ms(text)
+    if ms is None:
+        return FOREVER
+    for unit in _SPELLED:
+        if ms and ms % _UNITS_MS[unit] == 0:
+            return f"{ms // _UNITS_MS[unit]}{unit}"
+    return f"{ms}ms"

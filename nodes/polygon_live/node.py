@@ -29,6 +29,7 @@ from typing import Any
 from framework.durations import parse_ms, parse_seconds
 from framework.errors import UserError
 from framework.node import Node
+from framework.params import utc_ms
 from framework.sequencing import SequenceNumbers
 from nodes.marketdata.http import redact
 from nodes.marketdata.quotes import quote_problem
@@ -62,10 +63,6 @@ class _Outage:
     at_ms: int | None
     last_ts: dict[str, int]
     drops: int = 1
-
-
-def _iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1000)
 
 
 class PolygonLiveCollector(Node[PolygonLiveParams]):
@@ -103,7 +100,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         sim = self.simulator
         if sim is None or sim.end_ms is None or self.params.simulation.start is None:
             return None
-        return _iso_ms(self.params.simulation.start), sim.end_ms
+        return utc_ms(self.params.simulation.start), sim.end_ms
 
     def _position_file(self) -> Path:
         return Path(self.ctx.data_dir) / "simulation-position.json"
@@ -157,7 +154,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
         clock = self.ctx.clock
         pace = sim.pace if sim.pace != "auto" else ("fast" if clock.simulated else "realtime")
         if sim.start is not None:
-            start = _iso_ms(sim.start)
+            start = utc_ms(sim.start)
             self.resumed = self._load_position()
             if self.resumed:
                 start = max(start, min(self.resumed.get(s, start - 1) for s in self.symbols) + 1)
@@ -169,7 +166,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
                 "as fast as possible (a simulated clock); e.g. start: '2026-11-02T00:00:00Z'"
             )
         span = parse_ms(sim.duration) if sim.duration else None
-        end = None if span is None else (_iso_ms(sim.start) if sim.start is not None else start) + span
+        end = None if span is None else (utc_ms(sim.start) if sim.start is not None else start) + span
         if self.resumed:
             done = end is not None and start >= end
             self.ctx.log.info(

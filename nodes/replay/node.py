@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,11 @@ import pandas as pd
 
 from framework.durations import parse_ms
 from framework.node import Node
+from framework.params import utc_ms
 from nodes.marketdata.quotes import quote_problem
 from nodes.replay.spec import ReplayParams
 
 COLUMNS = ["symbol", "ts", "bid", "ask"]
-
-
-def iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1000)
 
 
 def read_file_ticks(path: Path, kind: str) -> pd.DataFrame:
@@ -89,8 +85,8 @@ class Replay(Node[ReplayParams]):
 
     async def _chunks(self) -> AsyncIterator[pd.DataFrame]:
         params = self.params
-        start = iso_ms(params.start) if params.start else None
-        end = iso_ms(params.end) if params.end else None
+        start = utc_ms(params.start) if params.start else None
+        end = utc_ms(params.end) if params.end else None
         if params.source != "table":
             assert params.path is not None
             frame = read_file_ticks(Path(params.path), params.source)

@@ -8,10 +8,9 @@ simulated clock it runs as fast as the pipeline takes it and on the wall clock a
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from framework.durations import parse_ms
 from framework.node import Node
+from framework.params import utc_ms
 from nodes.marketdata.synthetic import SyntheticQuotes, in_weekend, weekend_end
 from nodes.synthetic_ticks.spec import SyntheticTicksParams
 
@@ -24,7 +23,7 @@ class SyntheticTicks(Node[SyntheticTicksParams]):
     async def run(self) -> None:
         params = self.params
         start = (
-            int(datetime.fromisoformat(params.start.replace("Z", "+00:00")).astimezone(timezone.utc).timestamp() * 1000)
+            utc_ms(params.start)
             if params.start
             else self.ctx.clock.now_ms()
         )
