@@ -1,8 +1,9 @@
 """FRED series as of their release, never as of their observation date.
 
-FRED gives an observation's date only (the collector stores it as ``ts``); a value becomes
-usable at that date + the publication lag declared per series (``DFF: 3d`` covers a Friday
-rate published on Monday; ``CPIAUCSL: 45d`` a monthly figure published mid next month), or
+The collector stores an observation's date as ``ts`` (FRED's ``realtime_start`` is the date of the
+latest vintage, not of the first release, so it is not used); a value becomes usable at that date +
+the publication lag declared per series (``DFF: 5d`` covers a Friday rate published after a
+holiday Monday; ``CPIAUCSL: 47d`` a monthly figure published mid next month), or
 when it arrived if that was later (streaming). A row closing at C uses, per series, the last
 observation usable strictly before C; before the first one the feature is undefined and the
 row waits.

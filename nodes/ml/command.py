@@ -204,7 +204,8 @@ async def _show(store: ArtifactStore, ref: ArtifactRef, promotions: Any) -> list
         f"target     {orjson.dumps(card.params.get('target', {}), option=orjson.OPT_SORT_KEYS).decode()}, horizon {card.horizon}",
         f"params     {orjson.dumps(card.params.get('model', {}), option=orjson.OPT_SORT_KEYS).decode()}, threshold {card.params.get('threshold', 0.5)}",
         f"folds      {orjson.dumps(card.params.get('folds', {}), option=orjson.OPT_SORT_KEYS).decode()}",
-        "metrics    " + ", ".join(f"{k} {_metric(v)}" for k, v in card.metrics.items()) + "  (walk-forward mean)",
+        "metrics    " + ", ".join(f"{k} {_metric(v)}" for k, v in card.metrics.items())
+        + ("  (held-out period)" if KINDS.get(card.kind, "").startswith("nodes.ml.agents:") else "  (walk-forward mean)"),
     ]  # fmt: skip
     for row in await _decisions(promotions, ref):
         lines.append(f"decision   {_iso(int(row['ts']))} {row['decision']} by {row['by']}: {row['reason']}")
