@@ -356,6 +356,21 @@ def test_the_trading_state_by_breaches() -> None:
     assert quote(engine, "EURUSD", 1.06009, 1.06019, now=next_day + 1) == []  # counted from the equity of now
 
 
+def test_what_the_account_books_at_the_time_of_the_last_mark_is_marked() -> None:
+    """A mark at the event time of the last one is skipped while nothing changed since: a fill or an order event of that
+    very time changes the account, and is marked (a 4,000 commission, then a lot filled 400 pips off the market, each
+    4 % of 100,000: past the daily loss)."""
+    engine = make()
+    fill = {"fill_id": "f-1", "order_id": "o-1", "symbol": "EURUSD", "side": "buy", "quantity": 0.01, "price": 1.0801,
+            "ts": T, "commission": 4000}  # fmt: skip
+    assert [a["type"] for a in engine.on_fill(fill, T)] == ["daily_loss", "trading_state"]
+
+    engine = make()
+    event = {"order_id": "o-2", "client_order_id": "o-2", "symbol": "EURUSD", "side": "buy", "order_type": "market", "quantity": 1.0,
+             "status": "filled", "ts": T, "filled_quantity": 1.0, "avg_price": 1.1200}  # fmt: skip
+    assert [a["type"] for a in engine.on_order_event(event, T)] == ["daily_loss", "trading_state"]
+
+
 # --------------------------------------------------------------------------- signals: stale, duplicate, bad
 
 

@@ -114,6 +114,8 @@ class Book:
 
     def net(self, symbol: str) -> Decimal:
         """Filled position plus what pending approvals still add (signed lots)."""
+        if not self.pending:
+            return self.filled(symbol) + ZERO  # what the sum below gives with nothing pending, to the last digit
         return self.filled(symbol) + sum((p.signed_remaining for p in self.pending.values() if p.symbol == symbol), ZERO)
 
     def nets(self) -> dict[str, Decimal]:
@@ -243,6 +245,8 @@ class Book:
 
     def expire(self, now: int, timeout_ms: int) -> list[Pending]:
         """Approvals not heard of (no order event, no fill) for ``timeout_ms``: they stop counting (the caller alerts)."""
+        if not self.pending:
+            return []
         gone = [p for p in self.pending.values() if now - p.ts >= timeout_ms]
         for p in gone:
             del self.pending[p.key]

@@ -89,6 +89,8 @@ class RiskEngine:
         self.quotes: dict[str, Quote] = {}
         self.recent: dict[str, deque[Quote]] = {}
         """symbol → its quotes of the last ``quote_history`` (and the one before), oldest first: a signal's prices."""
+        self._newest_quote: int | None = None
+        """The time of the newest quote taken (never lowered): a signal at or after it is judged on the latest prices."""
         self.watermark: int | None = None
         """The newest event time seen (quotes, bars, order events, fills): the time of marks."""
         self._finest: int | None = None
@@ -109,6 +111,11 @@ class RiskEngine:
         self.day_start_equity: Decimal | None = None
         self._marked: Decimal | None = None
         """The equity of the last mark: an unchanged one on the same day has nothing new to say."""
+        self._marked_at: int | None = None
+        """The event time of the last mark, while nothing it reads has changed since (None: something may have). A mark
+        at that time again would find the same equity on the same day, or again no reconciliation or no rate: it has
+        nothing to do, and is not computed (a decision marks as of the same time as the bar or quote before it). Each
+        method that can change what marking reads (prices, the book, reconciliation, the marks) clears it first."""
         self.last_alert: dict[tuple[str, str], int] = {}
         self.alert_seq = 0
         self.applied_commands: dict[str, int] = {}
@@ -157,9 +164,12 @@ class RiskEngine:
         current = self.quotes.get(symbol)
         if current is not None and ts < current.ts:
             return []
+        self._marked_at = None
         b = dec(bid)
         a = dec(ask) if ask is not None else None
         quote = self.quotes[symbol] = Quote(b, a, ts, source)
+        if self._newest_quote is None or ts > self._newest_quote:
+            self._newest_quote = ts
         self.rates.update(symbol, b, a)
         recent = self.recent.get(symbol)
         if recent is None:
@@ -172,7 +182,7 @@ class RiskEngine:
 
     def prices_at(self, at: int) -> tuple[dict[str, Quote], Rates]:
         """The quotes and conversion rates as of event time ``at``: each symbol's last quote at or before it."""
-        if all(q.ts <= at for q in self.quotes.values()):
+        if self._newest_quote is None or self._newest_quote <= at or all(q.ts <= at for q in self.quotes.values()):
             return self.quotes, self.rates
         quotes: dict[str, Quote] = {}
         rates = Rates((s, r.base, r.quote) for s, r in self.rules.items())
@@ -215,11 +225,13 @@ class RiskEngine:
         if event.get("status") not in STATUSES or event.get("side") not in ("buy", "sell"):
             raise ValueError(f"order event with status {event.get('status')!r} and side {event.get('side')!r}")
         quote = self.quotes.get(event["symbol"])
+        self._marked_at = None
         self.book.on_order_event(event, self.rates, self.rates.mid(event["symbol"]) if quote else None)
         return self.mark(self._seen(int(event["ts"])))
 
     def on_fill(self, fill: Mapping[str, Any], now: int) -> list[dict[str, Any]]:
         """Raises ValueError for a fill that cannot be applied (unknown symbol, no quantity or price)."""
+        self._marked_at = None
         if self.book.on_fill(fill, self.rates) is None:
             return []
         return self.mark(self._seen(int(fill["ts"])))
@@ -255,6 +267,7 @@ class RiskEngine:
         return {"query": "state", "ts": now, "since_ms": max(since, 0)}
 
     def on_broker_state(self, state: Mapping[str, Any], now: int) -> list[dict[str, Any]]:
+        self._marked_at = None
         missing = [k for k in ("account", "positions", "orders", "fills") if not isinstance(state, Mapping) or k not in state]
         if missing:
             keys = ", ".join(sorted(state)) if isinstance(state, Mapping) else type(state).__name__
@@ -283,7 +296,16 @@ class RiskEngine:
         return self.book.equity(self.quotes if quotes is None else quotes, self.rates if rates is None else rates)
 
     def mark(self, now: int) -> list[dict[str, Any]]:
-        """Mark to market: the day's start, the peak, and the breaches they give."""
+        """Mark to market: the day's start, the peak, and the breaches they give (nothing to do again at the time of the
+        last mark while nothing changed since: :attr:`_marked_at`)."""
+        if now == self._marked_at:
+            return []
+        self._marked_at = None
+        alerts = self._mark(now)
+        self._marked_at = now
+        return alerts
+
+    def _mark(self, now: int) -> list[dict[str, Any]]:
         if not self.reconciled:
             return []
         try:
@@ -332,6 +354,7 @@ class RiskEngine:
         A resume also restarts the drawdown and the daily loss from the equity of now: the
         operator has seen the loss, and a state that breached again at once could never resume."""
         alerts: list[dict[str, Any]] = []
+        self._marked_at = None
         if command in COMMANDS and command_id is not None and command_id in self.applied_commands:
             return self.status(now), alerts
         if command in COMMANDS:
@@ -416,42 +439,44 @@ class RiskEngine:
         else:
             checks["position"] = R.passed(**position)
         checks["trading_state"] = R.trading_state(self.state.state, opens, close > 0)
-        whole_ok = all(checks[name].ok is not False for name in ("reconciled", "stale", "throttle", "position", "trading_state"))
+        whole_ok = all(check.ok is not False for check in checks.values())
 
         # the opening part
         size: Size | None = None
         stops: tuple[Decimal | None, Decimal | None] = (None, None)
+        skipped: str | None = None  # why the whole opening part is skipped, if it is: then only its records are made
         if not opens:
-            why = "nothing opens"
+            skipped = "nothing opens"
         elif not whole_ok:
-            why = "the order is rejected as a whole"
+            skipped = "the order is rejected as a whole"
         elif self.state.state is TradingState.REDUCING:
-            why = "trading is reducing"
+            skipped = "trading is reducing"
             checks["trading_state"] = R.passed(state="reducing", trimmed="the opening part")
             reasons.append("trading is reducing: the opening part was trimmed")
         else:
-            why = "not evaluated"
             opening, size, stops = self._opening(signal, symbol, side, rules, net, close, at, quotes, rates)
             checks.update(opening)
             refused = [c.reason for c in opening.values() if c.ok is False and c.reason]
             if refused:
                 size = None
                 reasons.extend(refused if not close else [f"opening part refused: {r}" for r in refused])
-        for name in OPENING_CHECKS:
-            checks.setdefault(name, R.skipped(why))
+            for name in OPENING_CHECKS:
+                checks.setdefault(name, R.skipped("not evaluated"))
 
         quantity = close + (size.lots if size is not None else ZERO) if whole_ok else ZERO
         if not whole_ok:
             reasons = [c.reason for c in checks.values() if c.ok is False and c.reason]
         approved = quantity > 0
         did = decision_id(sid)
+        records = {name: check.record() for name, check in checks.items()}
+        if skipped is not None:
+            records.update(R.skipped_records(OPENING_CHECKS, skipped))
         decision: dict[str, Any] = {"decision_id": did, "signal_id": sid, "symbol": symbol, "ts": at,
                                     "decision": "approved" if approved else "rejected", "reasons": reasons,
-                                    "checks": {name: check.record() for name, check in checks.items()}}  # fmt: skip
+                                    "checks": records}  # fmt: skip
         for name, check in checks.items():
-            kind = _REJECTION_ALERTS.get(name)
-            if kind and check.ok is False and check.reason:
-                alert = self.alert(kind, "warning", f"{symbol}: {check.reason}", at, symbol=symbol, cooldown=True)
+            if check.ok is False and check.reason and name in _REJECTION_ALERTS:
+                alert = self.alert(_REJECTION_ALERTS[name], "warning", f"{symbol}: {check.reason}", at, symbol=symbol, cooldown=True)
                 alerts += [alert] if alert else []
         if not approved:
             return Outcome(decision, None, alerts)
@@ -619,6 +644,7 @@ class RiskEngine:
         }
 
     def restore(self, data: Mapping[str, Any]) -> None:
+        self._marked_at = None
         self.state = StateOfRecord.from_json(data["state"])
         self.book.restore(data["book"])
         self.atr = {}

@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from nodes.risk.calendar import Release
@@ -30,13 +31,14 @@ class Check:
 
 
 def passed(**detail: Any) -> Check:
-    return Check(True, None, detail)
+    return Check(True, None, detail) if detail else _PASSED
 
 
 def failed(reason: str, **detail: Any) -> Check:
     return Check(False, reason, detail)
 
 
+_PASSED = Check(True)
 _SKIPPED: dict[str, Check] = {}
 
 
@@ -49,6 +51,19 @@ def skipped(why: str, **detail: Any) -> Check:
         if len(_SKIPPED) < 256:
             _SKIPPED[why] = check
     return check
+
+
+def skipped_records(names: Iterable[str], why: str) -> dict[str, dict[str, Any]]:
+    """``{name: skipped(why).record()}`` for each of ``names``, built at once (a fresh dict each: records are published):
+    most decisions skip the whole opening part for one reason."""
+    return {name: {"ok": None, "skipped": why} for name in names}
+
+
+@lru_cache(maxsize=256, typed=True)
+def exact(limit: float) -> Decimal:
+    """A limit written as a float, as the exact decimal it was written as (``0.03`` → ``Decimal('0.03')``); the few
+    limits of a run are converted once."""
+    return Decimal(repr(limit))
 
 
 def _f(value: Decimal, places: int = 2) -> float:
@@ -101,8 +116,10 @@ class Throttle:
 # --------------------------------------------------------------------------- state
 
 
+@lru_cache(maxsize=64, typed=True)
 def trading_state(state: TradingState, opens: bool, closes: bool) -> Check:
-    """Halted passes nothing; reducing passes what closes (the opening part is trimmed by the caller)."""
+    """Halted passes nothing; reducing passes what closes (the opening part is trimmed by the caller). A function of
+    three small values: each result is made once (frozen, shared)."""
     detail = {"state": state.value}
     if state is TradingState.HALTED:
         return failed("trading is halted", **detail)
@@ -131,7 +148,7 @@ def spread(bid: Decimal, ask: Decimal | None, pip: Decimal, limit_pips: float, a
         return failed("spread unknown: the latest price is a bar without spread", spread_pips=None, limit_pips=limit_pips)
     pips = (ask - bid) / pip
     detail = {"spread_pips": _f(pips, 3), "limit_pips": limit_pips}
-    if pips > Decimal(repr(limit_pips)):
+    if pips > exact(limit_pips):
         return failed(f"spread {_f(pips, 3):g} pips is wider than {limit_pips:g}", **detail)
     return passed(**detail)
 
@@ -154,7 +171,7 @@ def calendar(releases: Iterable[Release], currencies: Iterable[str]) -> Check:
 
 def symbol_exposure(symbol: str, after: Decimal, before: Decimal, limit: float) -> Check:
     """Notional of the symbol's position after the order (account currency); an order that shrinks it passes."""
-    cap = Decimal(repr(limit))
+    cap = exact(limit)
     detail = {"before": _f(before), "after": _f(after), "limit": limit}
     if after > cap and after > before:
         return failed(f"{symbol} exposure {_f(after):,.2f} would exceed {limit:,.2f}", **detail)
@@ -163,7 +180,7 @@ def symbol_exposure(symbol: str, after: Decimal, before: Decimal, limit: float) 
 
 def currency_exposure(before: Mapping[str, Decimal], after: Mapping[str, Decimal], limit: float) -> Check:
     """Net exposure per currency after the order; a currency past the limit fails only if the order grows it."""
-    cap = Decimal(repr(limit))
+    cap = exact(limit)
     over = [c for c, v in sorted(after.items()) if abs(v) > cap and abs(v) > abs(before.get(c, Decimal(0)))]
     detail = {"after": {c: _f(v) for c, v in sorted(after.items())}, "limit": limit}
     if over:
@@ -184,7 +201,7 @@ def leverage(gross_after: Decimal, gross_before: Decimal, equity: Decimal, limit
         return failed(f"equity is {_f(equity)}: no leverage is possible", equity=_f(equity))
     after, before = gross_after / equity, gross_before / equity
     detail = {"before": _f(before, 6), "after": _f(after, 6), "limit": limit, "equity": _f(equity)}
-    if after > Decimal(repr(limit)) and after > before:
+    if after > exact(limit) and after > before:
         return failed(f"gross leverage {_f(after, 6):g} would exceed {limit:g}", **detail)
     return passed(**detail)
 
@@ -194,7 +211,7 @@ def leverage(gross_after: Decimal, gross_before: Decimal, equity: Decimal, limit
 
 def loss_floor(reference: Decimal, limit: float) -> Decimal:
     """The equity below which a loss of more than ``limit`` (a share) of ``reference`` is a breach (exact)."""
-    return reference - reference * Decimal(repr(limit))
+    return reference - reference * exact(limit)
 
 
 def daily_loss(day_start_equity: Decimal, equity: Decimal, limit: float) -> Check:
