@@ -9,6 +9,7 @@ downstream, then flushes table batches, commits log offsets and closes transport
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -260,6 +261,7 @@ class Runtime:
             self.spawn(self._maintain_periodically(store), f"maintain-{store.name}")
         if isinstance(self.dispatch, SimulationDriver):
             self.dispatch.all_started()
+        gc.freeze()  # what start-up made (modules, nodes, stores) lives as long as the run: out of the collector's sight
 
     # --- the end of a run ---------------------------------------------------------------
 
@@ -393,6 +395,7 @@ class Runtime:
         if self.dead_letters is not None:
             self.dead_letters.close()
         self.write_metrics()
+        gc.unfreeze()
 
     async def _stop_host(self, host: ServiceHost) -> None:
         """One service stops taking input, finishes what it holds and stops its node (once)."""
