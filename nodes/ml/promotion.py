@@ -5,7 +5,7 @@ beat_promoted: true}``, reads: the walk-forward mean of ``metric`` (over the tes
 the final fit's own training rows) must be at least ``min`` (at most ``max`` for a
 lower-is-better metric such as ``log_loss``) and, with ``beat_promoted``, better than the
 currently promoted model's by more than ``margin``. Without ``min`` or ``max`` the floor is the
-metric's chance level (:data:`CHANCE`: what predictions that know nothing score on any data), which
+metric's chance level (:data:`~nodes.ml.chance.CHANCE`: what predictions that know nothing score on any data), which
 the model must beat strictly; a metric with no such level (accuracy, log loss, Brier, trades: they
 depend on the classes' balance) needs a declared bound, so no model goes live on no baseline at all.
 Every decision, either way, is one ``model_promotions`` row and one log line with its reason;
@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from nodes.ml.chance import CHANCE, bound_problem
 from nodes.ml.metrics import HIGHER_IS_BETTER
 
 PROMOTED = "promoted"
@@ -27,18 +28,6 @@ REJECTED = "rejected"
 
 def promoted_name(name: str) -> str:
     return f"{name}@promoted"
-
-
-CHANCE: dict[str, float] = {"balanced_accuracy": 0.5, "auc": 0.5, "hit_rate": 0.5, "sharpe": 0.0}
-"""The score of predictions that know nothing, whatever the data: the floor of a baseline that declares no bound."""
-
-
-def bound_problem(metric: str, min_: float | None, max_: float | None) -> str | None:
-    """Why a baseline on ``metric`` with these bounds is no baseline (None: it is one)."""
-    if min_ is None and max_ is None and metric not in CHANCE:
-        return (f"baseline on {metric} needs min or max: {metric} has no chance level that holds for every data set "
-                f"(declare one, or compare {', '.join(CHANCE)}, which default to beating chance)")  # fmt: skip
-    return None
 
 
 @dataclass(frozen=True)

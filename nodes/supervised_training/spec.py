@@ -31,7 +31,7 @@ from framework.durations import parse_ms
 from framework.params import Duration, PositiveDuration
 from framework.registry import NodeSpec, Port
 from framework.timeframes import parse_timeframe
-from nodes.ml.promotion import bound_problem
+from nodes.ml.chance import bound_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 METRICS = ("accuracy", "balanced_accuracy", "auc", "log_loss", "brier", "sharpe", "hit_rate", "trades")
