@@ -241,6 +241,22 @@ async def test_a_signal_becomes_an_order_filled_in_parts_and_recorded(tmp_path: 
     assert position == [{"quantity": 1.0, "avg_price": pytest.approx(1.10018), "commission": 10.5, "currency": "USD"}]
 
 
+async def test_finished_orders_are_forgotten_once_kept_for_keep_and_open_ones_never(tmp_path: Path) -> None:
+    """Finished orders go after ``keep``, at the hourly prune; an order still open stays."""
+    hour = 3600 * SEC
+    async with Run(tmp_path, {"script": {"open": [["fill", 0.3, 1.1]]}}, {"keep": "2h", "mark_every": "1m"}) as run:
+        await run.signal(T0, "done")
+        await run.signal(T0 + 10 * SEC, "open")
+        await run.at(T0 + 2 * hour - 60 * SEC)
+        kept = set(run.node.book.orders)
+        assert {client_order_id("done"), client_order_id("open")} <= kept
+        await run.at(T0 + 3 * hour + 2 * 60 * SEC)  # past keep, and a prune since
+        assert set(run.node.book.orders) == {client_order_id("open")}
+        assert len(run.node.book.fill_ids) == 2  # fill ids stay back to the last fill: a reconciliation's fills query
+    assert run.statuses("done") == ["pending", "submitted", "filled"]
+    assert run.statuses("open") == ["pending", "submitted", "partially_filled"]
+
+
 async def test_a_duplicated_signal_gives_one_order(tmp_path: Path) -> None:
     async with Run(tmp_path, {}) as run:
         await run.signal(T0, "s1")

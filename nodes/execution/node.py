@@ -63,6 +63,8 @@ from nodes.trading.orders import OPEN, TRANSITIONS, InvalidTransition, Order, Or
 S = OrderStatus
 MARGIN_MS = 60_000
 """Overlap of a fills query with what the restored state already holds (fill ids make it harmless)."""
+PRUNE_EVERY_MS = 3_600_000
+"""Finished orders and fill ids older than ``keep`` are forgotten at most this often (as the paper broker prunes)."""
 SIGNAL_FIELDS = ("signal_id", "decision_id", "symbol", "side", "quantity", "ts")
 ERROR_FIELDS = ("order_id", "symbol", "ts", "code", "message")
 TERMINAL_ROWS = ("failed", "rejected", "cancelled")
@@ -96,6 +98,7 @@ class Execution(Node[ExecutionParams]):
         self._check_ms = parse_ms(params.check_every) or 1000
         self._mark_ms = parse_ms(params.mark_every) or 60_000
         self._keep_ms = parse_ms(params.keep) or 0
+        self._next_prune_ms = 0
         self._query_s = (parse_ms(params.query_timeout) or 5000) / 1000
 
     # --- state ----------------------------------------------------------------------------
@@ -435,7 +438,8 @@ class Execution(Node[ExecutionParams]):
             for symbol, entry in self.ledger.entries.items():
                 if not entry.position.flat and self.ledger.mark(symbol):
                     await self.ctx.publish("positions", self.ledger.row(symbol, now))
-            if self._keep_ms:
+            if self._keep_ms and now >= self._next_prune_ms:  # a scan of every kept order: hourly is plenty for days kept
+                self._next_prune_ms = now + PRUNE_EVERY_MS
                 before = now - self._keep_ms
                 self.book.prune(before, min(before, (self.last_fill_ms or before) - MARGIN_MS))
 
