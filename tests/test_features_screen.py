@@ -17,6 +17,7 @@ from framework.chunk import Chunk
 from framework.testing import load, make_runtime, recording_bus
 from nodes.features.bars import BarError, parse_bar, screen_bars
 from nodes.features.synthetic import SyntheticWorld
+from tests.test_feature_engineering_node import bar_message
 
 SERVICE = "feature-engineering-service"
 NO_MACRO = f"topology.services.{SERVICE}.params.feature_set.groups.macro=null"
@@ -91,15 +92,6 @@ def test_ordinary_bars_all_pass_whatever_their_number_columns_hold() -> None:
         s = screen_bars(chunk)
         assert s.ok.all() and not s.incomplete.any()
         assert [verdict(m)[4] for m in chunk.rows()] == [row.tobytes() for row in s.values]
-
-
-def bar_message(symbol: str, tf: str, b: Any, i: int, **extra: Any) -> dict[str, Any]:
-    return {
-        "symbol": symbol, "timeframe": tf, "ts": int(b.ts[i]), "ts_close": int(b.ts_close[i]), "open": float(b.open[i]),
-        "high": float(b.high[i]), "low": float(b.low[i]), "close": float(b.close[i]), "volume": float(b.ticks[i]),
-        "tick_count": int(b.ticks[i]), "spread_mean": float(b.spread[i]), "spread_min": float(b.spread_min[i]),
-        "spread_max": float(b.spread_max[i]), "source": "test", "complete": True, **extra,
-    }  # fmt: skip
 
 
 async def run_service(tmp_path: Path, batches: list[list[dict[str, Any]]]) -> tuple[list[Any], list[Any], int]:
