@@ -8,9 +8,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from framework.confighash import canonical, config_hash
 from framework.testing import load
+from nodes.supervised_training.node import SupervisedTraining
+from nodes.supervised_training.spec import SupervisedTrainingParams
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE = "topology.services.backtesting-engine.params"
@@ -74,3 +78,26 @@ def test_the_canonical_forms() -> None:
         "1h", "1h", "1h", "1h", "90m", "90m", "7d", "365d", "500ms", "500ms", "0ms", "forever"]  # fmt: skip
     assert canonical_time("2026-10-29T02:00:00.25+02:00") == "2026-10-29T00:00:00.250Z"
     assert canonical_time("2026-10-29") == canonical_time("2026-10-29T00:00") == "2026-10-29T00:00:00Z"
+
+
+TRAINING = "supervised-training-service"
+MODEL = f"topology.services.{TRAINING}.params.models.0"
+
+
+def _loaded(data_dir: Path, horizon: str) -> Any:
+    return load(data_dir, "pairs=[EURUSD]", f"{MODEL}.target.horizon={horizon}")
+
+
+def _run_id_and_card_horizon(loaded: Any) -> tuple[str, str]:
+    params = SupervisedTrainingParams.model_validate(loaded.topology.services[TRAINING].params)
+    node = SupervisedTraining.__new__(SupervisedTraining)
+    node.ctx = SimpleNamespace(pairs=["EURUSD"])  # what _job reads of the context
+    job = node._job(params.models[0], cut=1_790_000_000_000)
+    return job.run_id, str(job.target["horizon"])  # worker.Job.card: horizon=str(self.target["horizon"])
+
+
+def test_one_hash_means_one_training_run(tmp_path: Path) -> None:
+    """What a node makes from a typed param (a run id, a model card) takes its canonical form: 4h and 240m train one run."""
+    a, b = _loaded(tmp_path, "4h"), _loaded(tmp_path, "240m")
+    assert config_hash(a.topology, ["EURUSD"], tmp_path) == config_hash(b.topology, ["EURUSD"], tmp_path)
+    assert _run_id_and_card_horizon(a) == _run_id_and_card_horizon(b)

@@ -15,7 +15,7 @@ import orjson
 
 from framework.chunk import Chunk
 from framework.testing import load, make_runtime, recording_bus
-from nodes.features.bars import BarError, parse_bar, screen_bars
+from nodes.features.bars import SPREAD_FIELDS, BarError, parse_bar, screen_bars
 from nodes.features.synthetic import SyntheticWorld
 from tests.test_feature_engineering_node import bar_message
 
@@ -129,3 +129,12 @@ async def test_a_chunk_of_bars_gives_the_rows_dead_letters_and_ignored_of_its_me
     assert chunked == one
     assert chunk_letters == one_letters and len(one_letters) == 6, one_letters
     assert chunk_ignored == one_ignored
+
+
+def test_bars_without_any_spread_pass_the_columns() -> None:
+    """Downloaded bars have no spreads: columns of None only are absent values, not a reason to go row by row."""
+    rng = np.random.default_rng(3)
+    messages = [{**message(rng, i), **dict.fromkeys(SPREAD_FIELDS)} for i in range(20)]
+    s = screen_bars(Chunk.from_rows(messages))
+    assert s.ok.all()
+    assert np.isnan(s.values[:, 5:]).all()

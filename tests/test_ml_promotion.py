@@ -68,7 +68,7 @@ def test_with_no_bound_declared_a_model_must_beat_chance() -> None:
 
 @pytest.mark.parametrize("metric", ["accuracy", "log_loss", "brier"])
 def test_a_metric_without_a_chance_level_needs_a_declared_bound(metric: str) -> None:
-    with pytest.raises(ValueError, match=f"baseline on {metric} needs min or max"):
+    with pytest.raises(ValueError, match=f"baseline on {metric} needs {'min' if metric == 'accuracy' else 'max'}:"):
         Baseline(metric=metric)
     assert Baseline(metric=metric, max=0.7) if metric != "accuracy" else Baseline(metric=metric, min=0.55)
 
@@ -78,6 +78,21 @@ def test_the_declaration_without_a_bound_is_a_lint_error_at_its_field() -> None:
 
     from nodes.supervised_training.spec import BaselineParams
 
-    with pytest.raises(ValidationError, match="baseline on log_loss needs min or max"):
+    with pytest.raises(ValidationError, match="baseline on log_loss needs max:"):
         BaselineParams.model_validate({"metric": "log_loss", "beat_promoted": True})
     assert BaselineParams.model_validate({"metric": "auc"}).min is None
+
+
+@pytest.mark.parametrize(("baseline", "metrics"), [
+    (Baseline("auc", max=0.95), {"auc": 0.30}),
+    (Baseline("sharpe", max=4.0), {"sharpe": -2.0}),
+    (Baseline("balanced_accuracy", max=0.9), {"balanced_accuracy": 0.35}),
+])  # fmt: skip
+def test_a_model_worse_than_chance_is_not_promoted_on_an_upper_bound_alone(baseline: Baseline, metrics: dict[str, float]) -> None:
+    """A bound on the better side (a guard against leakage, say) is a ceiling: the floor is still chance."""
+    assert not decide(metrics, baseline).promote
+
+
+def test_a_lower_is_better_metric_with_only_a_min_is_no_baseline() -> None:
+    with pytest.raises(ValueError):
+        Baseline("log_loss", min=0.05)  # any log loss above 0.05, however bad, would pass

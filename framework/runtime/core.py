@@ -367,35 +367,37 @@ class Runtime:
 
     async def stop(self) -> None:
         """Producers first: each service stops taking input, finishes what it holds, flushes."""
-        if not self._drain:
-            self._halt.set()
-        self._stop.set()
-        if self.observability is not None:
-            await self.observability.close()
-            self.observability = None
-        for name in self.order:
-            await self._stop_host(self.hosts[name])
-        await self.dispatch.close()
-        self.offloader.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        for writer in self.writers.values():
-            await writer.close()
-        for host in self.hosts.values():
-            if host.watermarks is not None:
-                host.watermarks.close()
-        if self.pubsub is not None:
-            await self.pubsub.close()
-        if self.log is not None:
-            await self.log.flush()
-            await self.log.close()
-        for store in {id(s): s for s in self.stores.values()}.values():
-            await store.close()
-        if self.dead_letters is not None:
-            self.dead_letters.close()
-        self.write_metrics()
-        gc.unfreeze()
+        try:
+            if not self._drain:
+                self._halt.set()
+            self._stop.set()
+            if self.observability is not None:
+                await self.observability.close()
+                self.observability = None
+            for name in self.order:
+                await self._stop_host(self.hosts[name])
+            await self.dispatch.close()
+            self.offloader.close()
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
+            for writer in self.writers.values():
+                await writer.close()
+            for host in self.hosts.values():
+                if host.watermarks is not None:
+                    host.watermarks.close()
+            if self.pubsub is not None:
+                await self.pubsub.close()
+            if self.log is not None:
+                await self.log.flush()
+                await self.log.close()
+            for store in {id(s): s for s in self.stores.values()}.values():
+                await store.close()
+            if self.dead_letters is not None:
+                self.dead_letters.close()
+            self.write_metrics()
+        finally:
+            gc.unfreeze()  # also when a stop fails or is cancelled half-way
 
     async def _stop_host(self, host: ServiceHost) -> None:
         """One service stops taking input, finishes what it holds and stops its node (once)."""

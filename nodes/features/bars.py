@@ -213,6 +213,9 @@ def _floats(chunk: Chunk, name: str, out: np.ndarray, *, optional: bool) -> np.n
         out[:] = math.nan
         return np.full(len(out), optional)
     col = chunk[name]
+    if col.dtype.kind == "O" and optional and all(v is None for v in col.tolist()):  # bars without spreads (downloaded)
+        out[:] = math.nan
+        return np.ones(len(out), dtype=bool)
     if col.dtype.kind not in "iuf":  # bool (True is no number here), object: parse_bar says why
         out[:] = math.nan
         return np.zeros(len(out), dtype=bool)

@@ -306,11 +306,14 @@ class Inference(Node[InferenceParams]):
             if not slots:
                 continue
             for slot in slots:
-                key = (slot.order, feature_set)
-                if key in picked:
-                    live = picked[key]
+                if not slot.versions:
+                    live = None
+                elif type(feature_set) is not str:  # input is not checked against the contract: no version takes it
+                    live = self._pick(slot, feature_set)
+                elif (slot.order, feature_set) in picked:
+                    live = picked[(slot.order, feature_set)]
                 else:
-                    live = picked[key] = self._pick(slot, feature_set) if slot.versions else None
+                    live = picked[(slot.order, feature_set)] = self._pick(slot, feature_set)
                 if live is None:
                     self._unserved(slot, feature_set)
                     continue

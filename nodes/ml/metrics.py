@@ -20,18 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from nodes.ml.levels import HIGHER_IS_BETTER  # noqa: F401  (re-exported: the metrics' directions)
+
 TRADING_YEAR_MS = 252 * 86_400_000
-HIGHER_IS_BETTER: dict[str, bool] = {
-    "accuracy": True,
-    "balanced_accuracy": True,
-    "auc": True,
-    "log_loss": False,
-    "brier": False,
-    "sharpe": True,
-    "hit_rate": True,
-    "trades": True,
-}
-"""Every metric a fold reports, and which way is better (promotion compares with it)."""
 
 
 def _binary(y_true: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -4,12 +4,14 @@ A model's ``baseline`` in the topology, e.g. ``{metric: balanced_accuracy, min: 
 beat_promoted: true}``, reads: the walk-forward mean of ``metric`` (over the test folds, never
 the final fit's own training rows) must be at least ``min`` (at most ``max`` for a
 lower-is-better metric such as ``log_loss``) and, with ``beat_promoted``, better than the
-currently promoted model's by more than ``margin``. Without ``min`` or ``max`` the floor is the
-metric's chance level (:data:`~nodes.ml.chance.CHANCE`: what predictions that know nothing score on any data), which
-the model must beat strictly; a metric with no such level (accuracy, log loss, Brier, trades: they
-depend on the classes' balance) needs a declared bound, so no model goes live on no baseline at all.
-Every decision, either way, is one ``model_promotions`` row and one log line with its reason;
-promoting is tagging the artifact ``<name>@promoted``, which is what inference loads.
+currently promoted model's by more than ``margin``. Without a floor (``min``, or ``max`` where
+lower is better; a bound on the better side alone is a ceiling) the floor is the metric's chance
+level (:data:`~nodes.ml.levels.CHANCE`: what predictions that know nothing score on any data),
+which the model must beat strictly; a metric with no such level (accuracy, log loss, Brier,
+trades: they depend on the classes' balance) needs a declared floor, so no model goes live on no
+baseline at all. Every decision, either way, is one ``model_promotions`` row and one log line
+with its reason; promoting is tagging the artifact ``<name>@promoted``, which is what inference
+loads.
 """
 
 from __future__ import annotations
@@ -19,8 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nodes.ml.chance import CHANCE, bound_problem
-from nodes.ml.metrics import HIGHER_IS_BETTER
+from nodes.ml.levels import CHANCE, HIGHER_IS_BETTER, bound_problem, floor_of
 
 PROMOTED = "promoted"
 REJECTED = "rejected"
@@ -39,8 +40,6 @@ class Baseline:
     margin: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"unknown metric {self.metric!r}; known: {', '.join(HIGHER_IS_BETTER)}")
         problem = bound_problem(self.metric, self.min, self.max)
         if problem is not None:
             raise ValueError(problem)
@@ -88,7 +87,7 @@ def decide(
         if value < baseline.min:
             return Decision(False, f"{name} {value:.4f} < {baseline.min:g} (baseline min)", name, value)
         checks.append(f"{name} {value:.4f} >= {baseline.min:g}")
-    if baseline.min is None and baseline.max is None:
+    if floor_of(name, baseline.min, baseline.max) is None:
         chance = CHANCE[name]
         if not value > chance:
             return Decision(False, f"{name} {value:.4f} does not beat chance ({chance:g})", name, value)

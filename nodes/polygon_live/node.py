@@ -107,7 +107,7 @@ class PolygonLiveCollector(Node[PolygonLiveParams]):
 
     def _window(self) -> dict[str, Any]:
         sim = self.params.simulation
-        return {"start": sim.start, "seed": sim.seed, "mean_interval_ms": sim.mean_interval_ms}
+        return {"start": utc_ms(sim.start) if sim.start else None, "seed": sim.seed, "mean_interval_ms": sim.mean_interval_ms}
 
     def _load_position(self) -> dict[str, int]:
         """Where an earlier run of the same fixed simulation window stopped, per symbol.

@@ -36,6 +36,7 @@ from typing import Any
 from framework.artifacts import ArtifactNotFound
 from framework.durations import parse_ms
 from framework.node import Node, every, handles
+from framework.params import CANONICAL
 from framework.timeframes import parse_timeframe
 from nodes.ml import metrics as M
 from nodes.ml import promotion
@@ -251,8 +252,8 @@ class SupervisedTraining(Node[SupervisedTrainingParams]):
         await self.ctx.background(fn, *args, then=done, failed=failed, process=True, name=f"{fn.__name__}:{run.job.name}")
 
     def _job(self, model: ModelParams, cut: int) -> worker.Job:
-        target = model.target.model_dump(exclude_none=True)
-        folds = model.folds.model_dump()
+        target = model.target.model_dump(exclude_none=True, context={CANONICAL: True})  # equal configs (4h, 240m): one run id
+        folds = model.folds.model_dump(context={CANONICAL: True})
         start = cut - (parse_ms(model.window) or 0)
         symbols = tuple(self._symbols(model))
         declaration = {"kind": model.kind, "timeframe": model.timeframe, "symbols": symbols, "target": target,

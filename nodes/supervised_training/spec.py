@@ -31,7 +31,7 @@ from framework.durations import parse_ms
 from framework.params import Duration, PositiveDuration
 from framework.registry import NodeSpec, Port
 from framework.timeframes import parse_timeframe
-from nodes.ml.chance import bound_problem
+from nodes.ml.levels import bound_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 METRICS = ("accuracy", "balanced_accuracy", "auc", "log_loss", "brier", "sharpe", "hit_rate", "trades")
@@ -88,8 +88,8 @@ class BaselineParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: Literal[METRICS] = Field(default="balanced_accuracy", description="the walk-forward metric compared")  # type: ignore[valid-type]
-    min: float | None = Field(default=None, description="the metric must be at least this (with no min or max: it must beat the metric's chance level; accuracy, log_loss, brier need a bound)")
-    max: float | None = Field(default=None, description="the metric must be at most this (log_loss, brier)")
+    min: float | None = Field(default=None, description="the metric must be at least this (the floor where higher is better; with none the metric's chance level must be beaten, and accuracy needs one)")
+    max: float | None = Field(default=None, description="the metric must be at most this (the floor of log_loss and brier, which need one)")
     beat_promoted: bool = Field(default=True, description="and better than the promoted model's")
     margin: float = Field(default=0.0, ge=0.0, description="by more than this")
 
