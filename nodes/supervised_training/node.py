@@ -40,7 +40,7 @@ from framework.params import CANONICAL
 from framework.timeframes import parse_timeframe
 from nodes.ml import metrics as M
 from nodes.ml import promotion
-from nodes.ml.dataset import BAR_COLUMNS, FEATURE_COLUMNS, frame_rows
+from nodes.ml.dataset import BAR_COLUMNS
 from nodes.ml.model import ModelCard, ModelError
 from nodes.supervised_training import worker
 from nodes.supervised_training.spec import ModelParams, SupervisedTrainingParams
@@ -231,7 +231,7 @@ class SupervisedTraining(Node[SupervisedTrainingParams]):
         except Exception as exc:
             await self._failed(exc)
             return
-        await self._background(run, worker.prepare, (job, features, bars), self._prepared)
+        await self._background(run, worker.prepare_parts, (job, features, bars), self._prepared)
 
     async def _background(self, run: _Run, fn: Any, args: tuple[Any, ...], then: Any) -> None:
         """One step in the worker process; its result goes to ``then``, and any failure (of the step
@@ -265,27 +265,28 @@ class SupervisedTraining(Node[SupervisedTrainingParams]):
             run_id=worker.run_id(model.name, start, cut, model.seed, declaration),
         )  # fmt: skip
 
-    async def _rows(self, job: worker.Job) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """The window's feature rows and bars: the tables first, what this service received after (it wins)."""
+    async def _rows(self, job: worker.Job) -> tuple[list[Any], list[Any]]:
+        """The window's feature rows and bars, in parts (:func:`worker.prepare_parts` makes them rows in the worker):
+        the tables first, what this service received after (it wins)."""
         tf_ms = parse_timeframe(job.timeframe).ms
         window = {"tf": job.timeframe, "symbols": list(job.symbols), "start": job.window_start, "end": job.cut}
         where = "timeframe = {tf:String} AND symbol IN {symbols:Array(String)} AND ts >= {start:Int64} AND ts < {end:Int64}"
         frame = await self.ctx.table("ml_features").query_frame(
             f"SELECT symbol, ts, feature_set, `values` FROM {{table}} FINAL WHERE {where} ORDER BY ts, symbol", window
         )
-        features = frame_rows(frame, FEATURE_COLUMNS)
-        bars: list[dict[str, Any]] = []
+        bars: list[Any] = []
         for table in BAR_TABLES:
-            frame = await self.ctx.table(table).query_frame(
+            bars.append(await self.ctx.table(table).query_frame(
                 f"SELECT {', '.join(BAR_COLUMNS)} FROM {{table}} FINAL WHERE {where} AND (complete IS NULL OR complete) ORDER BY ts, symbol", window
-            )
-            bars.extend(frame_rows(frame, BAR_COLUMNS))
+            ))  # fmt: skip
+        received: list[dict[str, Any]] = []
+        received_bars: list[dict[str, Any]] = []
         for symbol in job.symbols:
             key = (symbol, job.timeframe)
             for ts, (feature_set, names, numbers) in self.features[key].between(job.window_start, job.cut - tf_ms + 1):
-                features.append({"symbol": symbol, "ts": ts, "feature_set": feature_set, "values": dict(zip(names, numbers))})
-            bars.extend(dict(zip(BAR_COLUMNS, row)) for _, row in self.bars[key].between(job.window_start, job.cut))
-        return features, bars
+                received.append({"symbol": symbol, "ts": ts, "feature_set": feature_set, "values": dict(zip(names, numbers))})
+            received_bars.extend(dict(zip(BAR_COLUMNS, row)) for _, row in self.bars[key].between(job.window_start, job.cut))
+        return [frame, received], [*bars, received_bars]
 
     # ------------------------------------------------------------------ the steps' results
 

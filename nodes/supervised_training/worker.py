@@ -23,7 +23,7 @@ import orjson
 
 from framework.durations import parse_ms
 from nodes.ml import metrics as M
-from nodes.ml.dataset import Dataset, build
+from nodes.ml.dataset import BAR_COLUMNS, FEATURE_COLUMNS, Dataset, build, frame_rows
 from nodes.ml.folds import Fold, purged_walk_forward
 from nodes.ml.model import ModelCard
 from nodes.ml.trees import TREE_KINDS
@@ -116,6 +116,14 @@ def prepare(job: Job, feature_rows: Sequence[Mapping[str, Any]], bar_rows: Seque
         max_train=job.folds.get("max_train"), trainable=dataset.decisive,
     )  # fmt: skip
     return Prepared(dataset, folds)
+
+
+def prepare_parts(job: Job, feature_parts: Sequence[Any], bar_parts: Sequence[Any]) -> Prepared:
+    """:func:`prepare` of rows given as parts (a table's query frame, a list of rows), made into rows here, in the
+    worker: for a year of bars that is ~0.4 s of Python the node's event loop would otherwise spend before the run."""
+    features = [row for part in feature_parts for row in frame_rows(part, FEATURE_COLUMNS)]
+    bars = [row for part in bar_parts for row in frame_rows(part, BAR_COLUMNS)]
+    return prepare(job, features, bars)
 
 
 def fit_fold(job: Job, dataset: Dataset, fold: Fold) -> FoldResult:
