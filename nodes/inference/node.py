@@ -47,7 +47,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -324,14 +324,14 @@ class Inference(Node[InferenceParams]):
                     group[2].append(i)
         if not groups:
             return
-        out: list[tuple[Any, ...]] = []
+        out: list[_Outcome] = []
         for slot, live, index in groups.values():
             await self._predict(slot, live, batch, index, origin, out)
         if not out:
             return
         if len(out) > 1:
-            out.sort(key=lambda o: (o[0], o[1]))
-        at = None if chunk.times is None else chunk.times[[o[0] for o in out]]  # a timed chunk: each signal at its vector's time
+            out.sort(key=lambda o: (o.row, o.order))
+        at = None if chunk.times is None else chunk.times[[o.row for o in out]]  # a timed chunk: each signal at its vector's time
         signals, predictions = _outputs(out)
         await self.ctx.publish_batch("signals", signals, at=at)
         await self.ctx.publish_batch("predictions", predictions, at=at)
@@ -353,10 +353,9 @@ class Inference(Node[InferenceParams]):
         self._say(("unserved", slot.name, why), f"{slot.name}: its feature messages get no signal until a model takes them: {why}")
 
     async def _predict(
-        self, slot: Slot, live: Live, batch: _Features, index: list[int], origin: str, out: list[tuple[Any, ...]],
+        self, slot: Slot, live: Live, batch: _Features, index: list[int], origin: str, out: list[_Outcome],
     ) -> None:  # fmt: skip
-        """The model over the rows ``index`` of ``batch``; each row's signal and prediction into ``out`` as
-        ``(row, slot order, *signal's fields, price, side, position)`` (see :func:`_outputs`)."""
+        """The model over the rows ``index`` of ``batch``; each row's signal and prediction into ``out``."""
         features = live.card.features
         vectors = batch.values
         try:
@@ -403,7 +402,7 @@ class Inference(Node[InferenceParams]):
                 value = vectors[i].get(price_feature)
                 if type(value) is float and value > 0 and value != float("inf"):
                     price = value
-            out.append((
+            out.append(_Outcome(
                 i, order, f"{model_id}-{symbol}-{timeframe}-{ts}", symbol, timeframe, ts,
                 SIDES[side + 1] if confidence >= floor else "flat", confidence, model_id, horizon, feature_sets[i], feature_ts, ttl_ms,
                 price, side, 0.0 if positions is None else positions[k],
@@ -430,13 +429,36 @@ class Inference(Node[InferenceParams]):
         return sides, confidences, positions
 
 
-
 FEATURE_FIELDS = ("symbol", "timeframe", "ts", "feature_set", "values")
 SIGNAL_FIELDS = ("signal_id", "symbol", "timeframe", "ts", "side", "confidence", "model_id", "horizon", "feature_set", "feature_ts", "ttl_ms")
 """``signal.v1`` in the order of its messages' keys; ``price``, when a row has one, comes last."""
 PREDICTION_FIELDS = ("signal_id", "ts", "symbol", "timeframe", "model_id", "feature_set", "feature_ts", "side", "confidence", "position")
 _ABSENT: Any = object()
 """A signal without a price."""
+
+
+class _Outcome(NamedTuple):
+    """One row's signal and prediction (:func:`_outputs` makes columns of them)."""
+
+    row: int
+    order: int
+    signal_id: str
+    symbol: str
+    timeframe: str
+    ts: int
+    side: str
+    """The signal's: buy, sell or flat (below the confidence floor)."""
+    confidence: float
+    model_id: str
+    horizon: Any
+    feature_set: Any
+    feature_ts: int
+    ttl_ms: Any
+    price: Any
+    """:data:`_ABSENT` for a signal without one."""
+    predicted: int
+    """The prediction's side: -1, 0 or 1."""
+    position: float
 
 
 class _Features:
@@ -461,18 +483,15 @@ class _Features:
         return self._rows[i]
 
 
-def _outputs(out: list[tuple[Any, ...]]) -> tuple[Chunk, Chunk]:
-    """The ``signals`` and ``predictions`` chunks of :meth:`Inference._predict`'s records, as
+def _outputs(out: list[_Outcome]) -> tuple[Chunk, Chunk]:
+    """The ``signals`` and ``predictions`` chunks of :meth:`Inference._predict`'s outcomes, as
     :meth:`Chunk.from_rows` makes them of the messages (``price`` absent where a signal has none)."""
-    columns = list(zip(*out))
-    fields = dict(zip(SIGNAL_FIELDS, columns[2:13]))
-    signals = dict(fields)
+    columns = dict(zip(_Outcome._fields, zip(*out)))
+    signals = {name: columns[name] for name in SIGNAL_FIELDS}
     absent = None
-    prices = columns[13]
-    priced = [p is not _ABSENT for p in prices]
+    priced = [p is not _ABSENT for p in columns["price"]]
     if any(priced):
-        signals["price"] = [p if has else None for p, has in zip(prices, priced)]
+        signals["price"] = [p if has else None for p, has in zip(columns["price"], priced)]
         absent = {"price": ~np.array(priced)}
-    fields.update(side=columns[14], confidence=columns[7], position=columns[15])
-    predictions = {name: fields[name] for name in PREDICTION_FIELDS}
+    predictions = {name: columns["predicted" if name == "side" else name] for name in PREDICTION_FIELDS}
     return Chunk(signals, absent=absent), Chunk(predictions)
