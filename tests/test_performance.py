@@ -339,3 +339,32 @@ async def test_alerts_fire_once_per_breach_and_again_after_a_recovery(tmp_path: 
     assert sharpe["value"] == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(252), abs=1e-6)
     assert sharpe["severity"] == "warning" and sharpe["threshold"] == 0.0
     assert len({a["alert_id"] for a in drawdowns + daily}) == 4
+
+
+def test_closed_trips_and_curve_windows_equal_a_scan_of_every_row() -> None:
+    """What the monitor keeps up to date for its metrics (P&L per symbol, a window's trips and points) equals what a
+    scan of every row gives, in order, also once a row arrives out of time order."""
+    import random
+
+    from nodes.performance.closed import ClosedTrips
+    from nodes.performance.curve import Curve
+    from nodes.trading import metrics as M
+
+    rng = random.Random(3)
+    for _ in range(300):
+        closed, curve, rows, points = ClosedTrips(), Curve(), [], []
+        t = 1_767_225_600_000
+        for _ in range(rng.randint(0, 60)):
+            t += rng.choice([0, 60_000, 3_600_000, 86_400_000, -60_000 if rng.random() < 0.05 else 60_000])
+            row = {"ts": t, "pnl": round(rng.gauss(0, 20), 2), "symbol": rng.choice(["EURUSD", "USDJPY", "XAUUSD"])}
+            closed.append(row)
+            rows.append(row)
+            equity = round(rng.gauss(100_000, 500), 2)
+            curve.append(t, equity, equity)
+            points.append((t, equity))
+        assert closed.pnl_by_symbol() == M.pnl_by_symbol(rows)
+        assert list(closed.pnls()) == [r["pnl"] for r in rows]
+        start = t - rng.choice([0, 60_000, 86_400_000, 10 * 86_400_000])
+        assert closed.since(start) == [r for r in rows if r["ts"] >= start]
+        ts, equity = curve.since(start)
+        assert [(int(a), float(b)) for a, b in zip(ts, equity)] == [p for p in points if p[0] >= start]

@@ -82,3 +82,68 @@ def test_a_curve_marked_one_point_at_a_time_has_the_curves_drawdowns() -> None:
         peak = max(peak, value)
         one_by_one.append(M.drawdown_from(peak, value))
     assert np.array_equal(np.array(one_by_one), M.drawdown_curve(equity))
+
+
+def _random_curve(rng: np.random.Generator, wild: bool) -> tuple[list[int], list[float]]:
+    """Points as a monitor records them, or (``wild``) with repeated and earlier times, a zero, -0.0, NaN and sign flips."""
+    ts, equity = [], []
+    t, e = T0 + int(rng.integers(-10**9, 10**9)), float(rng.choice([100_000.0, 1.0, 0.0, -5.0] if wild else [100_000.0]))
+    for _ in range(int(rng.integers(0, 80))):
+        t += int(rng.choice([60_000, 60_000, 3_600_000, M.DAY_MS] + ([0, -60_000] if wild else [])))
+        r = rng.random()
+        if wild and r < 0.03:
+            e = 0.0
+        elif wild and r < 0.05:
+            e = -0.0 if r < 0.04 else math.nan
+        elif wild and r < 0.06:
+            e = -e
+        elif r > 0.1:
+            e = round(e + float(rng.normal(0, 50)), 2)
+        ts.append(t)
+        equity.append(e)
+    return ts, equity
+
+
+def _outcome(f):  # type: ignore[no-untyped-def]
+    try:
+        return f()
+    except Exception as exc:  # the array functions raise on some wild curves (an overflowing annual return): so must the running ones
+        return type(exc)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("wild", [False, True])
+def test_a_running_curve_gives_the_summary_of_its_points_bit_for_bit(wild: bool) -> None:
+    """RunningCurve (the monitor's whole-curve metrics, point by point) equals summary() over the arrays: every value the
+    same float (NaN where it is NaN), every failure the same, over thousands of random curves."""
+    rng = np.random.default_rng(11 if wild else 12)
+    compared = 0
+    for _ in range(4000):
+        ts, equity = _random_curve(rng, wild)
+        pnls = rng.normal(0, 10, int(rng.integers(0, 5)))
+        running = M.RunningCurve()
+        for t, e in zip(ts, equity):
+            running.add(t, e)
+        expected = _outcome(lambda: M.summary(np.array(ts, dtype=np.int64), np.array(equity, dtype=np.float64), pnls))
+        got = _outcome(lambda: M.running_summary(running, pnls))
+        if isinstance(expected, type):
+            assert got is expected
+            continue
+        assert isinstance(got, dict) and got.keys() == expected.keys()
+        for name, value in expected.items():
+            assert (got[name] == value and type(got[name]) is type(value)) or (math.isnan(value) and math.isnan(got[name])), (name, ts, equity)
+        returns = M.period_returns(np.array(ts, dtype=np.int64), np.array(equity, dtype=np.float64))
+        assert np.array_equal(running.returns(), returns, equal_nan=True)
+        compared += 1
+    assert compared > 3000
+
+
+def test_a_running_curve_keeps_a_fall_open_until_the_peak_is_regained() -> None:
+    running = M.RunningCurve()
+    for t, e in [(0, 100.0), (10, 90.0), (20, 95.0), (30, 100.0), (40, 80.0), (45, 85.0)]:
+        running.add(t, e)
+    dd = running.drawdown()
+    assert dd.max == pytest.approx(0.2) and dd.current == pytest.approx(0.15)
+    assert dd.max_duration_ms == 30  # 0 -> 30 regained; the open fall from 30 lasts 15 so far
+    running.add(100, 79.0)
+    assert running.drawdown().max_duration_ms == 70

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 from array import array
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
+
+from nodes.trading.metrics import RunningCurve
 
 
 class Curve:
@@ -14,11 +17,18 @@ class Curve:
         self.ts = array("q")
         self.equity = array("d")
         self.balance = array("d")
+        self.running = RunningCurve()
+        """The whole curve's returns and drawdown, kept up to date point by point."""
+        self.ordered = True
+        """Every point is later than the one before (a window is then a tail of the arrays)."""
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def append(self, ts: int, equity: float, balance: float) -> None:
+        if self.ts and ts <= self.ts[-1]:
+            self.ordered = False
+        self.running.add(ts, equity)
         self.ts.append(ts)
         self.equity.append(equity)
         self.balance.append(balance)
@@ -34,6 +44,15 @@ class Curve:
         if current is not None and (not len(ts) or current[0] > ts[-1]):
             ts, equity, balance = np.r_[ts, current[0]], np.r_[equity, current[1]], np.r_[balance, current[2]]
         return ts, equity, balance
+
+    def since(self, start: int) -> tuple[np.ndarray, np.ndarray]:
+        """ts and equity of the points at or after ``start``, in the curve's order."""
+        if self.ordered:
+            first = bisect.bisect_left(self.ts, start)
+            return np.array(self.ts[first:], dtype=np.int64), np.array(self.equity[first:], dtype=np.float64)
+        ts, equity, _ = self.arrays()
+        chosen = ts >= start
+        return ts[chosen], equity[chosen]
 
     def load(self, rows: Iterable[Mapping[str, Any]]) -> None:
         for row in rows:

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -42,6 +42,7 @@ import numpy as np
 
 from framework.durations import parse_ms
 from framework.node import Node, every, handles
+from nodes.performance.closed import ClosedTrips
 from nodes.performance.curve import Curve, sample
 from nodes.performance.spec import DAY_MS, PerformanceParams
 from nodes.performance.trips import Trip, Trips
@@ -82,7 +83,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         self.ledger = Ledger(self.rules, self.currency)
         self.trips = Trips(self.rules)
         self.curve = Curve()
-        self.closed: list[dict[str, Any]] = []
+        self.closed = ClosedTrips()
         """Finished round trips (trade_analysis rows), in closing order."""
         self.fill_ids: dict[str, int] = {}
         self.mark_ts: dict[str, int] = {}
@@ -183,7 +184,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
                 log.error("%s: cannot read %s (%s: %s); metrics count only the trades closed from now on", self.ctx.service,
                           table, type(exc).__name__, exc)  # fmt: skip
             else:
-                self.closed = [dict(r) for r in rows]
+                self.closed = ClosedTrips(dict(r) for r in rows)
                 if len(self.closed) != trades:
                     log.warning("%s: %d of %d closed trades read back from %s", self.ctx.service, len(self.closed), trades, table)
 
@@ -356,7 +357,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         now = self.ctx.clock.now_ms()
         return max(now, self.last_ts) if self.last_ts is not None else now
 
-    def _summary(self, ts: np.ndarray, equity: np.ndarray, trades: list[Mapping[str, Any]]) -> dict[str, float]:
+    def _summary(self, ts: np.ndarray, equity: np.ndarray, trades: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         return M.summary(ts, equity, [t["pnl"] for t in trades])
 
     @every("metrics_every")
@@ -374,27 +375,27 @@ class PerformanceMonitor(Node[PerformanceParams]):
         if self._metrics_at == key or not len(self.curve):
             return
         self._metrics_at = key
-        ts, equity, _ = self.curve.arrays()
         rows: list[dict[str, Any]] = []
         for window, span in self._windows:
-            if span is None:
-                chosen, trades = slice(None), self.closed
+            if span is None:  # the whole curve and every trip: kept up to date as they grew
+                values = M.running_summary(self.curve.running, self.closed.pnls())
+                by_symbol = self.closed.pnl_by_symbol()
             else:
-                chosen = ts >= now - span
-                trades = [t for t in self.closed if t["ts"] >= now - span]
-            values = self._summary(ts[chosen], equity[chosen], trades)
-            values.update({f"pnl.{s}": v for s, v in M.pnl_by_symbol(trades).items()})
+                trades = self.closed.since(now - span)
+                values = self._summary(*self.curve.since(now - span), trades)
+                by_symbol = M.pnl_by_symbol(trades)
+            values.update({f"pnl.{s}": v for s, v in by_symbol.items()})
             rows += [{"ts": now, "name": n, "window": window, "value": v} for n, v in values.items() if math.isfinite(v)]
         for row in rows:
             await self.ctx.publish("metrics", row)
-        await self._check_sharpe(now, ts, equity)
+        await self._check_sharpe(now)
 
-    async def _check_sharpe(self, now: int, ts: np.ndarray, equity: np.ndarray) -> None:
+    async def _check_sharpe(self, now: int) -> None:
         """low_sharpe on the whole curve, once it has ``low_sharpe_min_days`` daily returns."""
         limit = self.params.low_sharpe
         if limit is None:
             return
-        returns = M.period_returns(ts, equity)
+        returns = self.curve.running.returns()
         sharpe = M.sharpe(returns)
         if len(returns) < self.params.low_sharpe_min_days or not math.isfinite(sharpe):
             return

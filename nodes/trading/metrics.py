@@ -14,6 +14,7 @@ statistics come from closed trades' P&L in the account currency: win rate, profi
 from __future__ import annotations
 
 import math
+from array import array
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -145,12 +146,22 @@ def summary(
 ) -> dict[str, float]:
     """Every metric, by name, as the monitor writes them to performance_metrics and a report shows them."""
     equity = np.asarray(equity, dtype=np.float64)
-    returns = period_returns(ts_ms, equity, period_ms)
-    dd = drawdown(ts_ms, equity)
+    first, last = (float(equity[0]), float(equity[-1])) if len(equity) else (math.nan, math.nan)
+    return _summary(period_returns(ts_ms, equity, period_ms), drawdown(ts_ms, equity), first, last, trade_pnls, periods_per_year)
+
+
+def running_summary(curve: RunningCurve, trade_pnls: Sequence[float] | np.ndarray = (), *,
+                    periods_per_year: int = TRADING_DAYS) -> dict[str, float]:  # fmt: skip
+    """:func:`summary` of every point ``curve`` was given, without going over them again."""
+    return _summary(curve.returns(), curve.drawdown(), curve.first, curve.last, trade_pnls, periods_per_year)
+
+
+def _summary(returns: np.ndarray, dd: Drawdown, first: float, last: float, trade_pnls: Sequence[float] | np.ndarray,
+             periods_per_year: int) -> dict[str, float]:  # fmt: skip
     stats = trade_stats(trade_pnls)
     return {
-        "equity": float(equity[-1]) if len(equity) else math.nan,
-        "total_return": float(equity[-1] / equity[0] - 1.0) if len(equity) else math.nan,
+        "equity": last,
+        "total_return": float(np.float64(last) / first - 1.0),  # numpy's division: a zero start gives inf, as over the array
         "annual_return": annual_return(returns, periods_per_year),
         "sharpe": sharpe(returns, periods_per_year),
         "sortino": sortino(returns, periods_per_year),
@@ -163,3 +174,66 @@ def summary(
         "profit_factor": stats.profit_factor,
         "expectancy": stats.expectancy,
     }
+
+
+class RunningCurve:
+    """:func:`period_returns` and :func:`drawdown` of a curve given one point at a time, equal bit for bit to those
+    functions over the same points in the same order (the same float operations on the same values).
+
+    A monitor that computed them from the whole curve at every metrics step paid O(points) each time: O(n²) over a
+    long backtest, a sixth of a million-bar run. Here a point costs a few comparisons, and the returns are made from
+    the periods' closes alone."""
+
+    __slots__ = ("period_ms", "closes", "count", "first", "last", "last_ts", "_bucket", "peak", "max", "current",
+                 "longest", "_under_since")  # fmt: skip
+
+    def __init__(self, period_ms: int = DAY_MS) -> None:
+        self.period_ms = period_ms
+        self.closes = array("d")
+        """The last equity of every run of points in one period, but the last run's (that is :attr:`last`)."""
+        self.count = 0
+        self.first = self.last = math.nan
+        self.last_ts = 0
+        self._bucket = 0
+        self.peak = math.nan
+        self.max = 0.0
+        self.current = 0.0
+        self.longest = 0
+        self._under_since: int | None = None
+        """The time of the point before the current fall from the peak began (None: at a peak)."""
+
+    def add(self, ts: int, equity: float) -> None:
+        bucket = ts // self.period_ms
+        if not self.count:
+            self.first = self.peak = equity
+        elif bucket != self._bucket:
+            self.closes.append(self.last)
+        self._bucket = bucket
+        if self.peak == self.peak and not self.peak > equity:  # np.maximum's rule: the new value unless the peak is greater or NaN
+            self.peak = equity
+        peak = self.peak
+        dd = 1.0 - equity / peak if peak else float(1.0 - np.float64(equity) / peak)  # numpy's x/0: inf or NaN
+        if self.max == self.max and not dd <= self.max:  # ndarray.max(): NaN wins
+            self.max = dd
+        if dd > 0:
+            if self._under_since is None:
+                self._under_since = self.last_ts
+        elif self._under_since is not None:
+            self.longest = max(self.longest, ts - self._under_since)
+            self._under_since = None
+        self.current = dd
+        self.last, self.last_ts = equity, ts
+        self.count += 1
+
+    def returns(self) -> np.ndarray:
+        if self.count < 2:
+            return np.empty(0)
+        closes = np.array(self.closes, dtype=np.float64)
+        closes = np.append(closes, self.last)
+        return closes[1:] / closes[:-1] - 1.0
+
+    def drawdown(self) -> Drawdown:
+        if not self.count:
+            return Drawdown(0.0, 0, 0.0)
+        longest = self.longest if self._under_since is None else max(self.longest, self.last_ts - self._under_since)
+        return Drawdown(self.max, longest, self.current)
