@@ -6,13 +6,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import random
 import re
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict, defaultdict
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -20,7 +25,7 @@ import pytest
 from framework.context import TableHandle
 from framework.stores.base import StoreError, StoreUnavailable, open_store, safe_url
 from framework.stores.batch import BatchWriter
-from framework.stores.clickhouse import ClickHouseStore, create_table_sql
+from framework.stores.clickhouse import ClickHouseStore, column_data, column_names, create_table_sql
 from framework.stores.columns import time_column_of
 from framework.stores.postgres import DAY_MS, PostgresStore, bind, partition_name
 from framework.stores.redis import RedisStore
@@ -134,6 +139,139 @@ async def test_clickhouse_rejected_row_is_set_aside_and_the_rest_written(chdb: C
     assert (await chdb.query("SELECT count() AS n FROM ticks"))[0]["n"] == 63
     rejected = (spill / "ticks.rejected.jsonl").read_text().splitlines()
     assert len(rejected) == 1 and '"seq":37' in rejected[0]
+
+
+def row_by_row(rows: Sequence[Mapping[str, Any]], columns: list[str], json_columns: set[str], defaults: dict[str, Any]) -> list[list[Any]]:
+    """The conversion ``column_data`` replaced, kept as the reference it must match."""
+    return [
+        [orjson.dumps(row.get(c)).decode() for row in rows]
+        if c in json_columns
+        else [_or(row.get(c), defaults[c]) for row in rows]
+        if c in defaults
+        else [row.get(c) for row in rows]
+        for c in columns
+    ]
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+class GetSays(dict):  # type: ignore[type-arg]
+    """A dict whose own ``get`` answers differently from ``dict.get``: it must be asked."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return f"own {key}" if key not in self else super().get(key, default)
+
+
+class Frozen(Mapping[str, Any]):
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class Unreadable(Frozen):
+    def __getitem__(self, key: str) -> Any:
+        raise RuntimeError(f"cannot read {key}")
+
+
+COLUMNS = ["ts", "symbol", "qty", "meta", "reasons", "rev", "note"]
+JSON_COLUMNS = {"meta", "reasons"}
+DEFAULTS = {"rev": 0, "note": "-"}
+
+
+def random_value(rng: random.Random, depth: int = 0) -> Any:
+    kind = rng.randrange(9 if depth < 2 else 6)
+    simple = [None, rng.randrange(-(2**40), 2**40), rng.uniform(-1e6, 1e6), rng.choice(["", "EURUSD", "é ✓ \"q\"", "a\nb"]), rng.random() < 0.5, 0.0]
+    if kind < 6:
+        return simple[kind]
+    if kind == 6:
+        return [random_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    return {rng.choice(["ok", "age_ms", "n", "é"]): random_value(rng, depth + 1) for _ in range(rng.randrange(4))}
+
+
+def random_row(rng: random.Random) -> dict[str, Any]:
+    row = {c: random_value(rng) for c in COLUMNS if rng.random() < 0.8}  # a column a row lacks, or holds None
+    for extra in ("msg_id", "cause_id", "unknown")[: rng.randrange(4)]:
+        row[extra] = random_value(rng)
+    return row
+
+
+def assert_same_columns(rows: Sequence[Mapping[str, Any]], columns: list[str] = COLUMNS) -> None:
+    got, want = column_data(rows, columns, JSON_COLUMNS, DEFAULTS), row_by_row(rows, columns, JSON_COLUMNS, DEFAULTS)
+    assert type(got) is list and all(type(column) is list for column in got)
+    assert [[(type(v), v) for v in column] for column in got] == [[(type(v), v) for v in column] for column in want]
+
+
+def test_column_data_matches_the_row_by_row_conversion_on_random_rows() -> None:
+    rng = random.Random(20260509)
+    for _ in range(300):
+        rows = [random_row(rng) for _ in range(rng.randrange(1, 40))]
+        assert_same_columns(rows)
+        assert_same_columns(tuple(rows[:1]))
+        assert_same_columns(rows, columns=rng.sample(COLUMNS, rng.randrange(len(COLUMNS) + 1)) + ["absent"])
+    shared = random_row(rng)
+    assert_same_columns([shared, shared, {}, {"meta": None, "rev": None, "note": 0}])
+
+
+def test_column_data_asks_rows_that_are_not_plain_dicts_through_their_own_get() -> None:
+    rng = random.Random(7)
+    wrappers = [GetSays, Frozen, MappingProxyType, OrderedDict, lambda r: defaultdict(lambda: "made up", r)]
+    for wrap in wrappers:
+        rows = [wrap(random_row(rng)) for _ in range(30)]
+        assert_same_columns(rows)
+        assert_same_columns([random_row(rng), *rows, random_row(rng)])  # mixed with plain dicts
+    odd = GetSays({"ts": 1})
+    assert column_data([odd], ["ts", "symbol", "rev"], set(), DEFAULTS) == [[1], ["own symbol"], ["own rev"]]
+
+
+def test_column_data_fails_on_the_same_value_as_the_row_by_row_conversion() -> None:
+    unreadable = Unreadable({})
+    for rows in (
+        [{"meta": 1}, {"meta": {1.5: "non-str key"}, "reasons": object()}, {"reasons": {2, 3}}],
+        [Frozen({"meta": 1}), Frozen({"meta": {1.5: "non-str key"}}), unreadable],  # the bad value comes before the bad row
+    ):
+        with pytest.raises(TypeError) as want:
+            row_by_row(rows, ["meta", *COLUMNS], JSON_COLUMNS, DEFAULTS)
+        with pytest.raises(TypeError) as got:
+            column_data(rows, ["meta", *COLUMNS], JSON_COLUMNS, DEFAULTS)
+        assert type(got.value) is type(want.value) and str(got.value) == str(want.value)
+    with pytest.raises(RuntimeError):
+        column_data([unreadable], COLUMNS, JSON_COLUMNS, DEFAULTS)
+
+
+def test_column_names_are_the_interned_strings() -> None:
+    declared = [name.encode().decode() for name in ("symbol", "ts", "meta")]  # equal to literals, other objects
+    names = column_names(declared)
+    assert names == declared and all(n is sys.intern(d) and n is not d for n, d in zip(names, declared))
+
+
+async def test_clickhouse_insert_reads_missing_none_extra_json_and_default_values(chdb: ClickHouseStore) -> None:
+    columns = {name.encode().decode(): kind for name, kind in {"ts": "timestamp_ms", "symbol": "str?", "meta": "json?", "rev": "int"}.items()}
+    await chdb.ensure_table("revised", Table(store="ch", engine="ReplacingMergeTree", order_by=["ts"], version="rev"), columns, "ts")
+    assert all(name is sys.intern(name) for name in chdb._columns["revised"])
+    rows = [
+        {"ts": 1, "symbol": "EURUSD", "meta": {"a": [1, None, "é"]}, "rev": 3, "extra": object()},
+        {"ts": 2, "symbol": None, "meta": None, "rev": None},
+        {"ts": 3},
+        MappingProxyType({"ts": 4, "meta": [], "rev": 5}),
+    ]
+    await chdb.insert("revised", rows)
+    got = await chdb.query("SELECT ts, symbol, meta, rev FROM revised ORDER BY ts")
+    assert got == [
+        {"ts": 1, "symbol": "EURUSD", "meta": '{"a":[1,null,"é"]}', "rev": 3},
+        {"ts": 2, "symbol": None, "meta": "null", "rev": 0},
+        {"ts": 3, "symbol": None, "meta": "null", "rev": 0},
+        {"ts": 4, "symbol": None, "meta": "[]", "rev": 5},
+    ]
 
 
 async def test_clickhouse_server_url_unreachable_is_one_line_without_password(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import repeat
+from operator import methodcaller
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -67,8 +70,38 @@ def column_type(portable: str) -> str:
     return f"Nullable({native})" if nullable else native
 
 
-def _or(value: Any, default: Any) -> Any:
-    return default if value is None else value
+def column_names(columns: Iterable[str]) -> list[str]:
+    """The names, interned: rows' keys are mostly literals, which Python interns, and a key that is
+    the very object looked up is found without comparing strings."""
+    return [sys.intern(str(c)) for c in columns]
+
+
+def column_data(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], json_columns: Collection[str], defaults: Mapping[str, Any]
+) -> list[list[Any]]:
+    """``rows`` as one list per column: a key a row lacks reads as None, None as the column's
+    default where it has one, and a JSON column holds each value's JSON text."""
+    plain = {*map(type, rows)} == {dict}
+    data = []
+    for column in columns:
+        values = _values(rows, column, plain)
+        if column in json_columns:
+            data.append([orjson.dumps(v).decode() for v in values])
+        elif column in defaults:
+            default = defaults[column]
+            data.append([default if v is None else v for v in values])
+        else:
+            data.append(list(values))
+    return data
+
+
+def _values(rows: Sequence[Mapping[str, Any]], column: str, plain: bool) -> Iterable[Any]:
+    """``row.get(column)`` of each row, lazily. For rows that are all plain dicts (in practice,
+    all of them) ``dict.get`` is mapped in C, without a Python call per row; any other mapping,
+    a dict subclass too, answers through its own ``get``."""
+    if plain:
+        return map(dict.get, rows, repeat(column))
+    return map(methodcaller("get", column), rows)
 
 
 def column_definition(column: str, portable: str, table: Table) -> str:
@@ -190,7 +223,7 @@ class ClickHouseStore(Store):
             if column not in have:
                 await self._call(client.command, f"ALTER TABLE {_ident(name)} ADD COLUMN IF NOT EXISTS {column_definition(column, portable, table)}")
                 log.info("table %s: added column %s (declared since the table was created)", name, column)
-        self._columns[name] = list(columns)
+        self._columns[name] = column_names(columns)
         self._json_columns[name] = {c for c, t in columns.items() if split_type(t)[0] == "json"}
         self._defaults[name] = {table.version: 0} if table.version else {}
 
@@ -200,16 +233,7 @@ class ClickHouseStore(Store):
         columns = self._columns.get(name)
         if columns is None:
             raise StoreError(f"table {name!r} was not created through ensure_table")
-        json_cols = self._json_columns[name]
-        defaults = self._defaults[name]
-        data = [
-            [orjson.dumps(row.get(c)).decode() for row in rows]
-            if c in json_cols
-            else [_or(row.get(c), defaults[c]) for row in rows]
-            if c in defaults
-            else [row.get(c) for row in rows]
-            for c in columns
-        ]
+        data = column_data(rows, columns, self._json_columns[name], self._defaults[name])
         await self._call(self._require_client().insert, name, data, column_names=columns, column_oriented=True, rows=True)
 
     @staticmethod
