@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ from framework.registry import NodeSpec, Port, Registry
 from framework.runtime import Runtime
 from framework.testing import contracts, load, query, recording_bus
 from framework.topology.model import Service
-from nodes.trading.orders import client_order_id
+from nodes.execution.book import OrderBook, Tracked
+from nodes.trading.orders import TRANSITIONS, Order, OrderStatus, client_order_id
 
 TIMEOUT = 60.0
 T0 = 1_793_577_600_000  # 2026-11-02T00:00:00Z, a Monday
@@ -615,3 +617,113 @@ async def test_positions_are_marked_from_bar_closes_where_a_run_has_no_ticks(tmp
         await run.at(T0 + 12 * SEC)
     [row] = await query(tmp_path, "SELECT quantity, unrealized_pnl FROM positions FINAL")
     assert row == {"quantity": -2.0, "unrealized_pnl": 100.0}  # (1.1 − 1.0995) × 200,000
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _full_scan(book: OrderBook, orders_before_ms: int, fills_before_ms: int) -> tuple[Any, ...]:
+    """What the book holds after a prune by the plain rule: every order and fill id looked at (the book unchanged)."""
+    orders, live, by_broker_id = dict(book.orders), dict(book._live), dict(book._by_broker_id)
+    gone = [k for k, t in orders.items() if t.order.done and t.final is None and t.updated_ms < orders_before_ms]
+    for key in gone:
+        broker_id = orders.pop(key).broker_order_id
+        live.pop(key, None)
+        if broker_id:
+            by_broker_id.pop(broker_id, None)
+    fills = [(k, ts) for k, ts in book.fill_ids.items() if ts >= fills_before_ms]
+    return len(gone), _ids(orders), _ids(live), list(by_broker_id.items()), fills
+
+
+def _ids(orders: dict[str, Tracked]) -> list[tuple[str, int]]:
+    return [(k, id(t)) for k, t in orders.items()]
+
+
+def _held(book: OrderBook) -> tuple[Any, ...]:
+    return _ids(book.orders), _ids(book._live), list(book._by_broker_id.items()), list(book.fill_ids.items())
+
+
+def test_a_prune_forgets_exactly_the_orders_and_fill_ids_a_full_scan_would() -> None:
+    """The book's prune pops old entries off heaps: at every prune of a random run, it keeps what the plain rule keeps,
+    in the same order, with orders replaced under their id, updated_ms going back (event time), status changes
+    after a prune looked at them, a ``final`` status pending, fill ids noted again, and restores from JSON."""
+    rng = random.Random(1793577600)
+    hour = 3600 * SEC
+    book, everyone, ids, fill_ids = OrderBook(), [], ["o-0"], ["f-0"]
+    now, seen = T0, {"prunes": 0, "orders": 0, "fills": 0, "back": 0}
+
+    def pick() -> Tracked:
+        """Mostly an order the book holds, else any (also one forgotten or replaced)."""
+        return rng.choice(list(book.orders.values())) if book.orders and rng.random() < 0.9 else rng.choice(everyone)
+
+    for step in range(6000):
+        r = rng.random()
+        if r < 0.25:
+            order_id = rng.choice(ids) if rng.random() < 0.2 else f"o-{step}"
+            ids.append(order_id)
+            status = rng.choice([OrderStatus.PENDING, OrderStatus.SUBMITTED, OrderStatus.FILLED, OrderStatus.REJECTED])
+            at = now + rng.randint(-3 * hour, hour)
+            tracked = Tracked(
+                Order(order_id, "EURUSD", "buy", Decimal(1), status=status), f"s-{step}", f"d-{step}", at, at,
+                broker_order_id=rng.choice([None, "T1", "T2", f"T{step}"]),
+                final=OrderStatus.CANCELLED if rng.random() < 0.05 else None,
+            )  # fmt: skip
+            book.add(tracked)
+            everyone.append(tracked)
+        elif r < 0.45 and everyone:
+            tracked = pick()
+            at = tracked.updated_ms + rng.randint(-3 * hour, 2 * hour)
+            seen["back"] += at < tracked.updated_ms
+            book.touch(tracked, at)
+        elif r < 0.6 and everyone:
+            tracked = pick()
+            allowed = sorted(TRANSITIONS.get(tracked.status, ()))
+            if allowed:  # as the service moves an order: to a status, as of an event time
+                tracked.order.move(rng.choice(allowed))
+                book.touch(tracked, tracked.updated_ms + rng.randint(-hour, 2 * hour))
+            if rng.random() < 0.1:
+                tracked.final = None if tracked.final is not None else OrderStatus.FAILED
+        elif r < 0.8:
+            fill_id = rng.choice(fill_ids + list(book.fill_ids)) if rng.random() < 0.2 else f"f-{step}"
+            fill_ids.append(fill_id)
+            book.note_fill(fill_id, now + rng.randint(-3 * hour, hour))
+        elif r < 0.9:
+            now += rng.randint(0, hour // 3)
+            orders_before, fills_before = now - rng.randint(0, 4 * hour), now - rng.randint(0, 5 * hour)
+            count, *rule = _full_scan(book, orders_before, fills_before)
+            before = len(book.orders), len(book.fill_ids)
+            assert book.prune(orders_before, fills_before) == count
+            assert list(_held(book)) == rule
+            seen["prunes"] += 1
+            seen["orders"] += before[0] - len(book.orders)
+            seen["fills"] += before[1] - len(book.fill_ids)
+        else:
+            book = OrderBook.from_json(json.loads(json.dumps(book.to_json())))
+            everyone.extend(book.orders.values())
+    assert seen["prunes"] > 500 and seen["orders"] > 500 and seen["fills"] > 500 and seen["back"] > 100
+
+
+@pytest.mark.parametrize("ending", ["fill", "cancel"])
+async def test_an_order_whose_time_goes_back_is_forgotten_as_soon_as_it_is_old(tmp_path: Path, ending: str) -> None:
+    """A fill or a cancel (10010) dated before the order's last change (event time) moves the order back in time:
+    the prune that would forget it then does, however late it looked at the order before."""
+    hour = 3600 * SEC
+    later = T0 + 2 * hour + 30 * 60 * SEC
+    order_id = client_order_id("s")
+    async with Run(tmp_path, {"script": {"s": [["fill", 0.3, 1.1]]}}, {"keep": "2h", "mark_every": "1m"}) as run:
+        await run.signal(T0, "s")
+        await run.at(later)
+        await run.publish("broker.fill.EURUSD", fill("f-2", order_id, 0.3, 1.1, later))
+        run.node._next_prune_ms = 0  # a prune at the next mark: the order, unfinished, is looked at and kept
+        await run.at(later + 3 * 60 * SEC)
+        assert order_id in run.node.book.orders and run.node._next_prune_ms > later
+        if ending == "fill":
+            await run.publish("broker.fill.EURUSD", fill("f-3", order_id, 0.4, 1.1, T0 + 10 * SEC))
+        else:
+            error = {"order_id": order_id, "symbol": "EURUSD", "ts": T0 + 10 * SEC, "code": "partial_fill",
+                     "message": "done partially", "retcode": 10010}  # fmt: skip
+            await run.publish("broker.error.EURUSD", error)
+        run.node._next_prune_ms = 0
+        await run.at(later + 6 * 60 * SEC)
+        assert order_id not in run.node.book.orders
+    assert run.statuses("s")[-1] == ("filled" if ending == "fill" else "cancelled")

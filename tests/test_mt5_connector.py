@@ -6,11 +6,14 @@ across a restart; a line dropped mid-order; the password in no log, archive or f
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,6 +22,8 @@ from framework.errors import UserError
 from framework.testing import contracts, load, make_runtime, query, recording_bus
 from framework.transport.base import PubSubTransport
 from nodes.broker.paper import deal_ticket
+from nodes.mt5_connector.node import KEEP_DONE_MS, OPEN, Mt5Connector
+from nodes.mt5_connector.spec import Mt5ConnectorParams
 from tests.fake_mt5.server import FakeMt5
 
 CONTRACTS = contracts()
@@ -446,3 +451,64 @@ async def test_broker_mt5_without_the_windows_package_stops_with_one_line(tmp_pa
     message = str(refused.value)
     assert message.startswith("services.mt5-connector.params.broker: ") and "\n" not in message
     assert "Windows" in message and "mt5linux" in message
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def _full_scan(c: Mt5Connector) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    """The orders and order ids a prune by the plain rule keeps (the connector unchanged)."""
+    orders, by_order_id = dict(c.orders), dict(c.by_order_id)
+    assert c.cursor is not None
+    if c.cursor >= c._next_prune_ms:
+        old = [cid for cid, o in orders.items() if o["status"] not in OPEN and o["ts"] < c.cursor - KEEP_DONE_MS]
+        for cid in old:
+            by_order_id.pop(orders.pop(cid)["order_id"], None)
+    return [(cid, id(o)) for cid, o in orders.items()], list(by_order_id.items())
+
+
+def test_a_prune_forgets_exactly_the_orders_a_full_scan_would() -> None:
+    """The orders a prune forgets come off a heap by their ts: at every prune of a random run, the connector keeps
+    what the plain rule keeps, in the same order, with rejected orders sent again under their client id, orders
+    that leave and re-enter an open status, shared order ids, a ts moved later, and orders restored from the saved
+    document."""
+    rng = random.Random(20261124)
+    hour = 3_600_000
+    c = Mt5Connector(None, Mt5ConnectorParams())
+    c.broker = SimpleNamespace(kind="paper")  # type: ignore[assignment]
+    c.published, c._next_prune_ms = {}, 0
+    c._set_orders({})
+    now, cids, everyone, seen = T, ["c0"], [], {"prunes": 0, "removed": 0, "resent": 0}
+    statuses = ["submitted", "accepted", "partially_filled", "unknown", "filled", "cancelled", "rejected", "expired"]
+    for step in range(6000):
+        r = rng.random()
+        if r < 0.3:
+            rejected = [cid for cid, o in c.orders.items() if o["status"] == "rejected"]
+            cid = rng.choice(rejected or cids) if rng.random() < 0.3 else f"c{step}"
+            known = c.orders.get(cid)
+            if known is None or known["status"] == "rejected":  # what on_order takes in
+                seen["resent"] += known is not None
+                order_id = f"ord-{rng.choice(cids)}" if rng.random() < 0.05 else f"ord-{cid}"
+                known = {"order_id": order_id, "ts": now - rng.randint(0, 3 * 24 * hour), "status": "submitted"}
+                c._track(cid, known)
+                cids.append(cid)
+                everyone.append(known)
+        elif r < 0.75 and everyone:
+            known = rng.choice(list(c.orders.values())) if c.orders and rng.random() < 0.9 else rng.choice(everyone)
+            known["status"] = rng.choice(statuses)
+            if rng.random() < 0.03:  # no path moves an order's ts today: the prune re-checks the rule all the same
+                known["ts"] += rng.randint(0, 3 * 24 * hour)
+        elif r < 0.98:
+            now += rng.randint(0, 6 * hour)
+            c.cursor = now
+            if rng.random() < 0.5:
+                c._next_prune_ms = 0
+            rule, before = _full_scan(c), len(c.orders)
+            c._prune()
+            assert ([(cid, id(o)) for cid, o in c.orders.items()], list(c.by_order_id.items())) == rule
+            seen["prunes"] += 1
+            seen["removed"] += before - len(c.orders)
+        else:
+            c._set_orders(json.loads(json.dumps(c.orders)))  # as _load takes them from the saved document
+            everyone.extend(c.orders.values())
+    assert seen["prunes"] > 500 and seen["removed"] > 500 and seen["resent"] > 20

@@ -4,6 +4,7 @@ fills, swap (Wednesday triple), margin, stop-out, refusals with MT5 return codes
 from __future__ import annotations
 
 import json
+import random
 from decimal import Decimal
 from typing import Any
 
@@ -407,3 +408,62 @@ async def test_snapshot_and_restore_carry_the_account_through_json() -> None:
     assert again.snapshot() == b.snapshot()
     assert again.account_view() == b.account_view()
     assert [d.ticket for d in again.deals] == [d.ticket for d in b.deals] and len(b.deals) == 5
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+@pytest.mark.parametrize("rest", ["next", "cancel"])
+async def test_a_prune_forgets_exactly_the_orders_a_full_scan_would(rest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The finished orders a prune forgets come off a heap: at every prune of a random run, the orders kept (and their
+    order) are those of the plain rule, also with rejected orders submitted again under their id, late and partly
+    filled orders, and restored states whose done_ts is before the order's ts, 0 or missing."""
+    rng = random.Random(20261102)
+    seen = {"prunes": 0, "removed": 0, "by_done_ts_before_ts": 0, "resubmitted": 0, "moved": 0}
+    prune = PaperBroker._prune
+
+    def checked(self: PaperBroker) -> None:
+        cutoff = None if self.now is None or self.history_ms is None else self.now - self.history_ms
+        rule = [(k, id(o)) for k, o in self.orders.items()
+                if cutoff is None or o.working or (o.done_ts or o.ts) >= cutoff]  # fmt: skip
+        kept = {i for _, i in rule}
+        gone = [o for o in self.orders.values() if id(o) not in kept]
+        prune(self)
+        assert [(k, id(o)) for k, o in self.orders.items()] == rule
+        seen["prunes"] += 1
+        seen["removed"] += len(gone)
+        seen["by_done_ts_before_ts"] += sum(1 for o in gone if cutoff is not None and o.ts >= cutoff)
+
+    monkeypatch.setattr(PaperBroker, "_prune", checked)
+    params = {"history": "3h", "partial_fills": {"max_lots": 0.5, "rest": rest}}
+    b = broker(params)
+    now, ids = T, ["o0"]
+    for step in range(4000):
+        r = rng.random()
+        if r < 0.45:
+            now += rng.randint(1, 20) * MIN
+            mid = 1.085 + rng.randint(-300, 300) / 100_000
+            await b.on_tick(tick("EURUSD", now, mid, mid + 0.0001))
+        elif r < 0.97:
+            cid = rng.choice(ids) if rng.random() < 0.3 else f"o{step}"
+            ids.append(cid)
+            was = b.orders.get(cid)
+            symbol = "GBPNOK" if rng.random() < 0.05 else "EURUSD"
+            quantity = rng.choice([0.1, 0.5, 1, 1.3, 0.001])
+            await b.submit(order(cid, symbol, rng.choice(["buy", "sell"]), quantity, now - rng.randint(0, 3) * MIN))
+            seen["resubmitted"] += was is not None and was.status == "rejected" and b.orders[cid] is not was
+        elif r < 0.985:
+            finished = [o for o in b.orders.values() if not o.working]
+            if finished:  # no path moves a finished order's time today: the prune re-checks the rule all the same
+                moved = rng.choice(finished)
+                moved.done_ts = (moved.done_ts or moved.ts) + rng.randint(0, 2 * HOUR)
+                seen["moved"] += 1
+        else:
+            state = json.loads(json.dumps(b.snapshot()))
+            for o in state["orders"]:
+                if o["status"] not in ("accepted", "partially_filled"):
+                    o["done_ts"] = rng.choice([o["done_ts"], o["ts"] - rng.randint(0, 4 * HOUR), 0, None])
+            b = broker(params)
+            b.restore(state)
+    assert seen["prunes"] > 50 and seen["removed"] > 500
+    assert seen["by_done_ts_before_ts"] > 0 and seen["resubmitted"] > 0 and seen["moved"] > 0

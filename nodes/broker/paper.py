@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -193,6 +194,12 @@ class PaperBroker(Broker):
         self._stale: set[str] = set()
         self._open: dict[str, list[_Order]] = {}
         """symbol → its working orders, in arrival order."""
+        self._done: list[tuple[int, int, _Order]] = []
+        """A min-heap of (``done_ts or ts``, sequence, order) of the orders that stopped working, one entry each,
+        pushed as it stops (its time fixed from then on): a prune pops the old ones instead of walking every order
+        kept. An entry whose order is no longer the one under its client id (a rejected order submitted again, or
+        gone) is skipped."""
+        self._pushed = 0
         self.now: int | None = None
         self.last_roll: int | None = None
         self._next_roll = 0
@@ -260,10 +267,11 @@ class PaperBroker(Broker):
             recent.popleft()
 
     def _refuse(self, order: OrderRequest, refusal: _Refusal) -> Ack:
-        self.orders[order.client_order_id] = _Order(
+        rejected = self.orders[order.client_order_id] = _Order(
             order.client_order_id, order.order_id, order.symbol, order.side, order.quantity if order.quantity > 0 else ZERO,
             order.ts, 0, status="rejected", retcode=refusal.retcode, done_ts=order.ts,
         )  # fmt: skip
+        self._stopped(rejected)
         return Ack(AckStatus.REJECTED, refusal.retcode, refusal.message)
 
     def _check(self, order: OrderRequest) -> Decimal:
@@ -471,6 +479,12 @@ class PaperBroker(Broker):
         if not order.working:
             order.done_ts = ts
             self._open[order.symbol].remove(order)
+            self._stopped(order)
+
+    def _stopped(self, order: _Order) -> None:
+        """Note that ``order`` no longer works, for :meth:`_prune`."""
+        self._pushed += 1
+        heapq.heappush(self._done, (order.done_ts or order.ts, self._pushed, order))
 
     def _execute(
         self,
@@ -648,9 +662,17 @@ class PaperBroker(Broker):
         cutoff = self.now - horizon
         if self.deals and self.deals[0].ts < cutoff:
             self.deals = self.deals[bisect.bisect_left(self.deals, cutoff, key=_deal_ts) :]
-        old = [k for k, o in self.orders.items() if not o.working and (o.done_ts or o.ts) < cutoff]
-        for key in old:
-            del self.orders[key]
+        done, orders, kept = self._done, self.orders, []
+        while done and done[0][0] < cutoff:
+            order = heapq.heappop(done)[2]
+            if orders.get(order.client_order_id) is not order:
+                continue
+            if order.working or (order.done_ts or order.ts) >= cutoff:
+                kept.append(order)
+            else:
+                del orders[order.client_order_id]
+        for order in kept:
+            self._stopped(order)
 
     # --- state ------------------------------------------------------------------------
 
@@ -693,10 +715,12 @@ class PaperBroker(Broker):
             position = Position(self.rules[symbol], Decimal(p["quantity"]), Decimal(p["avg_price"]))
             self.positions[symbol] = _Held(position, p["ticket"], p["opened"], Decimal(p["swap"]))
         self.orders = {o["client_order_id"]: _Order.from_json(o) for o in state["orders"]}
-        self._open = {}
+        self._open, self._done = {}, []
         for o in self.orders.values():
             if o.working:
                 self._open.setdefault(o.symbol, []).append(o)
+            else:
+                self._stopped(o)
         self.deals = [Deal.from_json(d) for d in state["deals"]]
 
 

@@ -9,6 +9,7 @@ position once. Finished orders and old fill ids are forgotten after ``keep``.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -104,10 +105,19 @@ class Tracked:
 
 
 class OrderBook:
+    """Changes to an order's ``updated_ms`` go through :meth:`touch` and new fill ids through :meth:`note_fill`:
+    :meth:`prune` pops what may have grown old from min-heaps instead of walking everything kept."""
+
     def __init__(self) -> None:
         self.orders: dict[str, Tracked] = {}
         self.fill_ids: dict[str, int] = {}
         """fill_id → the fill's ts, for every fill applied (any order, known or not)."""
+        self._by_update: list[tuple[int, int, Tracked]] = []
+        """(time, sequence, order): each kept order has an entry no later than its ``updated_ms``. Entries of an
+        order no longer kept under its id are skipped."""
+        self._by_fill_ts: list[tuple[int, int, str]] = []
+        """(ts, sequence, fill id) of each fill id noted; an entry whose ts is not the id's (any more) is skipped."""
+        self._pushed = 0
         self._by_broker_id: dict[str, str] = {}
         self._live: dict[str, Tracked] = {}
         """Orders that were not terminal when last looked at (a terminal status is final): the pending and
@@ -118,10 +128,26 @@ class OrderBook:
 
     def add(self, tracked: Tracked) -> None:
         self.orders[tracked.order.order_id] = tracked
+        self._push(tracked, tracked.updated_ms)
         if not tracked.order.done:
             self._live[tracked.order.order_id] = tracked
         if tracked.broker_order_id:
             self._by_broker_id[tracked.broker_order_id] = tracked.order.order_id
+
+    def touch(self, tracked: Tracked, at: int) -> None:
+        """Set ``tracked.updated_ms`` (event time: it may go back)."""
+        if at < tracked.updated_ms:
+            self._push(tracked, at)
+        tracked.updated_ms = at
+
+    def note_fill(self, fill_id: str, ts: int) -> None:
+        self.fill_ids[fill_id] = ts
+        self._pushed += 1
+        heapq.heappush(self._by_fill_ts, (ts, self._pushed, fill_id))
+
+    def _push(self, tracked: Tracked, at: int) -> None:
+        self._pushed += 1
+        heapq.heappush(self._by_update, (at, self._pushed, tracked))
 
     def find(self, order_id: str | None, broker_order_id: str | None = None) -> Tracked | None:
         """Our order by its id, else by the broker's id for it."""
@@ -158,16 +184,29 @@ class OrderBook:
     def prune(self, orders_before_ms: int, fills_before_ms: int) -> int:
         """Forget finished orders last changed before ``orders_before_ms``, and the ids of fills made before
         ``fills_before_ms`` (which must stay before any fills query a reconciliation may make)."""
-        gone = [k for k, t in self.orders.items() if t.order.done and t.final is None and t.updated_ms < orders_before_ms]
-        for key in gone:
-            broker_id = self.orders.pop(key).broker_order_id
-            self._live.pop(key, None)
-            if broker_id:
-                self._by_broker_id.pop(broker_id, None)
-        old = [k for k, ts in self.fill_ids.items() if ts < fills_before_ms]
-        for key in old:
-            del self.fill_ids[key]
-        return len(gone)
+        gone = 0
+        by_update, kept = self._by_update, {}
+        while by_update and by_update[0][0] < orders_before_ms:
+            tracked = heapq.heappop(by_update)[2]
+            key = tracked.order.order_id
+            if self.orders.get(key) is not tracked:
+                continue
+            if tracked.order.done and tracked.final is None and tracked.updated_ms < orders_before_ms:
+                gone += 1
+                del self.orders[key]
+                self._live.pop(key, None)
+                if tracked.broker_order_id:
+                    self._by_broker_id.pop(tracked.broker_order_id, None)
+            else:
+                kept[key] = tracked
+        for tracked in kept.values():
+            self._push(tracked, tracked.updated_ms)
+        by_fill_ts = self._by_fill_ts
+        while by_fill_ts and by_fill_ts[0][0] < fills_before_ms:
+            ts, _, fill_id = heapq.heappop(by_fill_ts)
+            if self.fill_ids.get(fill_id) == ts:
+                del self.fill_ids[fill_id]
+        return gone
 
     def to_json(self) -> dict[str, Any]:
         return {"orders": [t.to_json() for t in self.orders.values()], "fill_ids": self.fill_ids}
@@ -177,7 +216,8 @@ class OrderBook:
         book = cls()
         for item in d["orders"]:
             book.add(Tracked.from_json(item))
-        book.fill_ids = {str(k): int(v) for k, v in d["fill_ids"].items()}
+        for fill_id, ts in d["fill_ids"].items():
+            book.note_fill(str(fill_id), int(ts))
         return book
 
 

@@ -267,7 +267,7 @@ class Execution(Node[ExecutionParams]):
         except InvalidTransition:
             return False
         tracked.reason = reason
-        tracked.updated_ms = at
+        self.book.touch(tracked, at)
         if status is not S.SUBMITTED:
             tracked.query_due_ms = None
         if tracked.order.done:
@@ -323,7 +323,7 @@ class Execution(Node[ExecutionParams]):
         if problem is not None:
             await self.ctx.dead_letter(problem, dict(fill), origin, contract="fill.v1")
             return
-        self.book.fill_ids[fill_id] = fill["ts"]
+        self.book.note_fill(fill_id, fill["ts"])
         self.last_fill_ms = max(self.last_fill_ms or 0, fill["ts"])
         symbol, side = fill["symbol"], fill["side"]
         lots, price = dec(fill["quantity"]), dec(fill["price"])
@@ -350,7 +350,7 @@ class Execution(Node[ExecutionParams]):
             if problem is None:
                 at = fill["ts"]
                 self.book.note_broker_id(tracked, fill.get("broker_order_id"))
-                tracked.updated_ms = at
+                self.book.touch(tracked, at)
                 tracked.query_due_ms = None
                 tracked.reason = None
                 await self._emit(tracked, at)
@@ -438,7 +438,7 @@ class Execution(Node[ExecutionParams]):
             for symbol, entry in self.ledger.entries.items():
                 if not entry.position.flat and self.ledger.mark(symbol):
                     await self.ctx.publish("positions", self.ledger.row(symbol, now))
-            if self._keep_ms and now >= self._next_prune_ms:  # a scan of every kept order: hourly is plenty for days kept
+            if self._keep_ms and now >= self._next_prune_ms:  # hourly is plenty for days kept
                 self._next_prune_ms = now + PRUNE_EVERY_MS
                 before = now - self._keep_ms
                 self.book.prune(before, min(before, (self.last_fill_ms or before) - MARGIN_MS))

@@ -24,6 +24,7 @@ process loses nothing acknowledged), through ``snapshot()`` at stop on a simulat
 
 from __future__ import annotations
 
+import heapq
 import os
 from decimal import Decimal
 from functools import cached_property
@@ -66,9 +67,7 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         self.cursor: int | None = None
         """The newest deal time published; each poll reaches back ``_overlap_ms`` before it."""
         self._next_prune_ms = 0
-        self.orders: dict[str, dict[str, Any]] = {}
-        """client order id → what we know of the order (from its event, the broker's answers, its fills)."""
-        self.by_order_id: dict[str, str] = {}
+        self._set_orders({})
         self.last_state: BrokerState | None = None
         self._dirty = False
         self._saved_revision = 0
@@ -148,11 +147,11 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
             if age > self._max_age_ms:
                 await self._refuse_stale(order, age)
                 return
-            self.orders[cid] = known = {
+            known = {
                 "order_id": order.order_id, "symbol": order.symbol, "side": order.side, "quantity": str(order.quantity),
                 "ts": order.ts, "status": "submitted", "filled": "0", "broker_order_id": None, "retcode": None,
             }  # fmt: skip
-            self.by_order_id[order.order_id] = cid
+            self._track(cid, known)
         try:
             ack = await self.broker.submit(order)
         except BrokerUnavailable as exc:
@@ -420,20 +419,48 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
         self.broker.restore(doc["broker"])
         self.published = {int(t): ts for t, ts in doc["published"]}
         self.cursor = doc["cursor"]
-        self.orders = doc["orders"]
-        self.by_order_id = {o["order_id"]: cid for cid, o in self.orders.items()}
+        self._set_orders(doc["orders"])
+
+    def _set_orders(self, orders: dict[str, dict[str, Any]]) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}
+        """client order id → what we know of the order (from its event, the broker's answers, its fills)."""
+        self.by_order_id: dict[str, str] = {}
+        self._by_ts: list[tuple[int, int, str, dict[str, Any]]] = []
+        """A min-heap of (order ts, sequence, client order id, order), one entry per order kept: a prune pops the
+        old ones instead of walking every order. An entry whose order is no longer the one under its id is skipped."""
+        self._pushed = 0
+        for cid, known in orders.items():
+            self._track(cid, known)
+
+    def _track(self, cid: str, known: dict[str, Any]) -> None:
+        self.orders[cid] = known
+        self.by_order_id[known["order_id"]] = cid
+        self._push(cid, known)
+
+    def _push(self, cid: str, known: dict[str, Any]) -> None:
+        self._pushed += 1
+        heapq.heappush(self._by_ts, (known["ts"], self._pushed, cid, known))
 
     def _prune(self) -> None:
         """Forget deals no poll can return again and orders done for ``KEEP_DONE_MS``: at most once per hour of
-        deal time (each pass walks everything kept; per deal it made a long backtest quadratic)."""
+        deal time (each pass walks the deals kept; per deal it made a long backtest quadratic)."""
         if self.cursor is None or self.cursor < self._next_prune_ms:
             return
         self._next_prune_ms = self.cursor + 3_600_000
         horizon = self.cursor - self._overlap_ms - 60_000
         self.published = {t: ts for t, ts in self.published.items() if ts >= horizon}
-        old = [cid for cid, o in self.orders.items() if o["status"] not in OPEN and o["ts"] < self.cursor - KEEP_DONE_MS]
-        for cid in old:
-            self.by_order_id.pop(self.orders.pop(cid)["order_id"], None)
+        cutoff = self.cursor - KEEP_DONE_MS
+        by_ts, kept = self._by_ts, []
+        while by_ts and by_ts[0][0] < cutoff:
+            _, _, cid, known = heapq.heappop(by_ts)
+            if self.orders.get(cid) is not known:
+                continue
+            if known["status"] in OPEN or known["ts"] >= cutoff:
+                kept.append((cid, known))
+            else:
+                self.by_order_id.pop(self.orders.pop(cid)["order_id"], None)
+        for cid, known in kept:
+            self._push(cid, known)
 
     def _persist(self) -> None:
         self.rev += 1
