@@ -29,3 +29,35 @@ async def test_a_stop_that_fails_still_unfreezes(tmp_path: Path) -> None:
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()  # this test leaves nothing frozen for the rest of the suite
+        for store in rt.stores.values():  # the failed stop never reached them: chdb takes one path per process
+            await store.close()
+
+
+async def test_a_simulated_run_collects_young_objects_less_often_and_gives_the_thresholds_back(tmp_path: Path) -> None:
+    """On simulated time the runtime raises the collector's thresholds for the run (a backtest allocates millions of
+    short-lived messages; nothing waits on a pause) and restores them at stop."""
+    from framework.runtime.core import SIMULATED_GC_THRESHOLDS
+
+    before = gc.get_threshold()
+    loaded = load(tmp_path, "pairs=[EURUSD]")
+    assert loaded.topology.runtime.clock == "simulated"
+    bus, _ = await recording_bus("features.>")
+    rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["feature-engineering-service"])
+    await rt.start()
+    try:
+        assert gc.get_threshold() == SIMULATED_GC_THRESHOLDS
+    finally:
+        await rt.stop()
+    assert gc.get_threshold() == before
+
+
+async def test_a_live_run_keeps_the_collectors_thresholds(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    loaded = load(tmp_path, "pairs=[EURUSD]", "++topology.runtime.clock=wall")
+    bus, _ = await recording_bus("features.>")
+    rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["feature-engineering-service"])
+    await rt.start()
+    try:
+        assert gc.get_threshold() == before
+    finally:
+        await rt.stop()

@@ -53,6 +53,14 @@ def make_clock(settings: Any) -> Clock:
     return WallClock(settings.clock_speed, origin)
 
 
+SIMULATED_GC_THRESHOLDS = (50_000, 20, 10)
+"""The cycle collector's thresholds while a run is on simulated time. Python's default (700 allocations) starts a young
+collection every few messages of a backtest, which allocates millions of short-lived message dicts: measured over 100,000
+bars of the reference backtest, collections took 5.3-5.6 s at the default and ~1 s with these, at the same peak memory
+(~775 MB). Nothing waits on a pause there; a live run keeps the default (a young collection of 50,000 objects would be a
+pause of milliseconds on the path from signal to order)."""
+
+
 class Runtime:
     def __init__(
         self,
@@ -100,6 +108,8 @@ class Runtime:
         """The artifact store (``ctx.artifacts``), when the topology declares a ``kind: files`` store."""
         self.outage_listener = False
         self._background: set[asyncio.Task[Any]] = set()
+        self._gc_thresholds: tuple[int, ...] | None = None
+        """The collector's thresholds before this run set its own (restored at stop)."""
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         self._drain = False
@@ -262,6 +272,9 @@ class Runtime:
         if isinstance(self.dispatch, SimulationDriver):
             self.dispatch.all_started()
         gc.freeze()  # what start-up made (modules, nodes, stores) lives as long as the run: out of the collector's sight
+        if isinstance(self.dispatch, SimulationDriver) and self._gc_thresholds is None:
+            self._gc_thresholds = gc.get_threshold()
+            gc.set_threshold(*SIMULATED_GC_THRESHOLDS)
 
     # --- the end of a run ---------------------------------------------------------------
 
@@ -398,6 +411,9 @@ class Runtime:
             self.write_metrics()
         finally:
             gc.unfreeze()  # also when a stop fails or is cancelled half-way
+            if self._gc_thresholds is not None:
+                gc.set_threshold(*self._gc_thresholds)
+                self._gc_thresholds = None
 
     async def _stop_host(self, host: ServiceHost) -> None:
         """One service stops taking input, finishes what it holds and stops its node (once)."""
