@@ -61,3 +61,26 @@ async def test_a_live_run_keeps_the_collectors_thresholds(tmp_path: Path) -> Non
         assert gc.get_threshold() == before
     finally:
         await rt.stop()
+
+
+async def test_two_simulated_runs_in_one_process_give_back_the_thresholds_from_before_the_first(tmp_path: Path) -> None:
+    """The second run starts while the first holds the raised thresholds; whichever stops first, the process ends with
+    the thresholds it had before either (not the raised ones the second saw at its start)."""
+    from framework.runtime.core import SIMULATED_GC_THRESHOLDS
+
+    before = gc.get_threshold()
+    loaded = load(tmp_path, "pairs=[EURUSD]")
+    bus, _ = await recording_bus("features.>")
+    first = make_runtime(loaded, tmp_path, pubsub=bus, only=["feature-engineering-service"])
+    second = make_runtime(loaded, tmp_path, pubsub=bus, only=["inference-service"])
+    await first.start()
+    try:
+        await second.start()
+        try:
+            await first.stop()
+            assert gc.get_threshold() == SIMULATED_GC_THRESHOLDS  # the second still runs
+        finally:
+            await second.stop()
+    finally:
+        await first.stop()
+    assert gc.get_threshold() == before

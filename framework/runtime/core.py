@@ -61,6 +61,29 @@ bars of the reference backtest, collections took 5.3-5.6 s at the default and ~1
 pause of milliseconds on the path from signal to order)."""
 
 
+class _SimulatedCollector:
+    """The thresholds are the process's: several simulated runs in one process (tests, a sweep's runs in one process)
+    share one setting, and the thresholds from before the first are restored when the last ends."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+        self.saved: tuple[int, ...] = gc.get_threshold()
+
+    def enter(self) -> None:
+        if not self.runs:
+            self.saved = gc.get_threshold()
+            gc.set_threshold(*SIMULATED_GC_THRESHOLDS)
+        self.runs += 1
+
+    def leave(self) -> None:
+        self.runs -= 1
+        if not self.runs:
+            gc.set_threshold(*self.saved)
+
+
+_SIMULATED_COLLECTOR = _SimulatedCollector()
+
+
 class Runtime:
     def __init__(
         self,
@@ -108,8 +131,8 @@ class Runtime:
         """The artifact store (``ctx.artifacts``), when the topology declares a ``kind: files`` store."""
         self.outage_listener = False
         self._background: set[asyncio.Task[Any]] = set()
-        self._gc_thresholds: tuple[int, ...] | None = None
-        """The collector's thresholds before this run set its own (restored at stop)."""
+        self._tuned_collector = False
+        """This run raised the collector's thresholds (:data:`SIMULATED_GC_THRESHOLDS`); it gives them back at stop."""
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         self._drain = False
@@ -272,9 +295,9 @@ class Runtime:
         if isinstance(self.dispatch, SimulationDriver):
             self.dispatch.all_started()
         gc.freeze()  # what start-up made (modules, nodes, stores) lives as long as the run: out of the collector's sight
-        if isinstance(self.dispatch, SimulationDriver) and self._gc_thresholds is None:
-            self._gc_thresholds = gc.get_threshold()
-            gc.set_threshold(*SIMULATED_GC_THRESHOLDS)
+        if isinstance(self.dispatch, SimulationDriver) and not self._tuned_collector:
+            self._tuned_collector = True
+            _SIMULATED_COLLECTOR.enter()
 
     # --- the end of a run ---------------------------------------------------------------
 
@@ -411,9 +434,9 @@ class Runtime:
             self.write_metrics()
         finally:
             gc.unfreeze()  # also when a stop fails or is cancelled half-way
-            if self._gc_thresholds is not None:
-                gc.set_threshold(*self._gc_thresholds)
-                self._gc_thresholds = None
+            if self._tuned_collector:
+                self._tuned_collector = False
+                _SIMULATED_COLLECTOR.leave()
 
     async def _stop_host(self, host: ServiceHost) -> None:
         """One service stops taking input, finishes what it holds and stops its node (once)."""
