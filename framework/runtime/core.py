@@ -67,7 +67,8 @@ class _SimulatedCollector:
 
     def __init__(self) -> None:
         self.runs = 0
-        self.saved: tuple[int, ...] = gc.get_threshold()
+        self.saved: tuple[int, ...] = ()
+        """The thresholds the first of the current runs found."""
 
     def enter(self) -> None:
         if not self.runs:

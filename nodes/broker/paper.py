@@ -482,7 +482,9 @@ class PaperBroker(Broker):
             self._stopped(order)
 
     def _stopped(self, order: _Order) -> None:
-        """Note that ``order`` no longer works, for :meth:`_prune`."""
+        """Note that ``order`` no longer works, for :meth:`_prune` (which never runs without a history horizon)."""
+        if self.history_ms is None:
+            return
         self._pushed += 1
         heapq.heappush(self._done, (order.done_ts or order.ts, self._pushed, order))
 

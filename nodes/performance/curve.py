@@ -20,13 +20,13 @@ class Curve:
         self.running = RunningCurve()
         """The whole curve's returns and drawdown, kept up to date point by point."""
         self.ordered = True
-        """Every point is later than the one before (a window is then a tail of the arrays)."""
+        """No point is earlier than the one before (a window is then a tail of the arrays)."""
 
     def __len__(self) -> int:
         return len(self.ts)
 
     def append(self, ts: int, equity: float, balance: float) -> None:
-        if self.ts and ts <= self.ts[-1]:
+        if self.ts and ts < self.ts[-1]:
             self.ordered = False
         self.running.add(ts, equity)
         self.ts.append(ts)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,7 +129,7 @@ def trade_stats(pnls: Sequence[float] | np.ndarray) -> TradeStats:
     )
 
 
-def pnl_by_symbol(trades: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+def pnl_by_symbol(trades: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     out: dict[str, float] = defaultdict(float)
     for trade in trades:
         out[trade["symbol"]] += float(trade["pnl"])
