@@ -66,6 +66,8 @@ class Service:
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
     starts: list[float] = field(default_factory=list)
+    log_offset: int = 0
+    """The size of the log when the latest process started: what it writes comes after."""
     down: bool = False
     """Killed on purpose: the supervisor leaves it alone until the chaos loop starts it again."""
 
@@ -75,6 +77,7 @@ class Service:
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
         self.starts.append(time.time())
@@ -101,16 +104,25 @@ class Service:
 
 
 def wait_started(svc: Service, run: Path, timeout: float = 180) -> None:
-    """Until ``svc``'s log says its latest process started its service; one that died or never started is the run's end."""
+    """Until ``svc``'s log says its latest process started its service; one that died or never started is the run's end.
+
+    Only the latest process's part of the log counts: an earlier start that exited before starting its service (NATS
+    was down, and the supervisor started it again) has no "started" line."""
     deadline = time.time() + timeout
     needle = f"service {svc.name} started"
     while time.time() < deadline:
         if svc.proc is not None and svc.proc.poll() is not None:
             raise SystemExit(f"{svc.name} exited with {svc.proc.returncode} while starting; see the logs under {run}")
-        if svc.log.exists() and svc.log.read_text(errors="replace").count(needle) >= len(svc.starts):
+        if svc.log.exists() and needle in _read_from(svc.log, svc.log_offset):
             return
         time.sleep(0.2)
     raise SystemExit(f"{svc.name} did not start within {timeout:.0f}s; see the logs under {run}")
+
+
+def _read_from(path: Path, offset: int) -> str:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
 
 
 def service(name: str, work: Path, env: dict[str, str], pairs: list[str], interval_ms: int, seed: int) -> Service:
