@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import shutil
 import sys
 import tempfile
@@ -59,15 +60,29 @@ async def live(n: int, data_dir: Path, extra: list[str]) -> dict[str, Any]:
         marks.setdefault(message["status"], time.perf_counter())
         cpu.setdefault(message["status"], time.thread_time())
 
+    collector = {"collections": 0, "seconds": 0.0, "since": 0.0}
+
+    def collecting(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            collector["since"] = time.perf_counter()
+        else:
+            collector["collections"] += 1
+            collector["seconds"] += time.perf_counter() - collector["since"]
+
     await bus.connect()
     await bus.subscribe("backtest.>", status)
     rt = make_runtime(loaded, data_dir, pubsub=bus)
     began = time.perf_counter()
-    await rt.run()
+    gc.callbacks.append(collecting)
+    try:
+        await rt.run()
+    finally:
+        gc.callbacks.remove(collecting)
     total = time.perf_counter() - began
     replay = marks.get("completed", time.perf_counter()) - marks.get("started", began)
     loop_cpu = cpu.get("completed", 0.0) - cpu.get("started", 0.0)
-    return {"start": start, "total": total, "replay": replay, "loop_cpu": loop_cpu, "metrics": rt.metrics(), "completed": "completed" in marks}
+    return {"start": start, "total": total, "replay": replay, "loop_cpu": loop_cpu, "metrics": rt.metrics(), "completed": "completed" in marks,
+            "collector": collector}
 
 
 def expected_fills(trades: pd.DataFrame) -> list[tuple[int, str, float, float]]:
@@ -117,6 +132,8 @@ def main() -> int:
     print(f"live nodes (replay)   {result['replay']:9.2f} s   {rate:12,.0f} bars/s")
     print(f"live nodes (with start-up and stop) {result['total']:.2f} s: {n / result['total']:,.0f} bars/s")
     print(f"event-loop thread CPU of the replay {result['loop_cpu'] / n * 1e6:.1f} us/bar (the figure other load disturbs least)")
+    gcs = result["collector"]
+    print(f"cycle collector during the run  {gcs['seconds']:.2f} s in {gcs['collections']} collections ({gcs['seconds'] / n * 1e6:.1f} us/bar)")
     print(f"ratio live/backtesting.py {rate / bt_rate:.4f} (aim >= 3)")
 
     fills = asyncio.run(query_df(data_dir, "SELECT ts, side, quantity, price FROM executions ORDER BY ts, fill_id"))

@@ -107,7 +107,8 @@ RUNS: dict[str, tuple[list[str], list[Figure]]] = {
     "bench_backtest.py": (
         ["-n", "1500"],
         [Figure(rf"^backtesting\.py\s+[\d.]+ s\s+{NUMBER} bars/s"), Figure(rf"^live nodes \(replay\)\s+[\d.]+ s\s+{NUMBER} bars/s"),
-         Figure(rf"ratio live/backtesting\.py {NUMBER}"), Figure(rf"trades identical: yes \({NUMBER} fills")],
+         Figure(rf"ratio live/backtesting\.py {NUMBER}"), Figure(rf"trades identical: yes \({NUMBER} fills"),
+         Figure(rf"cycle collector during the run\s+[\d.]+ s in {NUMBER} collections")],
     ),
     "bench_dashboard.py": (
         ["-n", "200", "-c", "2"],
