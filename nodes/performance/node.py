@@ -461,5 +461,5 @@ class PerformanceMonitor(Node[PerformanceParams]):
                  "swap": t.get("swap", 0.0)}
                 for t in self.closed
             ],  # fmt: skip
-            "pnl_by_symbol": M.pnl_by_symbol(self.closed),
+            "pnl_by_symbol": self.closed.pnl_by_symbol(),
         }
