@@ -36,7 +36,7 @@ DEFAULT_SYMBOLS = ("EURUSD", "USDJPY", "XAUUSD")
 
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> CommandParser:
     parser = CommandParser(
         prog="fxrun check", description="checks of the declared feature set",
         epilog="key=value words anywhere are topology overrides (topology=live, data_dir=DIR, ++topology.services...=...)",
@@ -59,13 +59,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    overrides = [w for w in words if w.startswith("~") or ("=" in w and not w.startswith("-"))]
-    try:
-        args = _parser().parse_args([w for w in words if w not in overrides])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    args.overrides = overrides
+    parsed = _parser().parse(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(parsed, int):
+        return parsed
+    args, args.overrides = parsed
     try:
         return _run(args)
     except UserError as exc:

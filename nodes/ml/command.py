@@ -28,7 +28,7 @@ from framework.errors import UserError
 from nodes.ml import promotion
 from nodes.ml.model import KINDS, ModelCard, ModelError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 PROMOTIONS = "model_promotions"
 SHOWN_METRICS = ("balanced_accuracy", "auc", "log_loss", "sharpe", "hit_rate")
 _SHA_PREFIX = re.compile(r"^[0-9a-f]{6,64}$")
@@ -36,7 +36,7 @@ _VERSIONED = re.compile(r"^(?P<name>.+):(?P<version>[0-9]+)$")
 
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> CommandParser:
     parser = CommandParser(prog="fxrun models", description="Trained models in the artifact store (overrides key=value choose the topology and data_dir)")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=CommandParser)
     verbs.add_parser("list", help="every model version: id, kind, feature set, metrics, promoted?")
@@ -48,12 +48,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in args_in if "=" in a and not a.startswith("-")]
-    try:
-        args = _parser().parse_args([a for a in args_in if a not in overrides])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    parsed = _parser().parse(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(parsed, int):
+        return parsed
+    args, overrides = parsed
     from framework.topology.load import load_run
 
     loaded = load_run(overrides)

@@ -18,7 +18,6 @@ Exit codes: 0 done, 1 nobody answered or nothing to read, 2 usage.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import getpass
 import socket
@@ -37,13 +36,13 @@ from framework.control import Unreachable, request
 from framework.errors import UserError
 from nodes.risk_gate.files import MAILBOX, STATE_FILE, read_json, service_dir, write_json
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED = 0, 1
 NODE = "risk_gate"
 VERBS = ("halt", "reduce", "resume", "status")
 
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> CommandParser:
     parser = CommandParser(prog="fxrun risk", description="Set or show the risk gate's trading state. Extra key=value "
                      "arguments are the usual overrides (topology=live, data_dir=...).")  # fmt: skip
     parser.add_argument("verb", choices=VERBS, help="halt | reduce | resume | status")
@@ -55,12 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args_in = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in args_in if "=" in a and not a.startswith("-")]
-    try:
-        args = _parser().parse_args([a for a in args_in if a not in overrides])
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    parsed = _parser().parse(list(sys.argv[1:] if argv is None else argv))
+    if isinstance(parsed, int):
+        return parsed
+    args, overrides = parsed
     from framework.topology.load import load_run
 
     loaded = load_run(overrides)
