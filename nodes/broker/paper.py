@@ -267,9 +267,10 @@ class PaperBroker(Broker):
             recent.popleft()
 
     def _refuse(self, order: OrderRequest, refusal: _Refusal) -> Ack:
+        quantity = order.quantity if order.quantity.is_finite() and order.quantity > 0 else ZERO  # NaN has no order
         rejected = self.orders[order.client_order_id] = _Order(
-            order.client_order_id, order.order_id, order.symbol, order.side, order.quantity if order.quantity > 0 else ZERO,
-            order.ts, 0, status="rejected", retcode=refusal.retcode, done_ts=order.ts,
+            order.client_order_id, order.order_id, order.symbol, order.side, quantity, order.ts, 0, status="rejected",
+            retcode=refusal.retcode, done_ts=order.ts,
         )  # fmt: skip
         self._stopped(rejected)
         return Ack(AckStatus.REJECTED, refusal.retcode, refusal.message)

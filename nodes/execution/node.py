@@ -244,6 +244,10 @@ class Execution(Node[ExecutionParams]):
         quantity = signal["quantity"]
         if not is_number(quantity) or quantity <= 0:
             return f"volume {quantity!r} is not a positive number of lots"
+        for name in ("stop_loss", "take_profit"):
+            level = signal.get(name)
+            if is_number(level) and level > 0 and not _priced(self.rules[symbol], level):
+                return f"{name} {level!r} is not a price of {symbol} (it cannot be put on its tick of {self.rules[symbol].tick})"
         ts = signal["ts"]
         if not isinstance(ts, int) or isinstance(ts, bool):
             return f"ts {ts!r} is not epoch milliseconds"
@@ -317,7 +321,7 @@ class Execution(Node[ExecutionParams]):
     async def _apply_fill(self, fill: Mapping[str, Any], now: int, origin: str) -> None:
         """Record a broker fill, count it in its position, move its order where the state machine allows."""
         fill_id = fill.get("fill_id")
-        if fill_id in self.book.fill_ids:
+        if isinstance(fill_id, str) and fill_id in self.book.fill_ids:
             return
         problem = fill_problem(fill, self.rules)
         if problem is not None:
@@ -368,6 +372,10 @@ class Execution(Node[ExecutionParams]):
         missing = [f for f in ERROR_FIELDS if f not in error]
         if missing:
             await self.ctx.dead_letter(f"broker error without {', '.join(missing)}", error, origin, contract="broker_error.v1")
+            return
+        if not isinstance(error["order_id"], str):
+            await self.ctx.dead_letter(f"broker error order_id {error['order_id']!r} is not an id", error, origin,
+                                       contract="broker_error.v1")  # fmt: skip
             return
         tracked = self.book.find(error["order_id"])
         target, reason = error_outcome(error)
@@ -568,3 +576,12 @@ class Execution(Node[ExecutionParams]):
             alert["symbol"] = symbol
         await self.ctx.publish("alerts", alert)
 
+
+def _priced(rules: Rules, value: float) -> bool:
+    """Whether ``value`` can be put on the instrument's tick: an infinite or huge level (past ``Decimal``'s precision
+    at that tick) cannot, and would fail the order half-made."""
+    try:
+        rules.price(value)
+    except InvalidOperation:
+        return False
+    return True

@@ -25,6 +25,7 @@ process loses nothing acknowledged), through ``snapshot()`` at stop on a simulat
 from __future__ import annotations
 
 import heapq
+import math
 import os
 from decimal import Decimal
 from functools import cached_property
@@ -41,10 +42,32 @@ from nodes.broker.base import Ack, AckStatus, Broker, BrokerState, BrokerUnavail
 from nodes.broker.journal import Journal
 from nodes.mt5_connector.spec import Mt5ConnectorParams
 
+ORDER_FIELDS = ("order_id", "client_order_id", "symbol", "side", "quantity", "ts")
 STATE_FILE = "broker.json"
 DOC_VERSION = 1
 OPEN = ("accepted", "partially_filled", "unknown")
 KEEP_DONE_MS = 7 * 86_400_000
+
+
+def order_problem(event: Any) -> str | None:
+    """Why an order event cannot be read as an order (the dead letter's reason), or None.
+
+    Only what the connector needs to read it and to tell execution about it: an unknown symbol, a side or
+    a volume the broker cannot trade are the broker's to refuse, with their MT5 return codes."""
+    if not isinstance(event, dict):
+        return f"an order event is an object, not a {type(event).__name__}"
+    missing = [f for f in ORDER_FIELDS if f not in event]
+    if missing:
+        return f"order event without {', '.join(missing)}"
+    for name in ("order_id", "client_order_id", "symbol", "side"):
+        if not isinstance(event[name], str) or not event[name]:
+            return f"order {name} {event[name]!r} is not a non-empty string"
+    quantity, ts = event["quantity"], event["ts"]
+    if not isinstance(quantity, (int, float)) or isinstance(quantity, bool) or not math.isfinite(quantity):
+        return f"order quantity {quantity!r} is not a finite number"
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return f"order ts {ts!r} is not epoch milliseconds"
+    return None
 
 
 class Mt5Connector(Node[Mt5ConnectorParams]):
@@ -138,7 +161,11 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
     # --- inputs -----------------------------------------------------------------------
 
     @handles("orders")
-    async def on_order(self, event: dict[str, Any]) -> None:
+    async def on_order(self, event: dict[str, Any], origin: str) -> None:
+        problem = order_problem(event)
+        if problem is not None:
+            await self.ctx.dead_letter(problem, event, origin, contract="order_event.v1")
+            return
         order = OrderRequest.from_event(event)
         cid = order.client_order_id
         known = self.orders.get(cid)

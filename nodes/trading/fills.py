@@ -12,6 +12,9 @@ from nodes.trading.money import book
 MAX_AMOUNT = 1e15
 """An amount in the account currency beyond any account's: a commission or swap past it is a broken message (and
 could not be booked to the cent)."""
+MAX_NOTIONAL = 1e15
+"""Quantity × price beyond any fill's (100 lots of gold at 3,000 is 3e5): P&L from such a fill overflows the cent
+(``Decimal`` precision), so a fill past it would fail every later booking of its symbol."""
 FILL_FIELDS = ("fill_id", "order_id", "symbol", "side", "quantity", "price", "ts", "commission")
 
 
@@ -25,13 +28,18 @@ def fill_problem(fill: Mapping[str, Any], symbols: Container[str]) -> str | None
     missing = [f for f in FILL_FIELDS if f not in fill]
     if missing:
         return f"fill without {', '.join(missing)}"
-    if fill["symbol"] not in symbols:
+    for name in ("fill_id", "order_id"):
+        if not isinstance(fill[name], str) or not 0 < len(fill[name]) <= 128:
+            return f"fill {name} {fill[name]!r} is not an id (a string of 1 to 128 characters)"
+    if not isinstance(fill["symbol"], str) or fill["symbol"] not in symbols:
         return f"fill for unknown symbol {fill['symbol']!r}"
     if fill["side"] not in ("buy", "sell"):
         return f"fill side {fill['side']!r} is neither buy nor sell"
     for name in ("quantity", "price"):
         if not is_number(fill[name]) or fill[name] <= 0:
             return f"fill {name} {fill[name]!r} is not a positive number"
+    if not fill["quantity"] * fill["price"] < MAX_NOTIONAL:
+        return f"fill of {fill['quantity']!r} lots at {fill['price']!r} is beyond any account (quantity × price ≥ {MAX_NOTIONAL:g})"
     if not is_number(fill["commission"]) or not isinstance(fill["ts"], int) or isinstance(fill["ts"], bool):
         return "fill commission or ts is not a number"
     for name in ("commission", "swap"):
