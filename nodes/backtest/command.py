@@ -54,7 +54,7 @@ HEADLINE = ("total_return", "sharpe", "max_drawdown", "trades", "win_rate", "pro
 
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> CommandParser:
     parser = CommandParser(prog="fxrun backtest", description="Backtests of topology=backtest (key=value arguments are overrides).")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=CommandParser)
     verbs.add_parser("run", help="one backtest; prints its report and metrics")
@@ -90,23 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
     from nodes.backtest.walkforward import FLAGS
 
-    flags_with_values = {"--param", "--jobs", "--out", *FLAGS, *REQUEST_FLAGS}
-    overrides, rest, skip = [], [], False
-    for i, arg in enumerate(args_in):
-        if skip:
-            rest.append(arg)
-            skip = False
-        elif arg in flags_with_values:
-            rest.append(arg)
-            skip = True
-        elif "=" in arg and not arg.startswith("-"):
-            overrides.append(arg)
-        else:
-            rest.append(arg)
-    try:
-        args = _parser().parse_args(rest)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    parsed = _parser().parse(args_in, {"--param", "--jobs", "--out", *FLAGS, *REQUEST_FLAGS})
+    if isinstance(parsed, int):
+        return parsed
+    args, overrides = parsed
     overrides = [o for o in overrides if not o.startswith("topology=")]
     if args.verb == "run":
         return _run(overrides)
@@ -227,16 +214,42 @@ def grid(params: Sequence[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*axes)] if axes else [[]]
 
 
+class Checker:
+    """The lint errors of a composed run: what ``fxrun topology=backtest`` refuses to start (a param of the wrong type,
+    a window whose end is not after its start, a timeframe the topology lacks), found before a sweep or a walk-forward
+    starts its processes, which would otherwise each fail alone, the reason only in their logs. The node registry and
+    the contracts are loaded once for every combination."""
+
+    def __init__(self) -> None:
+        self._common: tuple[Any, Any] | None = None
+
+    def errors(self, loaded: Any) -> list[str]:
+        """One line per error, each naming the service, the field and where it was written."""
+        from framework.contracts import ContractRegistry
+        from framework.lint import lint
+        from framework.lint.findings import format_finding
+        from framework.registry import Registry
+
+        if self._common is None:
+            self._common = Registry.discover(), ContractRegistry.load(loaded.project / "contracts")
+        registry, contracts = self._common
+        findings = lint(loaded.topology, loaded.source, registry, contracts, pairs=loaded.config.pairs)
+        return [format_finding(f) for f in findings if f.level == "error"]
+
+
 def _sweep(params: Sequence[str], overrides: list[str], jobs: int, out: str | None) -> int:
-    if any(o.split("=", 1)[0].lstrip("+") == "data_dir" for o in overrides):
+    if any(o.split("=", 1)[0].lstrip("+") == "data_dir" for o in [*overrides, *params]):
         raise UserError("a sweep gives each run its own data_dir (under --out); leave data_dir= out")
     if jobs < 1:
         raise UserError(f"--jobs {jobs}: at least 1 run at a time")
     combos = grid(params)
     from framework.topology.load import load_run
 
-    for combo in combos:  # every combination composes (a misspelt key, a bad value) before any process starts
-        load_run([PROFILE, *overrides, *combo])
+    checker = Checker()
+    for combo in combos:  # every combination composes (a misspelt key) and lints (a bad value) before any process starts
+        problems = checker.errors(load_run([PROFILE, *overrides, *combo]))
+        if problems:
+            raise UserError("\n".join([f"--param combination {' '.join(combo) or '(none)'}: nothing was started", *problems]))
     root = Path(out) if out else DEFAULT_ROOT / time.strftime("sweep-%Y%m%d-%H%M%S")
     if root.exists() and any(root.iterdir()):
         raise UserError(f"--out {root} is not empty: a sweep starts in a directory of its own")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,14 @@ def slabs(closes: np.ndarray, size: int, step: int) -> list[tuple[int, int]]:
 
 
 
+def replay_order(pairs: Sequence[str]) -> list[str]:
+    """The symbols in the order an instant's bars go out: sorted, not as ``pairs=`` lists them. The config hash takes the
+    pairs as a set, and the bars of one instant reach the risk gate in this order (with a limit on open positions or
+    exposure, the first symbol's signal takes the room), so the order must not be a free choice of the command line:
+    one hash, one result."""
+    return sorted(dict.fromkeys(pairs))
+
+
 def model_of(signal_id: str, symbol: str) -> str:
     """The model id in an inference signal id (``<model_id>-<symbol>-<timeframe>-<ts>``); the id itself otherwise."""
     head, sep, rest = signal_id.rpartition(f"-{symbol}-")
@@ -85,7 +94,7 @@ class Backtester(Node[BacktesterParams]):
         if before:
             raise UserError(f"{runs.parent} holds backtest {', '.join(before)} already, and every service has taken back its state "
                             "from it (positions, balance): give each backtest a data_dir of its own")  # fmt: skip
-        self.symbols = list(ctx.pairs)
+        self.symbols = replay_order(ctx.pairs)
         unknown = [tf for tf in p.timeframes or () if tf not in ctx.timeframes]
         if unknown:
             raise UserError(f"timeframe {unknown[0]} is not one of the topology's ({', '.join(ctx.timeframes)})",

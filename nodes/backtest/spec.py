@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from framework.params import UtcTime, utc_ms
 from framework.registry import NodeSpec, Port
@@ -78,10 +78,17 @@ class BacktesterParams(BaseModel):
     def _run_id(cls, value: str | None) -> str | None:
         return check_run_id(value)
 
+    @field_validator("end")
+    @classmethod
+    def _window(cls, value: str, info: ValidationInfo) -> str:
+        """On ``end``, not on the whole model: the error then names the field and where it was written."""
+        start = info.data.get("start")
+        if start is not None and utc_ms(value) <= utc_ms(start):
+            raise ValueError(f"end {value} is not after start {start}: the window holds no bar")
+        return value
+
     @model_validator(mode="after")
-    def _window(self) -> BacktesterParams:
-        if utc_ms(self.end) <= utc_ms(self.start):
-            raise ValueError(f"end {self.end} is not after start {self.start}: the window holds no bar")
+    def _file(self) -> BacktesterParams:
         if self.source == "file" and not self.file:
             raise ValueError("source: file needs `file` (the .npz of bars)")
         return self

@@ -329,6 +329,7 @@ def _setup(args: argparse.Namespace, overrides: list[str]) -> _Setup:
     from framework.durations import parse_ms
     from framework.topology.load import load_run
     from nodes.backtest import tape as tapes
+    from nodes.backtest.command import Checker
     from nodes.backtest.spec import BacktesterParams
     from nodes.supervised_training.spec import SupervisedTrainingParams
 
@@ -342,6 +343,9 @@ def _setup(args: argparse.Namespace, overrides: list[str]) -> _Setup:
     source_dir = next((o.split("=", 1)[1] for o in overrides if _data_dir(o)), None)
     user = [o for o in overrides if not _data_dir(o)]
     loaded = load_run([PROFILE, f"data_dir={source_dir or DEFAULT_ROOT / 'pending'}", *user])
+    problems = Checker().errors(loaded)
+    if problems:
+        raise _Usage(f"nothing was started: {'; '.join(problems)}")
     topology = loaded.topology
     services = {role: _service(topology, node, enabled=role != "training") for role, node in NODES.items()}
     engine = BacktesterParams.model_validate(topology.services[services["engine"]].params)
