@@ -287,7 +287,9 @@ def cmd_run(overrides: Sequence[str]) -> int:
             raise _located(exc, loaded.source) from None
         if not printed:
             summary()
-    return EXIT_OK
+    for failure in runtime.failures:
+        _err(f"the run failed: {failure}")
+    return EXIT_FINDINGS if runtime.failures else EXIT_OK
 
 
 def _located(exc: UserError, source: Any) -> UserError:

@@ -261,6 +261,7 @@ class NodeContext:
         self.input_complete = False
         """True once every source of a bounded run has finished: a node may then close what
         it holds open (an aggregator its last buckets), as a batch job would at end of input."""
+        self._fail_hook: Callable[[str], None] | None = None
 
     @property
     def current_id(self) -> str | None:
@@ -692,6 +693,15 @@ class NodeContext:
             raise KeyError(
                 f"{self.service}: table {name!r} is not declared for this service (add it to `reads` or an output)"
             ) from None
+
+    def fail(self, reason: str) -> None:
+        """Declare the run's outcome a failure: a bounded job (a backtest, a download) could not do its work. The
+        node goes on as it sees fit (a source usually returns); once the run has stopped, ``fxrun`` prints ``reason``
+        and exits 1, so a script or a parent process (a sweep) can tell a failed run from one that finished."""
+        if self._fail_hook is None:  # a context outside a runtime (a node's own test): the log says it
+            self.log.error("the run failed: %s", reason)
+            return
+        self._fail_hook(reason)
 
     async def dead_letter(self, reason: str, payload: Any, origin: str, contract: str | None = None) -> None:
         self.metrics.dead_lettered += 1

@@ -105,3 +105,29 @@ def test_fxrun_backtest_run_takes_an_override_that_removes_a_key(tmp_path: Path,
     result = command.results_in(next((tmp_path / ".fxrun-backtests").iterdir()))[0]
     assert "timeframes" not in [k for k, v in result["details"]["params"].items() if v is not None]
     assert result["details"]["timeframes"][:2] == ["1m", "5m"] and result["metrics"]["bars"] > 60
+
+
+def test_a_backtest_that_fails_mid_run_exits_1_naming_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """A failure after the replay started is a `failed` status and a run that ends; fxrun says so and exits 1 (a sweep
+    then reports that child FAILED, not as a run stopped before its end)."""
+    from nodes.backtest import tape as tapes
+
+    real = tapes.Tape.chunk
+    calls = {"n": 0}
+
+    def failing(self: Any, lo: int, hi: int) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise OSError("the disk went away")
+        return real(self, lo, hi)
+
+    monkeypatch.setattr(tapes.Tape, "chunk", failing)
+    monkeypatch.setenv("FXFLOW_PROJECT", str(ROOT))
+    window = reference.overrides(iso(END - 3000 * 60_000), iso(END), report=False)
+    code = fxrun(["topology=backtest", f"data_dir={tmp_path / 'run'}", *window])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    failed = [line for line in err.splitlines() if line.startswith("fxrun: error: the run failed: ")]
+    assert len(failed) == 1 and "backtesting-engine: backtest bt-" in failed[0] and "OSError: the disk went away" in failed[0], err
+    assert "Traceback" not in err.split("fxrun: error:")[-1]

@@ -159,6 +159,7 @@ def build_host(rt: Runtime, name: str) -> ServiceHost:
     ctx.config_hash = rt.config_hash
     ctx.system = rt.system
     ctx._background_hook = functools.partial(rt.dispatch.background, host)
+    ctx._fail_hook = functools.partial(rt.fail, name)
     archived = {w.table: w for route in routes.values() if route.topics for w in route.writers}
     if archived:
         host.watermarks = Watermarks(rt.data_dir / "services" / name, archived, rt.clock)

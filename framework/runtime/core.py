@@ -134,6 +134,8 @@ class Runtime:
         self._background: set[asyncio.Task[Any]] = set()
         self._tuned_collector = False
         """This run raised the collector's thresholds (:data:`SIMULATED_GC_THRESHOLDS`); it gives them back at stop."""
+        self.failures: list[str] = []
+        """What services declared failed (a bounded job that could not do its work): ``fxrun`` exits 1 after the run."""
         self._stop = asyncio.Event()
         self._halt = asyncio.Event()
         self._drain = False
@@ -301,6 +303,11 @@ class Runtime:
             _SIMULATED_COLLECTOR.enter()
 
     # --- the end of a run ---------------------------------------------------------------
+
+    def fail(self, service: str, reason: str) -> None:
+        """``service`` declared the run failed (:meth:`NodeContext.fail`): kept in :attr:`failures`."""
+        log.error("service %s: the run failed: %s", service, reason)
+        self.failures.append(f"{service}: {reason}")
 
     def notify_finished(self) -> None:
         """A source finished (or gave up): a bounded run ends when every source has."""

@@ -204,6 +204,7 @@ class Backtester(Node[BacktesterParams]):
                                exc_info=exc)  # fmt: skip
             await self._status("failed", self.ctx.clock.now_ms(), progress=done / total if total else 0.0,
                                message=f"{type(exc).__name__}: {exc}")  # fmt: skip
+            self.ctx.fail(f"backtest {self.run_id} failed after {done} of {total} bars: {type(exc).__name__}: {exc}")
 
     def _window(self) -> str:
         return f"{self.params.start}..{self.params.end} {','.join(self.symbols)} {','.join(self.timeframes)}"
