@@ -277,6 +277,36 @@ async def test_jpy_and_gold_pnl_in_the_account_currency_and_a_fill_with_no_price
     assert usdjpy == [{"unrealized": 317.88, "margin_used": 3333.33}]
 
 
+async def test_a_fill_or_a_booking_between_points_moves_the_next_point_and_quiet_minutes_repeat_the_last(tmp_path: Path) -> None:
+    """The monitor marks the account again only after a price, a fill or a booking: each must show in the next point,
+    a fill with no price after it and a P&L booked when a late price comes included, and a quiet minute repeats it."""
+    async with Run(tmp_path) as run:
+        await run.feed([
+            tick("EURUSD", T0 + 10 * SEC, 1.10000, 1.10010),
+            fill("b1", "EURUSD", "buy", 1.0, 1.10010, T0 + 20 * SEC, 3.5),
+            tick("EURUSD", T0 + 4 * MIN + 10 * SEC, 1.10100, 1.10110),
+            fill("s1", "EURUSD", "sell", 1.0, 1.10100, T0 + 6 * MIN + 10 * SEC, 3.5),  # no price after it
+            tick("USDJPY", T0 + 8 * MIN + 10 * SEC, 150.000, 150.020),
+            fill("u1", "USDJPY", "buy", 1.0, 150.020, T0 + 8 * MIN + 20 * SEC),
+            # on a USDJPY price not given yet: its 48,000 JPY wait for it
+            fill("u2", "USDJPY", "sell", 1.0, 150.500, T0 + 8 * MIN + 30 * SEC),
+            # books them at the mid of the fill's time (150.010): 319.98 USD
+            tick("USDJPY", T0 + 10 * MIN + 10 * SEC, 150.490, 150.510),
+        ])  # fmt: skip
+        await run.rt.clock.wait_until(T0 + 13 * MIN)
+    rows = await query(tmp_path, "SELECT ts, equity, balance, unrealized, margin_used, open_positions FROM portfolio_value FINAL "
+                                 f"WHERE ts <= {T0 + 11 * MIN} ORDER BY ts")  # fmt: skip
+    flat = (100000.0, 100000.0, 0.0, 0.0, 0)
+    long_at_bid = (99986.5, 99996.5, -10.0, 3666.83, 1)  # bid 1.10000; margin 110,005 / 30
+    long_up = (100086.5, 99996.5, 90.0, 3670.17, 1)  # bid 1.10100; margin 110,105 / 30
+    closed = (100083.0, 100083.0, 0.0, 0.0, 0)  # (1.10100 − 1.10010) × 100,000 realized, 7.00 commission in all
+    booked = (100402.98, 100402.98, 0.0, 0.0, 0)
+    want = [flat, *[long_at_bid] * 4, *[long_up] * 2, *[closed] * 4, booked]
+    assert [(r["ts"], r["equity"], r["balance"], r["unrealized"], r["margin_used"], r["open_positions"]) for r in rows] == [
+        (T0 + i * MIN, *point) for i, point in enumerate(want)
+    ]
+
+
 def test_the_ledger_converts_a_late_fill_at_the_prices_of_its_time_and_tells_the_margin() -> None:
     rules = {s: Rules.of(s, Instrument(pip=0.01, digits=3)) for s in ("USDJPY", "EURJPY")}
     ledger = Ledger(rules, "USD")

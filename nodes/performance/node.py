@@ -13,7 +13,8 @@ the broker's equity, not in this one, until the position closes (see :mod:`nodes
 **The curve.** Equity is recorded once per ``record_every`` step of event time: the point at step
 boundary ``B`` is the account after every price and fill stamped at or before ``B``, written
 when the first later event arrives (or a timer passes ``B``), so every symbol's bar closing at
-``B`` is in it. Steps without any event add no point (the equity did not move). The first point
+``B`` is in it. A step without any event is recorded all the same when the record timer passes it (a quiet
+market, a weekend: the last equity again), so the curve's periods are equal. The first point
 is the account before the first event; a final point is written at stop. Drawdown, daily loss
 (from the equity of the day's first point, UTC) and the alerts follow each point: an alert fires
 when its value crosses the limit and again only after the value has come back within it.
