@@ -151,7 +151,10 @@ class Book:
         self.pending[key] = Pending(key, symbol, side, quantity, ts, signal_id=signal_id)
 
     def on_order_event(self, event: Mapping[str, Any], rates: Rates, fallback_price: Decimal | None = None) -> Applied:
-        """Apply one ``order_event.v1``; the price of newly filled lots follows from the cumulative average."""
+        """Apply one ``order_event.v1``; the price of newly filled lots follows from the cumulative average.
+
+        An event for an order already done (one delivered late or again: delivery is at least once) still counts
+        lots no other message counted, but changes neither its status nor what is pending: its approval ended."""
         symbol, side, status = event["symbol"], event["side"], event["status"]
         key = event["client_order_id"]
         ts = int(event["ts"])
@@ -160,8 +163,9 @@ class Book:
         avg = event.get("avg_price")
         notional = dec(avg) * filled if avg is not None else None
         added, realized = self._advance(counted, symbol, side, filled, notional, rates, fallback_price)
-        done = status in TERMINAL_STATUSES
-        counted.done = counted.done or done
+        if counted.done:
+            return Applied(symbol, added, realized, True)
+        done = counted.done = status in TERMINAL_STATUSES
         pending = self.pending.get(event.get("decision_id", "")) or self.pending.get(f"order:{key}")
         if pending is None and not done:
             pending = self.pending[f"order:{key}"] = Pending(
@@ -252,6 +256,14 @@ class Book:
             del self.pending[p.key]
         return gone
 
+    def last_event(self) -> int | None:
+        """The time of the newest fill or order event counted (or of the reconciliation that counted an order)."""
+        newest = max(self.fills.values(), default=None)
+        for counted in self.orders.values():
+            if newest is None or counted.ts > newest:
+                newest = counted.ts
+        return newest
+
     def prune(self, now: int, keep_ms: int) -> None:
         for key in [k for k, c in self.orders.items() if c.done and now - c.ts > keep_ms]:
             del self.orders[key]
@@ -281,7 +293,8 @@ class Book:
             by_order[fill["order_id"]] = (qty + dec(fill["quantity"]), notional + dec(fill["quantity"]) * dec(fill["price"]))
             self.fills.setdefault(fill["fill_id"], int(fill["ts"]))
         for order_id, (qty, notional) in by_order.items():
-            self.orders[order_id] = Counted(qty, notional, now, False, qty, notional)
+            known = self.orders.get(order_id)
+            self.orders[order_id] = Counted(qty, notional, now, known is not None and known.done, qty, notional)
         open_orders: dict[str, Mapping[str, Any]] = {}
         for row in state.get("orders", ()):
             order_id, status = row["order_id"], row["status"]

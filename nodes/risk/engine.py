@@ -20,9 +20,10 @@ instant (the last quote of each symbol at or before it, from the last ``quote_hi
 throttle window, its pending approvals, and it is stamped with it. Live delivery is asynchronous
 (ticks after the signal may reach the gate before it does, and by how much varies), so a decision
 that read the newest prices would differ from the same signal's on a replay. Only the stale check
-compares the signal with the clock: a signal that reached the gate too late is refused. Marks
-(daily loss, drawdown) move with the newest event time seen. Deterministic: nothing is random or
-unordered.
+compares the signal with the clock: a signal that reached the gate too late is refused, and so is
+one stamped too far ahead; the time of a refused signal moves nothing (it forgets no decided ids,
+expires no approval, empties no throttle window). Marks (daily loss, drawdown) move with the newest
+event time seen. Deterministic: nothing is random or unordered.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from nodes.risk.calendar import Blackout
 from nodes.risk.exposure import currency_exposure, gross_notional, notional, open_count
 from nodes.risk.params import RiskParams
 from nodes.risk.sizing import Size, fixed_size, risk_size, stop_distance
-from nodes.risk.state import COMMANDS, DAILY_LOSS, DRAWDOWN, OPERATOR, StateOfRecord, TradingState, breach
+from nodes.risk.state import COMMANDS, DAILY_LOSS, DRAWDOWN, OPERATOR, StateOfRecord, TradingState, breach, new_day
 from nodes.trading.instruments import Rules, VolumeError, dec
 from nodes.trading.money import MissingRate, Rates
 
@@ -93,6 +94,9 @@ class RiskEngine:
         """The time of the newest quote taken (never lowered): a signal at or after it is judged on the latest prices."""
         self.watermark: int | None = None
         """The newest event time seen (quotes, bars, order events, fills): the time of marks."""
+        self._restored_watermark: int | None = None
+        """The watermark of the snapshot restored (ticks move :attr:`watermark` on before reconciliation): the broker's
+        fills from about then on may have been published while the gate was down."""
         self._finest: int | None = None
         """The length of the shortest bars seen: their closes are prices."""
         self.atr: dict[tuple[str, str], WilderATR] = {}
@@ -100,15 +104,19 @@ class RiskEngine:
         self.throttle = R.Throttle(params.throttle_orders, _ms(params.throttle_window))
         self.state = StateOfRecord()
         self.seen: OrderedDict[str, int] = OrderedDict()
-        """signal_id → when it was decided (insertion order is time order: pruned from the front; an OrderedDict
-        because a dict pruned from the front makes ``next(iter(...))`` walk every removed entry: O(window) per
-        signal over a long run)."""
+        """signal_id → its time, at most the clock plus ``max_clock_skew`` (a refused signal stamped further ahead must not
+        hold back the pruning of every id after it). Insertion order is time order: pruned from the front; an
+        OrderedDict because a dict pruned from the front makes ``next(iter(...))`` walk every removed entry: O(window)
+        per signal over a long run."""
         self.reconciled = params.reconcile == "none"
         self.reconcile_problem: str | None = None if self.reconciled else "waiting for the broker's state"
         self.last_reconcile_ask: int | None = None
         self.peak: Decimal | None = None
         self.day: int | None = None
         self.day_start_equity: Decimal | None = None
+        self.restart_marks = False
+        """An operator resumed while the equity was unknown: the peak and the day's start restart from the first mark
+        that knows it (else that mark would breach against the loss the resume acknowledged)."""
         self._marked: Decimal | None = None
         """The equity of the last mark: an unchanged one on the same day has nothing new to say."""
         self._marked_at: int | None = None
@@ -261,9 +269,15 @@ class RiskEngine:
         return not self.reconciled and (self.last_reconcile_ask is None or now - self.last_reconcile_ask >= self.ms["reconcile_retry"])
 
     def reconcile_query(self, now: int) -> dict[str, Any]:
-        """The broker_query.v1 to send: the state, with fills since the oldest pending approval."""
+        """The broker_query.v1 to send: the state, with the fills since the oldest pending approval and since the newest
+        fill or order event the gate counted or the snapshot's event time (less ``pending_timeout``, for fills that
+        arrive out of order). A fill the broker reports is known to be in its state, so its redelivery is a duplicate;
+        one published while the gate was down must be among them, however long ago (not only within the last
+        ``pending_timeout``)."""
         self.last_reconcile_ask = now
-        since = min((p.ts for p in self.book.pending.values()), default=now) - self.ms["pending_timeout"]
+        times = [now, *(p.ts for p in self.book.pending.values())]
+        times += [t for t in (self.book.last_event(), self._restored_watermark) if t is not None]
+        since = min(times) - self.ms["pending_timeout"]
         return {"query": "state", "ts": now, "since_ms": max(since, 0)}
 
     def on_broker_state(self, state: Mapping[str, Any], now: int) -> list[dict[str, Any]]:
@@ -313,6 +327,9 @@ class RiskEngine:
         except MissingRate:
             return []
         alerts: list[dict[str, Any]] = []
+        if self.restart_marks:
+            self.restart_marks = False
+            self.peak = self.day_start_equity = equity
         day = (now - self.day_offset) // DAY_MS
         if day == self.day and equity == self._marked:
             return alerts  # nothing moved since the last mark (most quotes, when nothing is open)
@@ -321,7 +338,7 @@ class RiskEngine:
             self.day, self.day_start_equity = day, equity
             self.book.prune(now, self.ms["dedup_window"])
             if self.state.set_by == DAILY_LOSS and self.state.state is not TradingState.ACTIVE:
-                alerts += self.set_state(StateOfRecord(TradingState.ACTIVE, DAILY_LOSS, "a new trading day", now), now)
+                alerts += self.set_state(new_day(self.state, "a new trading day", now), now)
         if self.peak is None or equity > self.peak:
             self.peak = equity
         assert self.day_start_equity is not None
@@ -338,6 +355,12 @@ class RiskEngine:
         if new is None:
             return []
         value = check.detail["loss" if rule == DAILY_LOSS else "drawdown"]
+        if new.state is self.state.state:
+            self.state = new
+            held = "" if target is new.state else f", then {target.value}"
+            message = f"{check.reason}: trading stays {new.state.value}{held} until fxrun risk resume"
+            alert = self.alert(rule, "critical", message, now, value=value, threshold=check.detail["limit"])
+            return [alert] if alert else []
         alert = self.alert(rule, "critical", f"{check.reason}: trading is now {target.value}", now, value=value, threshold=check.detail["limit"])
         return [a for a in (alert,) if a] + self.set_state(new, now)
 
@@ -352,7 +375,9 @@ class RiskEngine:
         """``halt``, ``reduce``, ``resume`` (set the state) or ``status``; returns the status and the alerts.
 
         A resume also restarts the drawdown and the daily loss from the equity of now: the
-        operator has seen the loss, and a state that breached again at once could never resume."""
+        operator has seen the loss, and a state that breached again at once could never resume.
+        Before the equity is known (not reconciled yet, a price missing), from the first mark
+        that knows it (:attr:`restart_marks`, kept in the snapshot)."""
         alerts: list[dict[str, Any]] = []
         self._marked_at = None
         if command in COMMANDS and command_id is not None and command_id in self.applied_commands:
@@ -370,7 +395,10 @@ class RiskEngine:
                     equity = self.equity()
                 except MissingRate:
                     equity = None
-                if equity is not None and self.reconciled:
+                if equity is None or not self.reconciled:
+                    self.restart_marks = True
+                else:
+                    self.restart_marks = False
                     self.peak = self.day_start_equity = equity
                     self._marked = None
         elif command != "status":
@@ -408,15 +436,12 @@ class RiskEngine:
         if sid in self.seen:
             return None
         at = int(signal["ts"])
-        self._forget_old(at)
-        self.seen[sid] = at
-        alerts: list[dict[str, Any]] = []
-        for gone in self.book.expire(at, self.ms["pending_timeout"]):
-            alert = self.alert("reconciliation", "warning", f"approval {gone.key} ({gone.side} {gone.quantity} {gone.symbol}) "
-                               f"saw no order event or fill for {self.p.pending_timeout} and no longer counts", at,
-                               symbol=gone.symbol)  # fmt: skip
-            alerts += [alert] if alert else []
-        alerts += self.mark(self.watermark if self.watermark is not None else at)
+        ttl = signal.get("ttl_ms") or self.ms["default_ttl"]
+        timely = R.stale(at, ttl, now, self.ms["max_clock_skew"])
+        alerts = self._move_to(at) if timely.ok else []
+        self.seen[sid] = min(at, now + self.ms["max_clock_skew"])
+        if self.watermark is not None or timely.ok:
+            alerts += self.mark(self.watermark if self.watermark is not None else at)
         quotes, rates = self.prices_at(at)
         symbol, side = signal["symbol"], signal["side"]
         rules = self.rules[symbol]
@@ -425,8 +450,7 @@ class RiskEngine:
 
         # the whole order
         checks["reconciled"] = R.passed() if self.reconciled else R.failed(f"not reconciled: {self.reconcile_problem}")
-        ttl = signal.get("ttl_ms") or self.ms["default_ttl"]
-        checks["stale"] = R.stale(signal["ts"], ttl, now, self.ms["max_clock_skew"])
+        checks["stale"] = timely
         checks["throttle"] = self.throttle.check(at)
         net = self.book.net(symbol)
         close, opens = _plan(side, net, self.p.pyramiding)
@@ -594,6 +618,20 @@ class RiskEngine:
             "max_spread_pips": p.symbol_limit(p.max_spread_pips, symbol),
         }  # fmt: skip
 
+    def _move_to(self, at: int) -> list[dict[str, Any]]:
+        """Event time reaches a signal's ``at`` (one that passed the stale check: a time a refused signal carries is not
+        trusted to move anything): decided ids older than the dedup window are forgotten, approvals silent for
+        ``pending_timeout`` stop counting, approvals leave the throttle window."""
+        self._forget_old(at)
+        self.throttle.expire(at)
+        alerts: list[dict[str, Any]] = []
+        for gone in self.book.expire(at, self.ms["pending_timeout"]):
+            alert = self.alert("reconciliation", "warning", f"approval {gone.key} ({gone.side} {gone.quantity} {gone.symbol}) "
+                               f"saw no order event or fill for {self.p.pending_timeout} and no longer counts", at,
+                               symbol=gone.symbol)  # fmt: skip
+            alerts += [alert] if alert else []
+        return alerts
+
     def _forget_old(self, now: int) -> None:
         horizon = now - self.ms["dedup_window"]
         seen = self.seen
@@ -628,7 +666,8 @@ class RiskEngine:
     # ------------------------------------------------------------------ state
 
     def snapshot(self) -> dict[str, Any]:
-        return {
+        """``restart_marks`` only when set: the snapshot of a gate that never needed it stays what it was."""
+        snap: dict[str, Any] = {
             "state": self.state.to_json(),
             "book": self.book.snapshot(),
             "atr": {f"{s}/{tf}": a.snapshot() for (s, tf), a in sorted(self.atr.items())},
@@ -642,6 +681,9 @@ class RiskEngine:
             "applied_commands": self.applied_commands,
             "watermark": self.watermark,
         }
+        if self.restart_marks:
+            snap["restart_marks"] = True
+        return snap
 
     def restore(self, data: Mapping[str, Any]) -> None:
         self._marked_at = None
@@ -659,7 +701,8 @@ class RiskEngine:
         self.day_start_equity = None if data["day_start_equity"] is None else Decimal(data["day_start_equity"])
         self.alert_seq = int(data.get("alert_seq", 0))
         self.applied_commands = {k: int(v) for k, v in data.get("applied_commands", {}).items()}
-        self.watermark = data.get("watermark")
+        self.watermark = self._restored_watermark = data.get("watermark")
+        self.restart_marks = bool(data.get("restart_marks", False))
 
 
 def _quote_ts(quote: Quote) -> int:

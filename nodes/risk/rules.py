@@ -91,22 +91,26 @@ def confidence(value: float, minimum: float) -> Check:
 
 
 class Throttle:
-    """At most ``limit`` approvals in any ``window_ms`` (a sliding window on the clock), after Nautilus's order rate limit."""
+    """At most ``limit`` approvals in any ``window_ms`` (a sliding window on the clock), after Nautilus's order rate limit.
+
+    Checking changes nothing: a signal's time is only trusted once it passed the stale check, so only then does the
+    engine :meth:`expire` the approvals that left every later window."""
 
     def __init__(self, limit: int, window_ms: int) -> None:
         self.limit = limit
         self.window_ms = window_ms
         self.times: deque[int] = deque()
 
-    def _expire(self, now: int) -> None:
+    def expire(self, now: int) -> None:
         while self.times and self.times[0] <= now - self.window_ms:
             self.times.popleft()
 
     def check(self, now: int) -> Check:
-        self._expire(now)
-        detail = {"recent": len(self.times), "limit": self.limit, "window_ms": self.window_ms}
-        if len(self.times) >= self.limit:
-            return failed(f"throttled: {len(self.times)} approvals in the last {self.window_ms} ms (limit {self.limit})", **detail)
+        cutoff = now - self.window_ms
+        recent = sum(1 for t in self.times if t > cutoff)
+        detail = {"recent": recent, "limit": self.limit, "window_ms": self.window_ms}
+        if recent >= self.limit:
+            return failed(f"throttled: {recent} approvals in the last {self.window_ms} ms (limit {self.limit})", **detail)
         return passed(**detail)
 
     def record(self, now: int) -> None:
