@@ -174,6 +174,7 @@ def chain(curves: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
 
 def combine(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The chained curve, the concatenated trades (each with its fold) and their metrics."""
+    from nodes.performance.curve import WEEKDAYS_ONLY
     from nodes.trading import metrics as M
 
     curves, trades, balances = [], [], []
@@ -187,7 +188,7 @@ def combine(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ts, chained = chain(curves)
     raw = np.concatenate([eq for _, eq in curves]) if curves else np.empty(0)
     balance = np.concatenate(balances) * (chained / raw) if len(raw) else np.empty(0)  # each fold's balance, scaled as its equity
-    values = M.summary(ts, chained, [t["pnl"] for t in trades])
+    values = M.summary(ts, chained, [t["pnl"] for t in trades], weekdays_only=WEEKDAYS_ONLY)  # as each fold's report
     return {
         "metrics": {k: (v if math.isfinite(v) else None) for k, v in values.items()},
         "currency": next((r.get("currency") for r in reports if r.get("currency")), None),

@@ -11,13 +11,17 @@ import numpy as np
 
 from nodes.trading.metrics import RunningCurve
 
+WEEKDAYS_ONLY = True
+"""The account's daily returns are the weekdays' (:func:`nodes.trading.metrics.period_returns`): FX and gold close from
+Friday 22:00 to Sunday 22:00 UTC, yet the curve is recorded through the weekend."""
+
 
 class Curve:
     def __init__(self) -> None:
         self.ts = array("q")
         self.equity = array("d")
         self.balance = array("d")
-        self.running = RunningCurve()
+        self.running = RunningCurve(weekdays_only=WEEKDAYS_ONLY)
         """The whole curve's returns and drawdown, kept up to date point by point."""
         self.ordered = True
         """No point is earlier than the one before (a window is then a tail of the arrays)."""

@@ -19,7 +19,8 @@ is the account before the first event; a final point is written at stop. Drawdow
 (from the equity of the day's first point, UTC) and the alerts follow each point: an alert fires
 when its value crosses the limit and again only after the value has come back within it.
 
-**Metrics** — every one from :mod:`nodes.trading.metrics`, never a second formula — are computed
+**Metrics** — every one from :mod:`nodes.trading.metrics`, never a second formula, on the daily returns of weekdays
+(the weekend's points are in the curve, not in its returns: :data:`~nodes.performance.curve.WEEKDAYS_ONLY`) — are computed
 over the curve and the closed round trips for each window every ``metrics_every``, at stop, and
 for a ``performance.query`` report (request/reply; the report also counts the account as it is
 now, so a report at the end of a run equals the final metrics rows). Round trips:
@@ -44,7 +45,7 @@ import numpy as np
 from framework.durations import parse_ms
 from framework.node import Node, every, handles
 from nodes.performance.closed import ClosedTrips
-from nodes.performance.curve import Curve, sample
+from nodes.performance.curve import WEEKDAYS_ONLY, Curve, sample
 from nodes.performance.spec import DAY_MS, PerformanceParams
 from nodes.performance.trips import Trip, Trips
 from nodes.trading import metrics as M
@@ -359,7 +360,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         return max(now, self.last_ts) if self.last_ts is not None else now
 
     def _summary(self, ts: np.ndarray, equity: np.ndarray, trades: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-        return M.summary(ts, equity, [t["pnl"] for t in trades])
+        return M.summary(ts, equity, [t["pnl"] for t in trades], weekdays_only=WEEKDAYS_ONLY)
 
     @every("metrics_every")
     async def on_metrics_timer(self) -> None:
@@ -430,7 +431,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         return {
             "trades": len(self.closed),
             "P&L": f"{pnl:+,.2f} {self.currency} ({values['total_return']:+.2%})",
-            "Sharpe": f"{sharpe:.2f}" if math.isfinite(sharpe) else "n/a (from daily returns: needs 2 days or more)",
+            "Sharpe": f"{sharpe:.2f}" if math.isfinite(sharpe) else "n/a (from daily returns: needs 3 weekdays or more)",
             "max drawdown": f"{values['max_drawdown']:.2%}",
             "win rate": f"{values['win_rate']:.0%}" if math.isfinite(values["win_rate"]) else None,
             "equity": money(last[1]),

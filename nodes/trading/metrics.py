@@ -1,14 +1,21 @@
 """Performance metrics: one implementation for the live monitor and the backtest report.
 
 Conventions (those of empyrical, the reference the tests compare with): returns are simple
-returns of the equity per period (a UTC day by default); Sharpe is the mean over the sample
-standard deviation (ddof 1), Sortino the mean over the root mean square of the negative
-returns, both annualised by √periods_per_year (252 trading days: FX trades five days a week);
-the annual return is compounded; Calmar is the annual return over the maximum drawdown.
-Drawdown is measured on the equity series itself (every mark, not only period ends), its
-duration from the peak to the mark that regains it (or to the end, if none does). Trade
-statistics come from closed trades' P&L in the account currency: win rate, profit factor
-(gross profit over gross loss), expectancy (mean P&L per trade).
+returns of the equity per period (a UTC day by default) between the last marks of consecutive
+periods; with ``weekdays_only`` (performance-monitoring's FX account) marks stamped on a Saturday
+or a Sunday (UTC) close no period, so Monday's return runs from Friday's last mark: the curve is
+marked through the weekend, and its flat Saturday counted as a return of 0 would shrink Sharpe
+and Sortino by about √(5/7) and annualise a year of 365 returns as 365 / 252 years. The
+risk-free rate is 0. Sharpe is the mean over the sample standard deviation (ddof 1; undefined
+when the returns do not vary), Sortino the mean over the downside deviation √(Σ min(r, 0)² / N)
+(target 0, over all N returns; undefined without a negative return), both annualised by
+√periods_per_year (252 trading days: FX trades five days a week); the annual return is
+compounded, (Π(1 + r))^(periods_per_year / N) − 1; Calmar is the annual return over the maximum
+drawdown. Drawdown is measured on the equity series itself (every mark, not only period ends),
+its duration in time from the peak to the mark that regains it (or to the end, if none does).
+Trade statistics come from closed trades' P&L in the account currency: win rate (trades with a
+P&L above 0 over all trades, break-even ones included), profit factor (gross profit over gross
+loss: undefined without a loss), expectancy (mean P&L per trade).
 """
 
 from __future__ import annotations
@@ -67,10 +74,15 @@ def drawdown(ts_ms: Sequence[int] | np.ndarray, equity: Sequence[float] | np.nda
     return Drawdown(float(dd.max()), longest, float(dd[-1]))
 
 
-def period_returns(ts_ms: Sequence[int] | np.ndarray, equity: Sequence[float] | np.ndarray, period_ms: int = DAY_MS) -> np.ndarray:
-    """Simple returns between the last marks of consecutive periods (UTC days by default) that have marks."""
+def period_returns(ts_ms: Sequence[int] | np.ndarray, equity: Sequence[float] | np.ndarray, period_ms: int = DAY_MS, *,
+                   weekdays_only: bool = False) -> np.ndarray:  # fmt: skip
+    """Simple returns between the last marks of consecutive periods (UTC days by default) that have marks (with
+    ``weekdays_only``, marks on a Saturday or a Sunday count for none)."""
     ts = np.asarray(ts_ms, dtype=np.int64)
     equity = np.asarray(equity, dtype=np.float64)
+    if weekdays_only:
+        weekday = (ts // DAY_MS + 3) % 7 < 5  # Monday 0 (1970-01-01 was a Thursday)
+        ts, equity = ts[weekday], equity[weekday]
     if len(ts) < 2:
         return np.empty(0)
     bucket = ts // period_ms
@@ -88,6 +100,8 @@ def annual_return(returns: np.ndarray, periods_per_year: int = TRADING_DAYS) -> 
 
 def sharpe(returns: np.ndarray, periods_per_year: int = TRADING_DAYS) -> float:
     if len(returns) < 2:
+        return math.nan
+    if not returns.max() > returns.min():  # identical returns: np.std leaves float noise (~1e-17), not 0
         return math.nan
     std = float(np.std(returns, ddof=1))
     return float(np.mean(returns)) / std * math.sqrt(periods_per_year) if std > 0 else math.nan
@@ -143,16 +157,19 @@ def summary(
     *,
     period_ms: int = DAY_MS,
     periods_per_year: int = TRADING_DAYS,
+    weekdays_only: bool = False,
 ) -> dict[str, float]:
     """Every metric, by name, as the monitor writes them to performance_metrics and a report shows them."""
     equity = np.asarray(equity, dtype=np.float64)
     first, last = (float(equity[0]), float(equity[-1])) if len(equity) else (math.nan, math.nan)
-    return _summary(period_returns(ts_ms, equity, period_ms), drawdown(ts_ms, equity), first, last, trade_pnls, periods_per_year)
+    returns = period_returns(ts_ms, equity, period_ms, weekdays_only=weekdays_only)
+    return _summary(returns, drawdown(ts_ms, equity), first, last, trade_pnls, periods_per_year)
 
 
 def running_summary(curve: RunningCurve, trade_pnls: Sequence[float] | np.ndarray = (), *,
                     periods_per_year: int = TRADING_DAYS) -> dict[str, float]:  # fmt: skip
-    """:func:`summary` of every point ``curve`` was given, without going over them again."""
+    """:func:`summary` of every point ``curve`` was given (with the curve's ``weekdays_only``), without going over
+    them again."""
     return _summary(curve.returns(), curve.drawdown(), curve.first, curve.last, trade_pnls, periods_per_year)
 
 
@@ -184,13 +201,18 @@ class RunningCurve:
     long backtest, a sixth of a million-bar run. Here a point costs a few comparisons, and the returns are made from
     the periods' closes alone."""
 
-    __slots__ = ("period_ms", "closes", "count", "first", "last", "last_ts", "_bucket", "peak", "max", "current",
-                 "longest", "_under_since")  # fmt: skip
+    __slots__ = ("period_ms", "weekdays_only", "closes", "count", "first", "last", "last_ts", "_bucket", "_marks",
+                 "_close", "peak", "max", "current", "longest", "_under_since")  # fmt: skip
 
-    def __init__(self, period_ms: int = DAY_MS) -> None:
+    def __init__(self, period_ms: int = DAY_MS, *, weekdays_only: bool = False) -> None:
         self.period_ms = period_ms
+        self.weekdays_only = weekdays_only
+        """:func:`period_returns`' ``weekdays_only``: a point on a Saturday or a Sunday closes no period."""
         self.closes = array("d")
-        """The last equity of every run of points in one period, but the last run's (that is :attr:`last`)."""
+        """The last equity of every run of points in one period, but the last run's (that is :attr:`_close`)."""
+        self._marks = 0
+        """Points that count for the periods (every one, unless ``weekdays_only``)."""
+        self._close = math.nan
         self.count = 0
         self.first = self.last = math.nan
         self.last_ts = 0
@@ -203,12 +225,14 @@ class RunningCurve:
         """The time of the point before the current fall from the peak began (None: at a peak)."""
 
     def add(self, ts: int, equity: float) -> None:
-        bucket = ts // self.period_ms
+        if not self.weekdays_only or (ts // DAY_MS + 3) % 7 < 5:
+            bucket = ts // self.period_ms
+            if self._marks and bucket != self._bucket:
+                self.closes.append(self._close)
+            self._bucket, self._close = bucket, equity
+            self._marks += 1
         if not self.count:
             self.first = self.peak = equity
-        elif bucket != self._bucket:
-            self.closes.append(self.last)
-        self._bucket = bucket
         if self.peak == self.peak and not self.peak > equity:  # np.maximum's rule: the new value unless the peak is greater or NaN
             self.peak = equity
         peak = self.peak
@@ -226,10 +250,10 @@ class RunningCurve:
         self.count += 1
 
     def returns(self) -> np.ndarray:
-        if self.count < 2:
+        if self._marks < 2:
             return np.empty(0)
         closes = np.array(self.closes, dtype=np.float64)
-        closes = np.append(closes, self.last)
+        closes = np.append(closes, self._close)
         return closes[1:] / closes[:-1] - 1.0
 
     def drawdown(self) -> Drawdown:
