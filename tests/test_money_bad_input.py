@@ -116,3 +116,22 @@ async def test_an_order_event_the_connector_cannot_read_is_dead_lettered_and_nev
     reasons = [p["reason"] for s, p in got if s == "deadletter.mt5-connector"]
     assert m["errors"] == 0 and len(reasons) == 3 and not [r for r in reasons if r.startswith("handler error")]
     assert tracked == {} and reply["orders"] == []
+
+
+async def test_performance_dead_letters_a_fill_whose_id_is_no_string(tmp_path: Path) -> None:
+    """Its duplicate check read the id before the fill check: a list id was a handler failure (unhashable)."""
+    loaded = load(tmp_path)
+    bus, got = await recording_bus("deadletter.>")
+    rt = make_runtime(loaded, tmp_path, pubsub=bus, only=["performance-monitoring"], pairs=["EURUSD"])
+    await rt.start()
+    try:
+        await rt.clock.wait_until(T)
+        await bus.publish("broker.fill.EURUSD", fill(["f1"], "o-x", 1.0, 1.1, T))  # type: ignore[arg-type]
+        await bus.publish("broker.fill.EURUSD", fill({"id": 1}, "o-x", 1.0, 1.1, T))  # type: ignore[arg-type]
+        report = await bus.request("performance.query", {"query": "report", "ts": T})
+    finally:
+        await asyncio.wait_for(rt.stop(), 60)
+    m = {s["service"]: s for s in rt.metrics()}["performance-monitoring"]
+    reasons = [p["reason"] for s, p in got if s == "deadletter.performance-monitoring"]
+    assert m["errors"] == 0 and len(reasons) == 2 and all("fill_id" in r for r in reasons), reasons
+    assert report["balance"] == 100_000 and report["open_positions"] == 0

@@ -56,7 +56,7 @@ from nodes.execution.book import OrderBook, Tracked
 from nodes.execution.broker import BrokerState, error_outcome, parse_state, position_differences, resolution
 from nodes.trading.ledger import Ledger
 from nodes.execution.spec import ExecutionParams
-from nodes.trading.fills import fill_problem, fill_swap, is_number
+from nodes.trading.fills import fill_problem, fill_profit, fill_swap, is_number
 from nodes.trading.instruments import Rules, VolumeError, dec
 from nodes.trading.orders import OPEN, TRANSITIONS, InvalidTransition, Order, OrderStatus, client_order_id
 
@@ -332,7 +332,8 @@ class Execution(Node[ExecutionParams]):
         symbol, side = fill["symbol"], fill["side"]
         lots, price = dec(fill["quantity"]), dec(fill["price"])
         await self.ctx.publish("executions", dict(fill))
-        if self.ledger.apply(symbol, side, lots, price, dec(fill["commission"]), fill_swap(fill)) is None and symbol not in self._unconverted:
+        booked = self.ledger.apply(symbol, side, lots, price, dec(fill["commission"]), fill_swap(fill), fill_profit(fill))
+        if booked is None and symbol not in self._unconverted:
             self._unconverted.add(symbol)
             await self._alert("missing_rate", "warning", f"{symbol}: no price yet to convert its P&L to "
                               f"{self.ledger.currency}; booked when one arrives", now, symbol=symbol, key=fill_id)  # fmt: skip

@@ -388,6 +388,7 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
             "price": float(deal.price),
             "ts": deal.ts,
             "commission": float(deal.commission),
+            "profit": float(deal.profit),
             "broker_order_id": str(deal.order_ticket),
         }
         if deal.slippage is not None:

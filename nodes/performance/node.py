@@ -49,7 +49,7 @@ from nodes.performance.curve import WEEKDAYS_ONLY, Curve, sample
 from nodes.performance.spec import DAY_MS, PerformanceParams
 from nodes.performance.trips import Trip, Trips
 from nodes.trading import metrics as M
-from nodes.trading.fills import fill_problem, fill_swap, is_number
+from nodes.trading.fills import fill_problem, fill_profit, fill_swap, is_number
 from nodes.trading.instruments import Rules, dec
 from nodes.trading.ledger import Ledger
 
@@ -231,7 +231,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
     @handles("fills")
     async def on_fill(self, fill: dict[str, Any], origin: str) -> None:
         fill_id = fill.get("fill_id")
-        if fill_id in self.fill_ids:
+        if isinstance(fill_id, str) and fill_id in self.fill_ids:
             return
         problem = fill_problem(fill, self.rules)
         if problem is not None:
@@ -247,7 +247,7 @@ class PerformanceMonitor(Node[PerformanceParams]):
         lots, price, commission = dec(fill["quantity"]), dec(fill["price"]), dec(fill["commission"])
         position = self.ledger.entry(symbol).position
         held, avg = position.quantity, position.avg_price
-        applied = self.ledger.fill(symbol, side, lots, price, commission, ts, swap=fill_swap(fill))
+        applied = self.ledger.fill(symbol, side, lots, price, commission, ts, swap=fill_swap(fill), profit=fill_profit(fill))
         self.trips.on_fill(fill, held, avg, lots, price, commission, applied.realized)
         if applied.realized:
             if applied.booked is not None:

@@ -42,7 +42,7 @@ def fill_problem(fill: Mapping[str, Any], symbols: Container[str]) -> str | None
         return f"fill of {fill['quantity']!r} lots at {fill['price']!r} is beyond any account (quantity × price ≥ {MAX_NOTIONAL:g})"
     if not is_number(fill["commission"]) or not isinstance(fill["ts"], int) or isinstance(fill["ts"], bool):
         return "fill commission or ts is not a number"
-    for name in ("commission", "swap"):
+    for name in ("commission", "swap", "profit"):
         if name in fill and not (is_number(fill[name]) and abs(fill[name]) < MAX_AMOUNT):
             return f"fill {name} {fill[name]!r} is not an amount (a finite number below {MAX_AMOUNT:g})"
     return None
@@ -52,3 +52,9 @@ def fill_swap(fill: Mapping[str, Any]) -> Decimal:
     """The swap a checked fill realized, booked in the account currency (signed as MT5's: < 0 charged); 0 when it has none."""
     swap = fill.get("swap")
     return book(dec(swap)) if swap else Decimal(0)
+
+
+def fill_profit(fill: Mapping[str, Any]) -> Decimal | None:
+    """The P&L the broker booked for a checked fill, in the account currency; None when the fill does not say."""
+    profit = fill.get("profit")
+    return None if profit is None else book(dec(profit))

@@ -1,7 +1,8 @@
 """Netting positions and their P&L in the account currency (execution-service and performance-monitoring).
 
 A fill moves the symbol's :class:`~nodes.trading.positions.Position`; what it realizes (in the
-quote currency) is converted to the account currency with the prices of its time
+quote currency) is booked as the broker booked it, when the fill says (``fill.v1`` ``profit``), or
+converted to the account currency with the prices of its time
 (:class:`~nodes.trading.money.Rates`: the latest, or, for a fill dated before the latest dated
 quotes, each pair's quote as of the fill; a fill ahead of its symbol's dated quotes waits for
 the quote of its time) and booked to the cent at that moment. When no price
@@ -123,18 +124,23 @@ class Ledger:
         return entry
 
     def apply(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal,
-              swap: Decimal = ZERO) -> Decimal | None:  # fmt: skip
+              swap: Decimal = ZERO, profit: Decimal | None = None) -> Decimal | None:  # fmt: skip
         """Apply a fill; the P&L it realized in the account currency, booked (None: no price to convert it yet).
-        ``swap`` (account currency, booked) is what the fill realized of the swap the broker accrued.
+        ``swap`` (account currency, booked) is what the fill realized of the swap the broker accrued; ``profit``
+        (account currency, booked) what the broker booked as its P&L, taken as it is (see :meth:`fill`).
 
         A symbol with no quote takes the fill's price as its rate (a USDJPY fill is a USDJPY price)."""
-        return self.fill(symbol, side, lots, price, commission, swap=swap).booked
+        return self.fill(symbol, side, lots, price, commission, swap=swap, profit=profit).booked
 
     def fill(self, symbol: str, side: str, lots: Decimal, price: Decimal, commission: Decimal, ts: int | None = None,
-             swap: Decimal = ZERO) -> Applied:  # fmt: skip
+             swap: Decimal = ZERO, profit: Decimal | None = None) -> Applied:  # fmt: skip
         """:meth:`apply`, also telling what the fill itself realized in the quote currency (a round trip's share).
 
-        With the fill's time ``ts``, a fill dated before the latest dated quotes is converted at the prices of its
+        With the broker's ``profit`` (``fill.v1`` ``profit``) the fill books that: the broker converted at the rate of
+        the deal's instant, which a book fed bars or conflated ticks may not have seen (a USDJPY deal at the next bar's
+        open, in a USD account), and the balance is then the broker's to the cent. Not while an earlier fill of the
+        symbol waits for a price: amounts are booked in the order they were realized. Without it, with the fill's time
+        ``ts``, a fill dated before the latest dated quotes is converted at the prices of its
         time (each pair's last quote at or before ``ts``), as the broker booked it, not at later ones; a fill newer
         than its own symbol's latest dated quote (the broker filled on a price not given here yet) waits for that
         price: booked by :meth:`book_waiting` once a quote of its symbol at or after ``ts`` has come."""
@@ -146,6 +152,9 @@ class Ledger:
         entry.commission += commission
         entry.swap += swap
         realized = entry.position.apply(side, lots, price)
+        if profit is not None and not entry.unbooked:
+            entry.realized += profit
+            return Applied(realized, profit)
         if not realized:
             return Applied(ZERO, ZERO)
         entry.unbooked += realized
