@@ -308,6 +308,23 @@ def test_a_fill_redelivered_after_reconciliation_is_counted_once() -> None:
     assert restarted.book.nets() == {}, f"the gate counts {restarted.book.nets()} lots the broker does not hold"
 
 
+def test_a_gate_that_lost_its_state_counts_a_redelivered_fill_once() -> None:
+    """No snapshot at all (the state file lost, the durable consumer's place in the stream kept): the fills the broker
+    reports since the gate's dedup window are known to be in its positions, so a fill of an hour ago, delivered after
+    reconciliation, is a duplicate."""
+    stop_loss = a_fill("sl-1", "deal-sl", 1.0, 1.0781, T + 20 * MINUTE, side="sell")
+    opened = a_fill("o-1", "deal-1", 1.0, 1.0801, T)
+    fresh = RiskEngine(RiskParams(reconcile="broker", fixed_lots=1.0), RULES, Account())
+    now = T + HOUR
+    prime(fresh, ("EURUSD", "GBPUSD", "USDJPY"), now=now)
+    query = fresh.reconcile_query(now)
+    assert query["since_ms"] == now - 7 * DAY - 10 * MINUTE  # dedup_window, less pending_timeout
+    answered = [f for f in (opened, stop_loss) if f["ts"] >= query["since_ms"]]
+    fresh.on_broker_state(broker_state("99800", fills=answered), now)
+    fresh.on_fill(stop_loss, now)  # published while the gate was down: its consumer had not acknowledged it
+    assert fresh.reconciled and fresh.book.nets() == {}, f"the gate counts {fresh.book.nets()} lots the broker does not hold"
+
+
 # =========================================================================== around the fixes
 
 

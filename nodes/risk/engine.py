@@ -273,11 +273,13 @@ class RiskEngine:
         fill or order event the gate counted or the snapshot's event time (less ``pending_timeout``, for fills that
         arrive out of order). A fill the broker reports is known to be in its state, so its redelivery is a duplicate;
         one published while the gate was down must be among them, however long ago (not only within the last
-        ``pending_timeout``)."""
+        ``pending_timeout``). A gate with no snapshot and nothing counted yet asks for the fills of its ``dedup_window``:
+        its state was lost, not its durable consumer's place in the stream."""
         self.last_reconcile_ask = now
-        times = [now, *(p.ts for p in self.book.pending.values())]
-        times += [t for t in (self.book.last_event(), self._restored_watermark) if t is not None]
-        since = min(times) - self.ms["pending_timeout"]
+        known = [t for t in (self.book.last_event(), self._restored_watermark) if t is not None]
+        if not known:  # no memory at all (no snapshot): a durable consumer that outlived it may deliver any recent fill
+            known.append(now - self.ms["dedup_window"])
+        since = min([now, *(p.ts for p in self.book.pending.values()), *known]) - self.ms["pending_timeout"]
         return {"query": "state", "ts": now, "since_ms": max(since, 0)}
 
     def on_broker_state(self, state: Mapping[str, Any], now: int) -> list[dict[str, Any]]:
