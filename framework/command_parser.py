@@ -11,14 +11,20 @@ apart, one rule for every command.
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Collection, Sequence
 
 EXIT_USAGE = 2
 
+_OVERRIDE = re.compile(r"[~+]{0,2}[A-Za-z_][\w.@/\-]*(=|$)")
+"""A Hydra override's key: ``key=value``, ``+key=…``, ``++key=…``, a deletion ``~key`` (``~key=value`` too)."""
+
 
 def is_override(word: str) -> bool:
-    """A Hydra override: ``key=value`` (also ``+key=…``, ``++key=…``) or a deletion ``~key``; never an option."""
-    return word.startswith("~") or ("=" in word and not word.startswith("-"))
+    """A Hydra override, by the shape of its key: ``data_dir=/x`` and ``~services.x`` are, ``--reason=a=b``,
+    ``/runs/fast=5`` (a path) and ``daily loss=5%`` (a sentence) are not."""
+    match = _OVERRIDE.match(word)
+    return match is not None and (match.group(1) == "=" or word.startswith("~"))
 
 
 def split_overrides(words: Sequence[str], flags_with_values: Collection[str] = ()) -> tuple[list[str], list[str]]:
@@ -41,15 +47,28 @@ def split_overrides(words: Sequence[str], flags_with_values: Collection[str] = (
     return own, overrides
 
 
+def value_flags(parser: argparse.ArgumentParser) -> set[str]:
+    """The option strings of ``parser`` and its verbs' parsers that take one value (``--reason``, ``--param``)."""
+    flags: set[str] = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                flags |= value_flags(sub)
+        elif action.option_strings and action.nargs in (None, 1):
+            flags.update(s for s in action.option_strings if s.startswith("--") or len(s) == 2)
+    return flags
+
+
 class CommandParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         command = " ".join(self.prog.split()[:2])  # "fxrun models show" -> "fxrun models"
         self.exit(EXIT_USAGE, f"{command}: {message} (see {command} --help)\n")
 
-    def parse(self, words: Sequence[str], flags_with_values: Collection[str] = ()) -> tuple[argparse.Namespace, list[str]] | int:
-        """The parsed arguments and the overrides among ``words`` (:func:`split_overrides`), or the exit code when
-        parsing ended the command (``--help``: 0; a usage mistake, already printed: 2)."""
-        own, overrides = split_overrides(words, flags_with_values)
+    def parse(self, words: Sequence[str]) -> tuple[argparse.Namespace, list[str]] | int:
+        """The parsed arguments and the overrides among ``words`` (:func:`split_overrides`; the value of an option
+        that takes one is the option's whatever it looks like), or the exit code when parsing ended the command
+        (``--help``: 0; a usage mistake, already printed: 2)."""
+        own, overrides = split_overrides(words, value_flags(self))
         try:
             return self.parse_args(own), overrides
         except SystemExit as exc:

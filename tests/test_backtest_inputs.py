@@ -131,3 +131,16 @@ def test_a_backtest_that_fails_mid_run_exits_1_naming_why(tmp_path: Path, monkey
     failed = [line for line in err.splitlines() if line.startswith("fxrun: error: the run failed: ")]
     assert len(failed) == 1 and "backtesting-engine: backtest bt-" in failed[0] and "OSError: the disk went away" in failed[0], err
     assert "Traceback" not in err.split("fxrun: error:")[-1]
+
+
+def test_a_backtest_whose_start_fails_exits_1_naming_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    monkeypatch.setenv("FXFLOW_PROJECT", str(ROOT))
+    window = reference.overrides(iso(END - 60 * 60_000), iso(END), report=False)
+    data_dir = tmp_path / "run"
+    code = fxrun(["topology=backtest", f"data_dir={data_dir}", *window,
+                  "++topology.services.backtesting-engine.params.artifacts=missing-manifest.json"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert not list((data_dir / "backtests").glob("*/result.json"))  # the run did nothing
+    assert code == 1, err[-2000:]
+    assert "fxrun: error: the run failed: backtesting-engine: stopped before its input was read: " in err, err[-2000:]

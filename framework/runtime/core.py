@@ -305,7 +305,8 @@ class Runtime:
     # --- the end of a run ---------------------------------------------------------------
 
     def fail(self, service: str, reason: str) -> None:
-        """``service`` declared the run failed (:meth:`NodeContext.fail`): kept in :attr:`failures`."""
+        """The run failed in ``service``: it said so (:meth:`NodeContext.fail`), it ran out of restarts, or a bounded run
+        ended with it crashed before its input was read. Kept in :attr:`failures`; ``fxrun`` exits 1."""
         log.error("service %s: the run failed: %s", service, reason)
         self.failures.append(f"{service}: {reason}")
 
@@ -334,6 +335,9 @@ class Runtime:
                 "%s wait(s) for simulated time, but no source is left to move it; stopping",
                 ", ".join(h.name for h in waiting),
             )
+            for host in waiting:
+                if host.restarting or host.node is None:  # crashed (a failed start, run() raised): its input is unread
+                    self.fail(host.name, f"stopped before its input was read: {host.metrics.last_error or 'it never started'}")
             waiting = []
         if not waiting:
             log.info("every source has finished; stopping")

@@ -339,7 +339,7 @@ class ServiceHost:
 
     def _give_up(self, message: str) -> None:
         self.metrics.state = "failed"
-        log.error("service %s: %s", self.name, message)
+        self.runtime.fail(self.name, message)
         self.restarting = False
         self.finished = True
         self._signal_change()

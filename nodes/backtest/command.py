@@ -47,7 +47,6 @@ from framework.command_parser import CommandParser
 from framework.errors import UserError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-REQUEST_FLAGS = ("--lookback", "--start", "--end", "--symbol", "--timeframe", "--model", "--set", "--run-id", "--reason", "--service", "--timeout")
 PROFILE = "topology=backtest"
 DEFAULT_ROOT = Path(".fxrun-backtests")
 HEADLINE = ("total_return", "sharpe", "max_drawdown", "trades", "win_rate", "profit_factor", "bars")
@@ -88,9 +87,7 @@ def _parser() -> CommandParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
-    from nodes.backtest.walkforward import FLAGS
-
-    parsed = _parser().parse(args_in, {"--param", "--jobs", "--out", *FLAGS, *REQUEST_FLAGS})
+    parsed = _parser().parse(args_in)
     if isinstance(parsed, int):
         return parsed
     args, overrides = parsed

@@ -237,10 +237,6 @@ def _missing(tape: Any, symbols: Sequence[str], timeframe: str) -> list[str]:
 # ---------------------------------------------------------------------------------- the command
 
 
-FLAGS = ("--train", "--test", "--step", "--embargo", "--model", "--start", "--end", "--jobs", "--out")
-"""The options that take a value (the command line's key=value words are overrides)."""
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", required=True, metavar="DURATION", help="each fold's training window (20d)")
     parser.add_argument("--test", required=True, metavar="DURATION", help="each fold's test window (5d)")
