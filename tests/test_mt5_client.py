@@ -201,6 +201,18 @@ async def test_server_time_is_converted_to_utc(mt5: FakeMt5) -> None:
     await b.close()
 
 
+async def test_a_deal_fee_is_charged_with_the_commission_so_the_balance_is_the_brokers(mt5: FakeMt5) -> None:
+    mt5.fake.reset(password=PASSWORD, fee=1.25)
+    b = client(mt5)
+    await b.connect()
+    assert (await b.submit(order("o-1", 0.25))).status is AckStatus.ACCEPTED
+    (deal,) = await b.poll(int(time.time() * 1000) - 1000)
+    assert deal.commission == Decimal("0.88") + Decimal("1.25")  # MT5's commission -0.88 and fee -1.25, charged
+    state = await b.state(None, ["o-1"])
+    assert state.account.balance == Decimal("100000") - deal.commission  # what a ledger of the deals books
+    await b.close()
+
+
 async def test_deals_made_outside_fxflow_are_reported_as_such(mt5: FakeMt5) -> None:
     b = client(mt5)
     await b.connect()

@@ -82,6 +82,7 @@ class Deal:
     price: Decimal
     ts: int
     commission: Decimal = Decimal(0)
+    """Charged (> 0): MT5's deal commission and fee together, sign turned (MT5 reports charges negative)."""
     swap: Decimal = Decimal(0)
     profit: Decimal = Decimal(0)
     reason: str = "client"

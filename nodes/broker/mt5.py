@@ -345,7 +345,8 @@ class Mt5Broker(Broker):
         return Deal(
             ticket=raw["ticket"], order_ticket=raw["order"], client_order_id=raw["comment"] if ours else None,
             symbol=symbol, side=side, entry=DEAL_ENTRY.get(raw["entry"], "in"), lots=dec(raw["volume"]), price=price,
-            ts=raw["time_msc"] - self._offset_ms, commission=-dec(raw.get("commission", 0.0)), swap=dec(raw.get("swap", 0.0)),
+            ts=raw["time_msc"] - self._offset_ms, commission=-(dec(raw.get("commission", 0.0)) + dec(raw.get("fee", 0.0))),
+            swap=dec(raw.get("swap", 0.0)),
             profit=dec(raw.get("profit", 0.0)), reason=reason,
         )  # fmt: skip
 

@@ -89,10 +89,12 @@ class Fake:
         self.reset()
 
     def reset(self, login: int = 5001234, password: str = "", server: str = "Fake-Demo", balance: float = 100_000.0,
-              leverage: int = 100, offset_ms: int = 0) -> None:  # fmt: skip
+              leverage: int = 100, offset_ms: int = 0, fee: float = 0.0) -> None:  # fmt: skip
         with self.lock:
             self.login, self.password, self.server_name = login, password, server
             self.balance, self.leverage, self.offset_ms = balance, leverage, offset_ms
+            self.fee = fee
+            """Charged on every deal besides the commission (MT5's ``deal.fee``, negative: a charge)."""
             self.initialized = False
             self.offline = False
             self.error: tuple[int, str] = (RES_S_OK, "Success")
@@ -250,11 +252,11 @@ class Fake:
                                           "magic": magic, "comment": comment, "swap": 0.0}  # fmt: skip
                 entry = DEAL_ENTRY_INOUT
         commission = -round(COMMISSION_PER_LOT * volume, 2)
-        self.balance = round(self.balance + profit + swap + commission, 2)
+        self.balance = round(self.balance + profit + swap + commission - self.fee, 2)
         deal = next(self.tickets)
         position_id = self.positions.get(symbol, {"ticket": order})["ticket"]
         self.deals.append(TradeDeal(deal, order, now // 1000, now, type_, entry, magic, position_id, reason, volume, price,
-                                    commission, swap, profit, 0.0, symbol, comment, ""))  # fmt: skip
+                                    commission, swap, profit, -self.fee, symbol, comment, ""))  # fmt: skip
         return deal, order, price
 
 
