@@ -104,7 +104,9 @@ class SwapModel(_Model):
 
 
 class PartialFills(_Model):
-    max_lots: float = Field(gt=0, description="at most this many lots fill on one price")
+    max_lots: float = Field(
+        gt=0, description="at most this many lots fill on one price (down to the lot step, at least the minimum lot)"
+    )
     rest: Literal["next", "cancel"] = Field(
         default="next",
         description="next: the rest fills on the next prices; cancel: the rest is cancelled at once, as MT5 answers an "

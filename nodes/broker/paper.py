@@ -11,9 +11,11 @@ as it would on replay.
   however late the order arrives: live delivery is asynchronous (an order may reach the broker
   after the ticks that follow its time), so the recent prices of each symbol are kept
   (``lookback_ms``) and an order fills on the first of them after its time, with the conversion
-  rates of that moment. With ``partial_fills`` each price fills at most ``max_lots``; the rest
-  waits for the next price, or (``rest: cancel``, MT5's IOC) is cancelled at once with a
-  ``partial_fill`` notice carrying 10010.
+  rates of that moment. No deal is made on a price inside the weekend (Friday 22:00 to Sunday
+  22:00 UTC, when orders are refused with 10018): an order working then fills on the first
+  price after it. With ``partial_fills`` each price fills at most ``max_lots`` (down to the lot
+  step, at least the minimum lot); the rest waits for the next price, or (``rest: cancel``,
+  MT5's IOC) is cancelled at once with a ``partial_fill`` notice carrying 10010.
 - **Tickets** follow from the client order id (orders) and the order's deal count (deals), never
   from arrival order, so the same orders and prices give the same fill ids live and on replay.
 - **Costs**: the quote's spread or a fixed one, adverse slippage, commission per lot and per
@@ -22,7 +24,9 @@ as it would on replay.
 - **Refusals** carry MT5 return codes: unknown symbol 10013, a volume off the lot rules 10014,
   the weekend or no recent price 10018, not enough free margin 10019, an order type it does not
   fill 10035.
-- **Margin** is notional / leverage converted from the base currency; when equity falls below
+- **Margin** is notional / leverage converted from the base currency. An order's check counts
+  the orders accepted before it that wait for their price as if filled (MT5 fills a market order
+  at once: its next order sees the position it made). When equity falls below
   ``stop_out`` × margin the worst position is closed at the market, then the next, until the
   account is back above it.
 - **Event time**: an order's margin check values the account at the prices of the order's time
@@ -33,7 +37,10 @@ as it would on replay.
   another symbol) never closes a position with a price from after its own time.
 - **Swap** accrues on an open position at each roll (in the account's equity at once) and is
   realized into the balance by the deal that closes (a share of) the position: ``Deal.swap``,
-  published as ``fill.v1`` ``swap``.
+  published as ``fill.v1`` ``swap``. A position's rolls are booked on its own symbol's clock
+  (its prices and deals), converted at the rates as of the roll: a bar-open deal dated before
+  the roll pays it or not by its date, whichever symbol's bar of that minute came first. Left:
+  a late order (live) filled on a kept price from before a roll its symbol already passed.
 
 State (balance, positions, working orders, deals) is :meth:`PaperBroker.snapshot` JSON.
 """
@@ -46,7 +53,7 @@ import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from framework.topology.model import Account, Instrument
@@ -113,6 +120,10 @@ class _Held:
     opened: int
     swap: Decimal = ZERO
     """Accrued swap in the account currency (booked at each roll, realized as the position closes)."""
+    rolled: int = 0
+    """The rolls up to this instant are booked: the position's own symbol's time, never another's (:meth:`PaperBroker._roll_to`)."""
+    next_roll: int = 0
+    """The first roll after ``rolled`` (derived, not saved)."""
 
 
 @dataclass(slots=True)
@@ -243,7 +254,7 @@ class PaperBroker(Broker):
             start = bisect.bisect_right(recent, ts, key=_raw_ts)
         else:
             start = bisect.bisect_left(recent, ts, key=_raw_ts)
-        return list(_islice(recent, start))
+        return [raw for raw in _islice(recent, start) if not in_weekend(raw[0])]
 
     def _price_at(self, symbol: str, ts: int) -> Raw | None:
         """The last price of ``symbol`` at or before ``ts``; None when every price known is later."""
@@ -300,17 +311,35 @@ class PaperBroker(Broker):
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {price[0]} ({self.params.max_quote_age} before the order)")
         try:
             rates = self._rates_at(order.ts)
-            held = self.positions.get(order.symbol)
-            current = held.position.quantity if held else ZERO
+            if any(self._open.values()):
+                committed = self._committed()
+                current = committed.get(order.symbol, ZERO)
+                used = sum((self._margin(s, q, rates) for s, q in committed.items()), ZERO)
+            else:
+                held = self.positions.get(order.symbol)
+                current = held.position.quantity if held else ZERO
+                used = self._total_margin(rates)
             after = current + (lots if order.side == "buy" else -lots)
             extra = self._margin(order.symbol, after, rates) - self._margin(order.symbol, current, rates) if abs(after) > abs(current) else ZERO
-            free = self._equity(order.ts, rates) - self._total_margin(rates)
+            free = self._equity(order.ts, rates) - used
             rates.rate(rules.quote, self.currency)
         except MissingRate as exc:
             raise _Refusal(rc.PRICE_OFF, f"{order.symbol}: {exc}") from None
         if extra > free:
             raise _Refusal(rc.NO_MONEY, f"not enough money: {extra} {self.currency} margin needed, {free} free")
         return lots
+
+    def _committed(self) -> dict[str, Decimal]:
+        """Each symbol's position in signed lots as if every working order had filled.
+
+        MT5 fills a market order at once, so the next order is checked against the position it made; here it fills
+        on the next price, and an order's margin check counts the ones accepted before it that wait for theirs."""
+        committed = {s: h.position.quantity for s, h in self.positions.items()}
+        for symbol, working in self._open.items():
+            for o in working:
+                rest = o.quantity - o.filled
+                committed[symbol] = committed.get(symbol, ZERO) + (rest if o.side == "buy" else -rest)
+        return committed
 
     # --- market data ----------------------------------------------------------------
 
@@ -320,11 +349,12 @@ class PaperBroker(Broker):
             return
         ts = tick["ts"]
         self._advance(ts)
+        self._roll_to(symbol, ts)
         raw = (ts, tick["bid"], tick["ask"], None)
         self._set(symbol, *raw)
         if self.params.fill_on == "tick":
             self._remember(symbol, raw)
-            if self._open.get(symbol):
+            if self._open.get(symbol) and not in_weekend(ts):
                 for order in list(self._open[symbol]):
                     if order.ts < ts:
                         self._fill_at(order, raw)
@@ -339,15 +369,17 @@ class PaperBroker(Broker):
             return
         start = bar["ts"]
         self._advance(start)
+        self._roll_to(symbol, start)
         if self.params.fill_on == "bar_open":
             opening = (start, bar["open"], None, bar.get("spread_mean"))
             self._remember(symbol, opening)
-            working = [o for o in self._open.get(symbol, ()) if o.ts <= start]
+            working = [] if in_weekend(start) else [o for o in self._open.get(symbol, ()) if o.ts <= start]
             if working:
                 self._set(symbol, *opening)
                 for order in working:
                     self._fill_at(order, opening)  # the open, even when a later tick came first
         self._advance(bar["ts_close"])
+        self._roll_to(symbol, bar["ts_close"])
         self._set(symbol, bar["ts_close"], bar["close"], None, bar.get("spread_mean"))
         if self.positions:
             self._check_stop_out()
@@ -389,45 +421,55 @@ class PaperBroker(Broker):
         return list(self._open.get(symbol, ()))
 
     def _advance(self, ts: int) -> None:
-        """Move the broker's time to ``ts``: swap at every roll passed, old history dropped."""
+        """Move the broker's time to ``ts`` (``last_roll``: the latest roll it passed), old history dropped."""
         now = self.now
         if now is None:
             self.now = self.last_roll = ts
-            self._next_roll = self.params.swap.rolls(ts, ts + 86_400_000)[0]
+            self._next_roll = self._roll_after(ts)
             return
         if ts <= now:
             return
         if ts >= self._next_roll:
-            if self.positions:
-                self._fresh()
-            for roll in self.params.swap.rolls(self.last_roll if self.last_roll is not None else now, ts):
-                self._roll(roll)
-                self.last_roll = roll
-            self._next_roll = self.params.swap.rolls(ts, ts + 86_400_000)[0]
+            self.last_roll = self.params.swap.rolls(self.last_roll if self.last_roll is not None else now, ts)[-1]
+            self._next_roll = self._roll_after(ts)
         self.now = ts
         if ts >= self._next_prune:
             self._prune()
             self._next_prune = ts + 3_600_000
 
-    def _roll(self, roll_ts: int) -> None:
-        nights = self.params.swap.nights(roll_ts)
-        if not nights:
+    def _roll_after(self, ts: int) -> int:
+        return self.params.swap.rolls(ts, ts + 86_400_000)[0]
+
+    def _roll_to(self, symbol: str, ts: int) -> None:
+        """Book the swap of ``symbol``'s position at every roll up to ``ts``, a time of that symbol's own prices or deals.
+
+        A position's rolls follow its own symbol's clock, as its deals do: a bar-open deal is dated at its bar's
+        start, which another symbol's bar of the same minute may already have carried the broker's time past. A roll
+        booked on the broker's clock would charge a position closed before it (or miss lots added before it) by the
+        order in which the bars of one instant arrive. Converted at the rates as of the roll."""
+        held = self.positions.get(symbol)
+        if held is None or ts < held.next_roll:
             return
-        for symbol, held in sorted(self.positions.items()):
-            pos = held.position
-            points = self.params.swap.points(symbol, pos.quantity > 0)
-            if not points or pos.flat:
-                continue
-            rules = self.rules[symbol]
-            in_quote = points * rules.tick * rules.units(abs(pos.quantity)) * nights
-            try:
-                amount = book(self.rates.convert(in_quote, rules.quote, self.currency))
-            except MissingRate:
-                continue
-            held.swap += amount
-            self.revision += 1
-            self._estimate = None
-            self.journal.record("event", "swap", {"symbol": symbol, "ts": roll_ts, "nights": nights, "amount": amount})
+        for roll_ts in self.params.swap.rolls(held.rolled, ts):
+            self._roll(symbol, held, roll_ts)
+        held.rolled, held.next_roll = ts, self._roll_after(ts)
+
+    def _roll(self, symbol: str, held: _Held, roll_ts: int) -> None:
+        nights = self.params.swap.nights(roll_ts)
+        pos = held.position
+        points = self.params.swap.points(symbol, pos.quantity > 0)
+        if not nights or not points or pos.flat:
+            return
+        rules = self.rules[symbol]
+        in_quote = points * rules.tick * rules.units(abs(pos.quantity)) * nights
+        try:
+            amount = book(self._rates_at(roll_ts).convert(in_quote, rules.quote, self.currency))
+        except MissingRate:
+            return
+        held.swap += amount
+        self.revision += 1
+        self._estimate = None
+        self.journal.record("event", "swap", {"symbol": symbol, "ts": roll_ts, "nights": nights, "amount": amount})
 
     # --- execution ------------------------------------------------------------------
 
@@ -465,7 +507,7 @@ class PaperBroker(Broker):
         lots = order.quantity - order.filled
         partial = self.params.partial_fills
         if partial is not None:
-            lots = min(lots, dec(partial.max_lots))
+            lots = min(lots, _slice(rules, dec(partial.max_lots)))
         expected = ask if order.side == "buy" else bid
         price = self.params.slippage.price(rules, order.side, expected, lots)
         order.deals += 1
@@ -505,9 +547,10 @@ class PaperBroker(Broker):
     ) -> Deal:
         rates = rates or self.rates
         rules = self.rules[symbol]
+        self._roll_to(symbol, ts)
         held = self.positions.get(symbol)
         if held is None:
-            held = self.positions[symbol] = _Held(Position(rules), ticket=order_ticket, opened=ts)
+            held = self.positions[symbol] = _Held(Position(rules), order_ticket, ts, rolled=ts, next_roll=self._roll_after(ts))
         before = held.position.quantity
         realized = held.position.apply(side, lots, price)
         after = held.position.quantity
@@ -688,14 +731,19 @@ class PaperBroker(Broker):
             "now": self.now,
             "last_roll": self.last_roll,
             "quotes": {s: [q.ts, str(q.bid), str(q.ask)] for s, q in sorted(self.quotes.items())},
-            "positions": {
-                s: {"quantity": str(h.position.quantity), "avg_price": str(h.position.avg_price), "swap": str(h.swap),
-                    "ticket": h.ticket, "opened": h.opened}
-                for s, h in sorted(self.positions.items())
-            },  # fmt: skip
+            "positions": {s: self._position_json(h) for s, h in sorted(self.positions.items())},
             "orders": [o.to_json() for o in self.orders.values()],
             "deals": [d.to_json() for d in self.deals],
         }
+
+    def _position_json(self, held: _Held) -> dict[str, Any]:
+        """``rolled`` only while a roll the broker's time passed is not booked on the position yet (its symbol has had
+        no price since): otherwise the broker's ``last_roll`` says the same."""
+        out = {"quantity": str(held.position.quantity), "avg_price": str(held.position.avg_price), "swap": str(held.swap),
+               "ticket": held.ticket, "opened": held.opened}  # fmt: skip
+        if self.last_roll is not None and held.rolled < self.last_roll:
+            out["rolled"] = held.rolled
+        return out
 
     def restore(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
@@ -711,12 +759,13 @@ class PaperBroker(Broker):
                 self._raw[symbol] = (ts, Decimal(bid), Decimal(ask), None)
                 self.rates.update(symbol, Decimal(bid), Decimal(ask))
         if self.now is not None:
-            self._next_roll = self.params.swap.rolls(self.now, self.now + 86_400_000)[0]
+            self._next_roll = self._roll_after(self.now)
             self._next_prune = 0
         self.positions = {}
         for symbol, p in state["positions"].items():
             position = Position(self.rules[symbol], Decimal(p["quantity"]), Decimal(p["avg_price"]))
-            self.positions[symbol] = _Held(position, p["ticket"], p["opened"], Decimal(p["swap"]))
+            rolled = p.get("rolled", self.last_roll if self.last_roll is not None else p["opened"])
+            self.positions[symbol] = _Held(position, p["ticket"], p["opened"], Decimal(p["swap"]), rolled, self._roll_after(rolled))
         self.orders = {o["client_order_id"]: _Order.from_json(o) for o in state["orders"]}
         self._open, self._done = {}, []
         for o in self.orders.values():
@@ -725,6 +774,12 @@ class PaperBroker(Broker):
             else:
                 self._stopped(o)
         self.deals = [Deal.from_json(d) for d in state["deals"]]
+
+
+def _slice(rules: Rules, max_lots: Decimal) -> Decimal:
+    """The most one price fills with partial fills: ``max_lots`` down to the lot step, never below the minimum lot
+    (an MT5 server deals no volume off the step)."""
+    return max(rules.min_lot, (max_lots / rules.lot_step).to_integral_value(rounding=ROUND_DOWN) * rules.lot_step)
 
 
 def _deal_ts(deal: Deal) -> int:
