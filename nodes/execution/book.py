@@ -43,6 +43,9 @@ class Tracked:
     """The reason of a cancelled remainder (10010) heard of before any fill of the order: fills and
     errors travel on separate subjects, so the fill may come second; the order is cancelled once it
     is applied (or when the broker, asked, says so)."""
+    rest_cancelled: bool = False
+    """The broker cancelled the rest after filling a part (10010): fills of the order heard of after the cancel
+    (its deals and the cancel travel apart, and a partial fill may have several deals) still count on it."""
 
     @property
     def status(self) -> OrderStatus:
@@ -72,6 +75,7 @@ class Tracked:
             "queries": self.queries,
             "final": None if self.final is None else self.final.value,
             "cancel_after_fill": self.cancel_after_fill,
+            **({"rest_cancelled": True} if self.rest_cancelled else {}),
         }
 
     @classmethod
@@ -101,6 +105,7 @@ class Tracked:
             queries=d["queries"],
             final=None if d["final"] is None else S(d["final"]),
             cancel_after_fill=d.get("cancel_after_fill"),
+            rest_cancelled=bool(d.get("rest_cancelled", False)),
         )
 
 

@@ -13,9 +13,12 @@ dead-lettered with the reason and never traded.
 in the symbol's netting position (the broker's money moved, whatever our order says), and moves
 its order where the state machine allows. A fill for an order we do not know, or one the order's
 status does not allow (a fill after a cancel, an overfill), is recorded and alerted and leaves the
-order as it was; it never stops the service. A broker error rejects or fails its order with the
-MT5 retcode in the reason (:func:`~nodes.execution.broker.error_outcome`); an error the order's
-status does not allow is dead-lettered and alerted.
+order as it was; it never stops the service. The exception is a fill of an order whose rest the
+broker cancelled (10010): its deals and the cancel travel apart, so a deal heard of after the cancel
+still counts on the order, which stays cancelled (:meth:`~nodes.trading.orders.Order.fill_cancelled`).
+A broker error rejects or fails its order with the MT5 retcode in the reason
+(:func:`~nodes.execution.broker.error_outcome`); an error the order's status does not allow is
+dead-lettered and alerted.
 
 **Event time.** Every order event carries the time of what caused it, never when it was handled:
 the approved signal's ``ts`` (its decision's time) for pending and submitted, the fill's for
@@ -349,7 +352,10 @@ class Execution(Node[ExecutionParams]):
                 problem = f"the order is a {order.side} of {order.symbol}"
             else:
                 try:
-                    order.fill(fill_id, lots, price)
+                    if tracked.rest_cancelled and order.status is S.CANCELLED:
+                        order.fill_cancelled(fill_id, lots, price)
+                    else:
+                        order.fill(fill_id, lots, price)
                 except InvalidTransition as exc:
                     problem = str(exc)
             if problem is None:
@@ -357,7 +363,8 @@ class Execution(Node[ExecutionParams]):
                 self.book.note_broker_id(tracked, fill.get("broker_order_id"))
                 self.book.touch(tracked, at)
                 tracked.query_due_ms = None
-                tracked.reason = None
+                if order.status is not S.CANCELLED:
+                    tracked.reason = None
                 await self._emit(tracked, at)
                 if tracked.cancel_after_fill is not None and not order.done:
                     await self._move(tracked, S.CANCELLED, tracked.cancel_after_fill, at)
@@ -386,6 +393,8 @@ class Execution(Node[ExecutionParams]):
             await self._alert("unknown_order", "warning", f"broker error {reason} for order {error['order_id']}, "
                               "which this service does not know", now, symbol=error["symbol"], key=error["order_id"])  # fmt: skip
             return
+        if target is S.CANCELLED and tracked.status in OPEN:
+            tracked.rest_cancelled = True
         if target is S.CANCELLED and tracked.status in OPEN and not tracked.order.filled:
             # a cancelled remainder (10010) before the fill it follows, which travels on another subject
             tracked.cancel_after_fill = reason

@@ -89,8 +89,27 @@ class Order:
         if quantity <= 0 or quantity > self.remaining:
             raise InvalidTransition(f"order {self.order_id}: a fill of {quantity} with {self.remaining} remaining")
         self.move(S.FILLED if quantity == self.remaining else S.PARTIALLY_FILLED)
+        self._count(fill_id, quantity, price)
+        return True
+
+    def fill_cancelled(self, fill_id: str, quantity: Decimal, price: Decimal) -> bool:
+        """Apply a fill of the part a broker filled before it cancelled the rest, heard of after the cancel; the
+        order stays cancelled. False when ``fill_id`` was applied before.
+
+        MT5 answers a partly filled order with 10010 and reports its deals apart, so the cancel can overtake
+        some of them. NautilusTrader allows canceled → filled for this "real world possibility"; a cancelled
+        order here does not reopen, it counts the fill (within its quantity)."""
+        if fill_id in self.fills:
+            return False
+        if self.status is not S.CANCELLED:
+            raise InvalidTransition(f"order {self.order_id}: {self.status.value}, not cancelled")
+        if quantity <= 0 or quantity > self.remaining:
+            raise InvalidTransition(f"order {self.order_id}: a fill of {quantity} with {self.remaining} remaining")
+        self._count(fill_id, quantity, price)
+        return True
+
+    def _count(self, fill_id: str, quantity: Decimal, price: Decimal) -> None:
         total = self.filled + quantity
         self.avg_price = price if self.avg_price is None else (self.avg_price * self.filled + price * quantity) / total
         self.filled = total
         self.fills[fill_id] = quantity
-        return True
