@@ -9,6 +9,7 @@ polls on both sides of a restart, is one fill.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -42,11 +43,20 @@ class OrderRequest:
     quantity: Decimal
     ts: int
     order_type: str = "market"
+    stop_loss: Decimal | None = None
+    """The position's stop (MT5's ``sl``): a long is closed at the market once the bid is at or below it."""
+    take_profit: Decimal | None = None
+    """The position's target (MT5's ``tp``): a long is closed at the market once the bid is at or above it."""
 
     @classmethod
     def from_event(cls, event: Mapping[str, Any]) -> OrderRequest:
-        """From an ``order_event.v1`` message."""
+        """From an ``order_event.v1`` message (a level that is absent, null or not above 0 is none)."""
         from nodes.trading.instruments import dec
+
+        def level(name: str) -> Decimal | None:
+            value = event.get(name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            return dec(value) if number and value > 0 else None
 
         return cls(
             client_order_id=event["client_order_id"],
@@ -56,6 +66,8 @@ class OrderRequest:
             quantity=dec(event["quantity"]),
             ts=event["ts"],
             order_type=event.get("order_type", "market"),
+            stop_loss=level("stop_loss"),
+            take_profit=level("take_profit"),
         )
 
 
@@ -86,7 +98,8 @@ class Deal:
     swap: Decimal = Decimal(0)
     profit: Decimal = Decimal(0)
     reason: str = "client"
-    """client (our order), stop_out, or other (placed outside fxflow)."""
+    """client (our order), stop_out, sl or tp (the broker closed the position at its level), or other (placed outside
+    fxflow)."""
     slippage: Decimal | None = None
 
     def to_json(self) -> dict[str, Any]:

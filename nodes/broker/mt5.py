@@ -58,6 +58,8 @@ ORDER_TIME_GTC = 0
 DEAL_TYPES = {0: "buy", 1: "sell"}
 DEAL_ENTRY = {0: "in", 1: "out", 2: "inout", 3: "out"}
 DEAL_REASON_SO = 6
+BROKER_CLOSES = {4: "sl", 5: "tp", DEAL_REASON_SO: "stop_out"}
+"""MT5's deal reasons for a position the server closed itself: its stop loss, its take profit, a stop-out."""
 IPC_ERRORS = range(-10005, -9999)
 """last_error codes of a terminal that did not answer (IPC send/receive/timeout…): the request is in doubt."""
 DAY_S = 86_400
@@ -244,6 +246,10 @@ class Mt5Broker(Broker):
             "type_time": ORDER_TIME_GTC,
             "type_filling": FILLING[self.params.filling],
         }
+        if order.stop_loss is not None:
+            request["sl"] = float(order.stop_loss)
+        if order.take_profit is not None:
+            request["tp"] = float(order.take_profit)
         if self.params.check_first:
             check = self._call("order_check", request, order_id=order.order_id)
             if check is None:
@@ -336,8 +342,9 @@ class Mt5Broker(Broker):
         symbol = raw["symbol"]
         if self.params.symbol_suffix and symbol.endswith(self.params.symbol_suffix):
             symbol = symbol[: -len(self.params.symbol_suffix)]
-        ours = raw.get("magic") == self.params.magic and bool(raw.get("comment"))
-        reason = "stop_out" if raw.get("reason") == DEAL_REASON_SO else ("client" if ours else "other")
+        closed_by = BROKER_CLOSES.get(raw.get("reason"))  # its comment is the server's ("[sl 1.07900]"), not our order id
+        ours = closed_by is None and raw.get("magic") == self.params.magic and bool(raw.get("comment"))
+        reason = closed_by or ("client" if ours else "other")
         price = dec(raw["price"])
         digits = self._digits.get(symbol)
         if digits is not None:

@@ -124,6 +124,10 @@ class _Held:
     """The rolls up to this instant are booked: the position's own symbol's time, never another's (:meth:`PaperBroker._roll_to`)."""
     next_roll: int = 0
     """The first roll after ``rolled`` (derived, not saved)."""
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
+    """The position's levels (MT5's ``sl``/``tp`` on a netting account: the last order that opened or added with one
+    set it), closed at the market when a price reaches them (:meth:`PaperBroker._levels_on_tick`, ``_levels_on_bar``)."""
 
 
 @dataclass(slots=True)
@@ -140,21 +144,42 @@ class _Order:
     retcode: int | None = None
     done_ts: int | None = None
     deals: int = 0
+    stop_loss: Decimal | None = None
+    take_profit: Decimal | None = None
 
     @property
     def working(self) -> bool:
         return self.status in ("accepted", "partially_filled")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """Levels only when the order has them: the documents of orders without stay what they were."""
+        out = {
             "client_order_id": self.client_order_id, "order_id": self.order_id, "symbol": self.symbol, "side": self.side,
             "quantity": str(self.quantity), "ts": self.ts, "ticket": self.ticket, "filled": str(self.filled),
             "status": self.status, "retcode": self.retcode, "done_ts": self.done_ts, "deals": self.deals,
         }  # fmt: skip
+        out.update(_levels_json(self.stop_loss, self.take_profit))
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> _Order:
-        return cls(**{**d, "quantity": Decimal(d["quantity"]), "filled": Decimal(d["filled"]), "deals": d.get("deals", 0)})
+        sl, tp = _levels(d)
+        return cls(**{**d, "quantity": Decimal(d["quantity"]), "filled": Decimal(d["filled"]), "deals": d.get("deals", 0),
+                      "stop_loss": sl, "take_profit": tp})  # fmt: skip
+
+
+def _levels_json(stop_loss: Decimal | None, take_profit: Decimal | None) -> dict[str, str]:
+    out = {}
+    if stop_loss is not None:
+        out["stop_loss"] = str(stop_loss)
+    if take_profit is not None:
+        out["take_profit"] = str(take_profit)
+    return out
+
+
+def _levels(d: Mapping[str, Any]) -> tuple[Decimal | None, Decimal | None]:
+    sl, tp = d.get("stop_loss"), d.get("take_profit")
+    return (None if sl is None else Decimal(sl)), (None if tp is None else Decimal(tp))
 
 
 class _Refusal(Exception):
@@ -234,7 +259,7 @@ class PaperBroker(Broker):
             else:
                 self.ticket += 1
                 working = _Order(order.client_order_id, order.order_id, order.symbol, order.side, lots, order.ts,
-                                 order_ticket(order.client_order_id))  # fmt: skip
+                                 order_ticket(order.client_order_id), stop_loss=order.stop_loss, take_profit=order.take_profit)  # fmt: skip
                 self.orders[order.client_order_id] = working
                 self._open.setdefault(order.symbol, []).append(working)
                 ack = Ack(AckStatus.ACCEPTED, rc.PLACED, "accepted, fills on the next price", str(working.ticket))
@@ -309,6 +334,8 @@ class PaperBroker(Broker):
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price yet")
         if order.ts - price[0] > self.max_quote_age_ms:
             raise _Refusal(rc.MARKET_CLOSED, f"{order.symbol}: no price since {price[0]} ({self.params.max_quote_age} before the order)")
+        if order.stop_loss is not None or order.take_profit is not None:
+            _check_levels(order, self._exact(order.symbol, price))
         try:
             rates = self._rates_at(order.ts)
             if any(self._open.values()):
@@ -358,6 +385,8 @@ class PaperBroker(Broker):
                 for order in list(self._open[symbol]):
                     if order.ts < ts:
                         self._fill_at(order, raw)
+            if not in_weekend(ts):
+                self._levels_on_tick(symbol, raw)
         if self.positions:
             self._check_stop_out()
 
@@ -378,6 +407,7 @@ class PaperBroker(Broker):
                 self._set(symbol, *opening)
                 for order in working:
                     self._fill_at(order, opening)  # the open, even when a later tick came first
+            self._levels_on_bar(symbol, bar)
         self._advance(bar["ts_close"])
         self._roll_to(symbol, bar["ts_close"])
         self._set(symbol, bar["ts_close"], bar["close"], None, bar.get("spread_mean"))
@@ -511,8 +541,9 @@ class PaperBroker(Broker):
         expected = ask if order.side == "buy" else bid
         price = self.params.slippage.price(rules, order.side, expected, lots)
         order.deals += 1
-        self._execute(order.symbol, order.side, lots, price, ts, order.ticket, order.client_order_id, "client",
-                      deal_ticket(order.client_order_id, order.deals), price - expected, rates)  # fmt: skip
+        deal = self._execute(order.symbol, order.side, lots, price, ts, order.ticket, order.client_order_id, "client",
+                             deal_ticket(order.client_order_id, order.deals), price - expected, rates)  # fmt: skip
+        self._set_levels(order, deal.entry)
         order.filled += lots
         order.status = "filled" if order.filled == order.quantity else "partially_filled"
         if order.status == "partially_filled" and partial is not None and partial.rest == "cancel":
@@ -523,6 +554,60 @@ class PaperBroker(Broker):
             order.done_ts = ts
             self._open[order.symbol].remove(order)
             self._stopped(order)
+
+    def _set_levels(self, order: _Order, entry: str) -> None:
+        """The order's levels become its position's when the deal opened, added to or reversed it (a level the order
+        does not give stays, unless the position was reversed: the other side's levels mean nothing now)."""
+        held = self.positions.get(order.symbol)
+        if held is None or entry == "out":
+            return
+        if entry == "inout":
+            held.stop_loss, held.take_profit = order.stop_loss, order.take_profit
+            return
+        if order.stop_loss is not None:
+            held.stop_loss = order.stop_loss
+        if order.take_profit is not None:
+            held.take_profit = order.take_profit
+
+    def _levels_on_tick(self, symbol: str, raw: Raw) -> None:
+        """Close the position at this price (the market: a gap through a level fills beyond it) if it reached a level."""
+        held = self.positions.get(symbol)
+        if held is None or (held.stop_loss is None and held.take_profit is None):
+            return
+        quote = self._exact(symbol, raw)
+        long = held.position.quantity > 0
+        price = quote.bid if long else quote.ask
+        reason = _reached(long, held, price, price)
+        if reason is not None:
+            self._close_at_level(symbol, held, reason, price, raw[0])
+
+    def _levels_on_bar(self, symbol: str, bar: Mapping[str, Any]) -> None:
+        """A level inside the bar's range closes the position at the level (the stop first when both are inside, as
+        backtesting.py does: the range does not say which came first), one the open is already beyond at the open."""
+        held = self.positions.get(symbol)
+        if held is None or (held.stop_loss is None and held.take_profit is None) or in_weekend(bar["ts"]):
+            return
+        long = held.position.quantity > 0
+        spread = bar.get("spread_mean")
+        side = (lambda q: q.bid) if long else (lambda q: q.ask)
+        opening, high, low = (side(self._exact(symbol, (bar["ts"], bar[k], None, spread))) for k in ("open", "high", "low"))
+        gapped = _reached(long, held, opening, opening)
+        if gapped is not None:
+            self._close_at_level(symbol, held, gapped, opening, bar["ts"])
+            return
+        reason = _reached(long, held, high, low)
+        if reason is not None:
+            level = held.stop_loss if reason == "sl" else held.take_profit
+            assert level is not None
+            self._close_at_level(symbol, held, reason, level, bar["ts_close"])
+
+    def _close_at_level(self, symbol: str, held: _Held, reason: str, price: Decimal, ts: int) -> None:
+        long = held.position.quantity > 0
+        lots = abs(held.position.quantity)
+        self.ticket += 1
+        deal = self._execute(symbol, "sell" if long else "buy", lots, price, ts, ticket(reason, symbol, ts), None, reason,
+                             ticket(reason, symbol, ts, "deal"), None, self._rates_at(ts))  # fmt: skip
+        self.journal.record("event", reason, {"symbol": symbol, "price": price, "deal": deal.ticket})
 
     def _stopped(self, order: _Order) -> None:
         """Note that ``order`` no longer works, for :meth:`_prune` (which never runs without a history horizon)."""
@@ -740,7 +825,7 @@ class PaperBroker(Broker):
         """``rolled`` only while a roll the broker's time passed is not booked on the position yet (its symbol has had
         no price since): otherwise the broker's ``last_roll`` says the same."""
         out = {"quantity": str(held.position.quantity), "avg_price": str(held.position.avg_price), "swap": str(held.swap),
-               "ticket": held.ticket, "opened": held.opened}  # fmt: skip
+               "ticket": held.ticket, "opened": held.opened, **_levels_json(held.stop_loss, held.take_profit)}  # fmt: skip
         if self.last_roll is not None and held.rolled < self.last_roll:
             out["rolled"] = held.rolled
         return out
@@ -765,7 +850,8 @@ class PaperBroker(Broker):
         for symbol, p in state["positions"].items():
             position = Position(self.rules[symbol], Decimal(p["quantity"]), Decimal(p["avg_price"]))
             rolled = p.get("rolled", self.last_roll if self.last_roll is not None else p["opened"])
-            self.positions[symbol] = _Held(position, p["ticket"], p["opened"], Decimal(p["swap"]), rolled, self._roll_after(rolled))
+            self.positions[symbol] = _Held(position, p["ticket"], p["opened"], Decimal(p["swap"]), rolled, self._roll_after(rolled),
+                                           *_levels(p))  # fmt: skip
         self.orders = {o["client_order_id"]: _Order.from_json(o) for o in state["orders"]}
         self._open, self._done = {}, []
         for o in self.orders.values():
@@ -780,6 +866,37 @@ def _slice(rules: Rules, max_lots: Decimal) -> Decimal:
     """The most one price fills with partial fills: ``max_lots`` down to the lot step, never below the minimum lot
     (an MT5 server deals no volume off the step)."""
     return max(rules.min_lot, (max_lots / rules.lot_step).to_integral_value(rounding=ROUND_DOWN) * rules.lot_step)
+
+
+def _check_levels(order: OrderRequest, quote: _Quote) -> None:
+    """MT5's rule for a market order's levels (10016 otherwise): a buy's stop below the bid and target above it (a long
+    closes at the bid), a sell's stop above the ask and target below it."""
+    if order.side == "buy":
+        wrong = (order.stop_loss is not None and order.stop_loss >= quote.bid) or (order.take_profit is not None and order.take_profit <= quote.bid)
+        against = f"the bid {quote.bid}"
+    else:
+        wrong = (order.stop_loss is not None and order.stop_loss <= quote.ask) or (order.take_profit is not None and order.take_profit >= quote.ask)
+        against = f"the ask {quote.ask}"
+    if wrong:
+        raise _Refusal(rc.INVALID_STOPS, f"{order.symbol}: invalid stops for a {order.side}: stop loss {order.stop_loss}, "
+                                         f"take profit {order.take_profit} against {against}")  # fmt: skip
+
+
+def _reached(long: bool, held: _Held, high: Decimal, low: Decimal) -> str | None:
+    """Which level a range of closing prices reaches ("sl" first, "tp"), or None. A long closes at the bid, a short at
+    the ask: ``high`` and ``low`` are those."""
+    sl, tp = held.stop_loss, held.take_profit
+    if long:
+        if sl is not None and low <= sl:
+            return "sl"
+        if tp is not None and high >= tp:
+            return "tp"
+    else:
+        if sl is not None and high >= sl:
+            return "sl"
+        if tp is not None and low <= tp:
+            return "tp"
+    return None
 
 
 def _deal_ts(deal: Deal) -> int:

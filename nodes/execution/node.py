@@ -342,7 +342,10 @@ class Execution(Node[ExecutionParams]):
                               f"{self.ledger.currency}; booked when one arrives", now, symbol=symbol, key=fill_id)  # fmt: skip
         tracked = self.book.find(fill["order_id"], fill.get("broker_order_id"))
         what = f"fill {fill_id} ({side} {fill['quantity']} {symbol} at {fill['price']})"
-        if tracked is None:
+        if tracked is None and fill.get("reason") in ("sl", "tp"):
+            level = "stop loss" if fill["reason"] == "sl" else "take profit"
+            self.ctx.log.info("%s: the broker closed the position at its %s (%s)", what, level, fill["order_id"])
+        elif tracked is None:
             await self._alert("unknown_fill", "critical", f"{what} for order {fill['order_id']}, which this service does not "
                               "know: recorded and counted in the position", now, symbol=symbol, key=fill_id)  # fmt: skip
         else:

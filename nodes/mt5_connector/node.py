@@ -47,6 +47,8 @@ STATE_FILE = "broker.json"
 DOC_VERSION = 1
 OPEN = ("accepted", "partially_filled", "unknown")
 KEEP_DONE_MS = 7 * 86_400_000
+BROKER_CLOSE_PREFIX = {"stop_out": "stop-out", "sl": "stop-loss", "tp": "take-profit"}
+"""The order id of a fill for a position the broker closed itself (no order of ours): ``<prefix>-<broker ticket>``."""
 
 
 def order_problem(event: Any) -> str | None:
@@ -395,14 +397,15 @@ class Mt5Connector(Node[Mt5ConnectorParams]):
             fill["slippage"] = float(deal.slippage)
         if deal.swap:
             fill["swap"] = float(deal.swap)  # what the deal realized of the position's accrued swap (MT5's deal.swap)
+        if deal.reason != "client":
+            fill["reason"] = deal.reason
         return fill
 
     def _order_id(self, deal: Deal) -> str:
         if deal.client_order_id:
             known = self.orders.get(deal.client_order_id)
             return known["order_id"] if known else deal.client_order_id
-        prefix = "stop-out" if deal.reason == "stop_out" else self.broker.kind
-        return f"{prefix}-{deal.order_ticket}"
+        return f"{BROKER_CLOSE_PREFIX.get(deal.reason, self.broker.kind)}-{deal.order_ticket}"
 
     def _error(self, notice: Notice) -> None:
         message: dict[str, Any] = {"order_id": notice.order_id, "symbol": notice.symbol, "ts": notice.ts,
