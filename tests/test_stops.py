@@ -188,3 +188,66 @@ async def test_mt5_gets_the_levels_in_its_request_and_its_own_closes_come_back_a
         await b.close()
     finally:
         server.stop()
+
+
+# --------------------------------------------------------------------------- a reviewer's cases
+
+
+async def test_an_order_that_arrives_late_is_stopped_on_the_kept_prices_as_on_a_replay() -> None:
+    """Live, an order may reach the broker after the prices that follow its time; it fills on the first of them (the
+    same price as on a replay), so its stop must be judged on the kept prices after that fill too: on a replay the
+    tick at T+2 (bid 1.08290) closes the long at 1.08290."""
+
+    async def run(late: bool) -> list[tuple[str, Decimal, int, str]]:
+        b = broker()
+        await b.on_tick(tick("EURUSD", T, 1.08500, 1.08510))
+        if not late:
+            await b.submit(order("b1", "buy", T, sl="1.08300"))
+        await b.on_tick(tick("EURUSD", T + 1, 1.08500, 1.08510))
+        await b.on_tick(tick("EURUSD", T + 2, 1.08290, 1.08300))
+        await b.on_tick(tick("EURUSD", T + 3, 1.08500, 1.08510))
+        if late:
+            await b.submit(order("b1", "buy", T, sl="1.08300"))
+        await b.on_tick(tick("EURUSD", T + 4, 1.08500, 1.08510))
+        return [(d.side, d.price, d.ts, d.reason) for d in b.deals]
+
+    replay = await run(late=False)
+    assert replay == [("buy", D("1.08510"), T + 1, "client"), ("sell", D("1.08290"), T + 2, "sl")]
+    assert await run(late=True) == replay
+
+
+def _yen(ts: int, o: float, h: float, lo: float, c: float) -> dict[str, Any]:
+    return {**bar("USDJPY", ts, o, c, "1m", None, MIN), "high": h, "low": lo}
+
+
+async def test_a_yen_stop_at_a_gapped_open_is_converted_at_the_rates_of_that_open() -> None:
+    """Long 1 lot USDJPY at 150.002 (150.000 + 2 points); the next bar opens at 149.000, below the stop 149.500: closed
+    at 149.000, dated at the open. (149.000 - 150.002) × 100,000 = -100,200 JPY at that open's mid 149.001 →
+    -672.4787… → -672.48 USD, what a client sell at that open realizes. Converted at the previous close's mid
+    (150.001) it is -668.00."""
+    b = broker(BAR)
+    await b.on_bar(_yen(T - MIN, 150.000, 150.000, 150.000, 150.000))
+    await b.submit(order("u1", "buy", T, sl="149.500", symbol="USDJPY"))
+    await b.on_bar(_yen(T, 150.000, 150.000, 150.000, 150.000))
+    await b.on_bar(_yen(T + MIN, 149.000, 149.000, 149.000, 149.000))
+    opened, closed = b.deals
+    assert (opened.price, closed.price, closed.ts, closed.reason) == (D("150.002"), D("149.000"), T + MIN, "sl")
+    assert closed.profit == D("-672.48")
+    assert b.balance == D("100000") - D("672.48")
+
+
+async def test_two_level_closes_of_one_instant_have_their_own_deal_tickets() -> None:
+    """Bars with partial fills (1 lot a price): the first slice's stop is reached inside its bar (closed at 1.08300,
+    dated at the bar's close, T+1m); the second slice fills at the next bar's open (T+1m), already below the stop,
+    and is closed at that open, dated T+1m too. Two deals: two tickets (the fill id is ``paper-<ticket>``: a second
+    deal with the first one's ticket is never published, and execution and the risk gate keep a position the broker
+    does not have)."""
+    b = broker({**BAR, "partial_fills": {"max_lots": 1}})
+    await b.on_bar(minute(T - MIN, 1.08500, 1.08500, 1.08500, 1.08500))
+    await b.submit(order("b1", "buy", T, sl="1.08300", quantity="2"))
+    await b.on_bar(minute(T, 1.08500, 1.08500, 1.08250, 1.08250))
+    await b.on_bar(minute(T + MIN, 1.08240, 1.08240, 1.08200, 1.08200))
+    closes = [d for d in b.deals if d.reason == "sl"]
+    assert [(d.price, d.ts) for d in closes] == [(D("1.08300"), T + MIN), (D("1.08240"), T + MIN)]
+    assert len({d.ticket for d in b.deals}) == len(b.deals) == 4
+    assert len({d.order_ticket for d in closes}) == 2

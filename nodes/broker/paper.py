@@ -263,10 +263,14 @@ class PaperBroker(Broker):
                 self.orders[order.client_order_id] = working
                 self._open.setdefault(order.symbol, []).append(working)
                 ack = Ack(AckStatus.ACCEPTED, rc.PLACED, "accepted, fills on the next price", str(working.ticket))
+                ticks = self.params.fill_on == "tick"
                 for raw in self._prices_after(order.symbol, order.ts):  # it arrived after the prices that follow its time
-                    self._fill_at(working, raw)
-                    if not working.working:
+                    if working.working:
+                        self._fill_at(working, raw)
+                    elif not ticks:
                         break
+                    if ticks:  # and its levels are judged on them, as on a replay (kept bars are opens only: not there)
+                        self._levels_on_tick(order.symbol, raw)
         self.journal.record("response", "submit", _ack_payload(ack), order.order_id)
         return ack
 
@@ -593,20 +597,22 @@ class PaperBroker(Broker):
         opening, high, low = (side(self._exact(symbol, (bar["ts"], bar[k], None, spread))) for k in ("open", "high", "low"))
         gapped = _reached(long, held, opening, opening)
         if gapped is not None:
+            self._set(symbol, bar["ts"], bar["open"], None, spread)  # the rates of the deal's instant
             self._close_at_level(symbol, held, gapped, opening, bar["ts"])
             return
         reason = _reached(long, held, high, low)
         if reason is not None:
             level = held.stop_loss if reason == "sl" else held.take_profit
             assert level is not None
+            self._set(symbol, bar["ts_close"], bar["close"], None, spread)
             self._close_at_level(symbol, held, reason, level, bar["ts_close"])
 
     def _close_at_level(self, symbol: str, held: _Held, reason: str, price: Decimal, ts: int) -> None:
         long = held.position.quantity > 0
         lots = abs(held.position.quantity)
-        self.ticket += 1
-        deal = self._execute(symbol, "sell" if long else "buy", lots, price, ts, ticket(reason, symbol, ts), None, reason,
-                             ticket(reason, symbol, ts, "deal"), None, self._rates_at(ts))  # fmt: skip
+        self.ticket += 1  # in the tickets: two closes of one instant (a slice reopened and stopped again) differ
+        deal = self._execute(symbol, "sell" if long else "buy", lots, price, ts, ticket(reason, symbol, ts, self.ticket), None,
+                             reason, ticket(reason, symbol, ts, self.ticket, "deal"), None, self._rates_at(ts))  # fmt: skip
         self.journal.record("event", reason, {"symbol": symbol, "price": price, "deal": deal.ticket})
 
     def _stopped(self, order: _Order) -> None:
@@ -916,6 +922,7 @@ def _request_payload(order: OrderRequest) -> dict[str, Any]:
     return {
         "client_order_id": order.client_order_id, "symbol": order.symbol, "side": order.side,
         "quantity": order.quantity, "order_type": order.order_type, "ts": order.ts,
+        **_levels_json(order.stop_loss, order.take_profit),
     }  # fmt: skip
 
 
