@@ -14,13 +14,9 @@ from framework.topology.model import Account, Instrument
 from nodes.broker.base import AckStatus, OrderRequest
 from nodes.broker.models import PaperParams
 from nodes.broker.paper import PaperBroker
+from tests.test_paper_broker import DAY, HOUR, MIN, MON, T
 
 D = Decimal
-MIN = 60_000
-HOUR = 60 * MIN
-DAY = 24 * HOUR
-MON = 1_793_577_600_000  # Monday 2026-11-02 00:00 UTC
-T = MON + 10 * HOUR
 FRIDAY_CLOSE = MON + 4 * DAY + 22 * HOUR
 SUNDAY_OPEN = MON + 6 * DAY + 22 * HOUR
 INSTRUMENTS = {
